@@ -1,0 +1,42 @@
+"""Base classes: every part has a dataclass ``Config`` parsed (strictly) from its config node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from framework.config import parse_config
+from framework.schedule import Updateable
+
+
+@dataclass
+class EmptyConfig:
+    pass
+
+
+class BasePart(Updateable):
+    """A part that is not an nn.Module (guidance, losses, priors): kept out of the module tree so
+    Lightning neither checkpoints nor wraps it; parts that do hold trainable state expose it
+    through ``parameters()`` / ``state_dict()`` explicitly."""
+
+    Config: ClassVar[type] = EmptyConfig
+    name: ClassVar[str] = "?"
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg if isinstance(cfg, self.Config) else parse_config(self.Config, cfg, self.describe())
+
+    @classmethod
+    def describe(cls) -> str:
+        return f"{cls.__name__}"
+
+
+class BaseModulePart(torch.nn.Module, Updateable):
+    """A part with trainable state (geometry, renderer, background): an nn.Module."""
+
+    Config: ClassVar[type] = EmptyConfig
+
+    def __init__(self, cfg: Any = None):
+        torch.nn.Module.__init__(self)
+        self.cfg = cfg if isinstance(cfg, self.Config) else parse_config(self.Config, cfg, type(self).__name__)

@@ -1,0 +1,1 @@
+"""The shapes world: ground truth, training data and evaluator of the embedded prior."""

@@ -1,0 +1,246 @@
+"""The Lightning system that composes geometry, background, renderer, guidance and losses.
+
+Data flows one way: camera batch -> renderer(geometry, background) -> RenderOutput ->
+guidance and losses -> weighted sum -> optimizer. The prior and guidance are kept out of the
+module tree (Lightning neither moves nor checkpoints them implicitly); guidance state that
+trains (VSD's LoRA) is saved and restored explicitly through ``on_save_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from framework import builders
+from framework.config import parse_config
+from framework.data.cameras import (
+    CameraBatch,
+    CameraSamplerConfig,
+    check_sampler_config,
+    make_cameras,
+    sample_cameras,
+    step_generator,
+)
+from framework.errors import ConfigError
+from framework.interfaces import DiffusionPrior, RenderOutput
+from framework.registry import register
+from framework.schedule import check_scheduled, scheduled
+from framework.systems.optim import OptimizerConfig, build_optimizer
+
+# Independent random streams of one training step (see step_generator).
+STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
+
+
+@dataclass
+class ViewsConfig:
+    """Fixed views for validation images and the turntable (degrees; resolution in pixels of the
+    render, i.e. latent pixels for latent geometry)."""
+
+    elevation: float
+    distance: float
+    fovy: float
+    resolution: int
+    n_frames: int
+    fps: int
+
+
+@dataclass
+class SystemConfig:
+    """name: the preset's name (used in run paths); loss_weights: ``lambda_<term>`` -> scheduled
+    scalar, one for ``guidance`` and one per entry of ``losses`` (options of each loss plugin)."""
+
+    type: str
+    name: str
+    loss_weights: dict
+    losses: dict
+    optimizer: OptimizerConfig
+    views: ViewsConfig
+    validation_every: int
+    n_validation_views: int
+    max_nonfinite_steps: int
+
+
+def loss_key(name: str) -> str:
+    return "lambda_" + name.replace("-", "_")
+
+
+@register("system", "score-distillation")
+class ScoreDistillationSystem(pl.LightningModule):
+    """Composes the parts named in ``cfg`` (the whole resolved run config) around ``prior``."""
+
+    def __init__(self, cfg: Any, prior: DiffusionPrior):
+        super().__init__()
+        self.cfg = parse_config(SystemConfig, cfg["system"], "system")
+        self.data_cfg = parse_config(CameraSamplerConfig, cfg["data"], "data")
+        check_sampler_config(self.data_cfg)
+        self.prompt = str(cfg["prompt"])
+        self.seed = int(cfg["seed"])
+        self.max_steps = int(cfg["trainer"]["max_steps"])
+        object.__setattr__(self, "prior", prior)  # not a submodule: never checkpointed or moved
+        prior.validate_prompt(self.prompt)
+
+        self.geometry = builders.build("geometry", cfg["geometry"])
+        self.background = builders.build("background", cfg["background"])
+        self.renderer = builders.build("renderer", cfg["renderer"])
+        guidance = builders.build("guidance", cfg["guidance"], prior)
+        object.__setattr__(self, "guidance", guidance)
+        self.loss_terms = {name: builders.build_named("loss", name, opts) for name, opts in self.cfg.losses.items()}
+        self._check_composition(cfg)
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+
+    # ----------------------------------------------------------------------------- checks
+    @property
+    def is_latent(self) -> bool:
+        return self.geometry.feature_kind == "latent"
+
+    def _check_composition(self, cfg) -> None:
+        g, bg = self.geometry, self.background
+        if g.n_features != bg.n_features:
+            raise ConfigError(
+                f"The geometry renders {g.n_features} channels but the background has "
+                f"{bg.n_features} (background.n_features); they must match."
+            )
+        if self.is_latent:
+            if g.n_features != self.prior.latent_channels:
+                raise ConfigError(
+                    f"Latent geometry renders {g.n_features} channels but the prior's latents have "
+                    f"{self.prior.latent_channels}; set geometry.n_features={self.prior.latent_channels}."
+                )
+            size = self.prior.latent_size
+            if (self.data_cfg.height, self.data_cfg.width) != (size, size):
+                raise ConfigError(
+                    f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
+                    f"data.width is {self.data_cfg.height}x{self.data_cfg.width}; set data.height={size} "
+                    f"data.width={size} (or render RGB)."
+                )
+            if not self.guidance.supports_latent:
+                raise ConfigError(f"Guidance {cfg['guidance']['type']!r} needs RGB renders; use a geometry with 3 features.")
+        else:
+            if g.n_features != 3:
+                raise ConfigError(f"RGB geometry must have 3 features, got geometry.n_features={g.n_features}.")
+            if not self.guidance.supports_rgb:
+                raise ConfigError(f"Guidance {cfg['guidance']['type']!r} needs latent renders; use system=sjc.")
+        expected = {loss_key("guidance")} | {loss_key(n) for n in self.cfg.losses}
+        extra = set(self.cfg.loss_weights) - expected
+        missing = expected - set(self.cfg.loss_weights)
+        if extra:
+            raise ConfigError(
+                f"system.loss_weights has {sorted(extra)} but no such loss is configured; configured terms: "
+                f"{sorted(expected)}. Add the loss under system.losses or remove the weight."
+            )
+        if missing:
+            raise ConfigError(f"system.loss_weights lacks {sorted(missing)}; give every configured term a weight.")
+        for key, value in self.cfg.loss_weights.items():
+            check_scheduled(value, f"system.loss_weights.{key}")
+
+    # ----------------------------------------------------------------------------- rendering
+    def render(self, cameras: CameraBatch, generator: torch.Generator | None = None) -> RenderOutput:
+        rays_o, rays_d = cameras.rays()
+        return self.renderer(self.geometry, self.background, rays_o, rays_d, generator)
+
+    @torch.no_grad()
+    def render_images(self, cameras: CameraBatch, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Viewable renders: rgb [B, 3, H', W'] in [0, 1] (latents decoded by the prior's VAE, at its
+        pixel size) and opacity [B, 1, H, W] at the render resolution."""
+        was_training = self.training
+        self.eval()
+        rgbs, alphas = [], []
+        try:
+            for start in range(0, cameras.batch_size, chunk):
+                out = self.render(cameras[list(range(start, min(start + chunk, cameras.batch_size)))].to(self.device))
+                image = out.color.permute(0, 3, 1, 2).float()
+                rgbs.append((self.prior.decode_latents(image) if self.is_latent else image).float().cpu())
+                alphas.append(out.opacity.permute(0, 3, 1, 2).float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(rgbs), torch.cat(alphas)
+
+    def view_cameras(self, n: int, resolution: int | None = None) -> CameraBatch:
+        v = self.cfg.views
+        azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
+        return make_cameras(v.elevation, azimuth, v.distance, v.fovy, resolution or v.resolution)
+
+    # ----------------------------------------------------------------------------- training
+    def update_parts(self, step: int) -> None:
+        for part in (self.geometry, self.background, self.renderer, self.guidance, self.prior, *self.loss_terms.values()):
+            part.do_update_step(step, self.max_steps)
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.global_step)
+        self.update_parts(step)
+        cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS)).to(self.device)
+        out = self.render(cameras, step_generator(self.seed, step, STREAM_RENDER))
+        image = out.color.permute(0, 3, 1, 2)
+        text = self.prior.condition(self.prompt, cameras.view_names())
+        guidance_out = self.guidance(image, self.is_latent, text, step_generator(self.seed, step, STREAM_GUIDANCE), cameras)
+
+        terms = {"guidance": guidance_out["loss"]}
+        for name, loss in self.loss_terms.items():
+            terms[name] = loss(out, cameras)
+        total = 0.0
+        for name, value in terms.items():
+            weight = scheduled(self.cfg.loss_weights[loss_key(name)], step)
+            self.log(f"train/loss_{name}", value.detach(), on_step=True)
+            if weight != 0.0:
+                total = total + weight * value
+        for key, value in guidance_out.items():
+            if key != "loss":
+                self.log(f"train/{key}", torch.as_tensor(value, dtype=torch.float32), on_step=True)
+        if not isinstance(total, torch.Tensor):
+            raise ConfigError("Every loss weight is 0 at this step: nothing to optimise.")
+        if not torch.isfinite(total):
+            return self._skip_nonfinite(step, terms)
+        self.nonfinite_in_a_row = 0
+        self.log("loss", total.detach(), prog_bar=True, on_step=True)
+        self.log("train/opacity_mean", out.opacity.detach().mean(), on_step=True)
+        return total
+
+    def _skip_nonfinite(self, step: int, terms: dict):
+        """A NaN/Inf loss skips the step (Lightning skips the optimizer step when None is returned)."""
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True)
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_steps:
+            bad = {k: float(v.detach()) for k, v in terms.items()}
+            raise FloatingPointError(
+                f"The loss was NaN or Inf for {self.nonfinite_in_a_row} steps in a row (last at step {step}; "
+                f"terms {bad}). The run stopped; last.ckpt holds the last good state. Lower the learning "
+                f"rates or guidance scale, or raise system.max_nonfinite_steps."
+            )
+        return None
+
+    def configure_optimizers(self):
+        parts = {
+            "geometry": self.geometry.parameters(),
+            "background": self.background.parameters(),
+            "renderer": self.renderer.parameters(),
+            "guidance": self.guidance.parameters(),
+        }
+        return build_optimizer(self.cfg.optimizer, parts)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["scorelift"] = {
+            "system": self.cfg.name,
+            "guidance_state": self.guidance.state_dict(),
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("scorelift", {})
+        if meta.get("system") not in (None, self.cfg.name):
+            raise ConfigError(
+                f"The checkpoint was written by system {meta.get('system')!r}, but this run is system "
+                f"{self.cfg.name!r}; resume it with system={meta.get('system')}."
+            )
+        self.guidance.load_state_dict(meta.get("guidance_state", {}))
+        self.nonfinite_total = int(meta.get("nonfinite_total", 0))
+
+
+def n_validation_grid_cols(n: int) -> int:
+    return max(1, math.ceil(math.sqrt(n)))

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""scorelift's entry point.
+
+    python launch.py system=sjc guidance=paas                      # the main job
+    python launch.py system=dreamfusion guidance=sds prompt="a blue torus" seed=3
+    python launch.py resume=outputs/sjc-paas/a_red_cube@...         # continue a run
+    python launch.py mode=test resume=outputs/sjc-paas/a_red_cube@...  # re-render it
+    python launch.py --list                                         # available parts
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import framework.resolvers  # noqa: F401  (registers ${slug:...} before Hydra composes)
+from framework.cli import expand_resume, fail, handle_listing
+from framework.errors import ScoreliftError
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from framework.run import run
+
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ScoreliftError as exc:
+        fail(exc)
+
+
+if __name__ == "__main__":
+    if handle_listing(sys.argv[1:]):
+        sys.exit(0)
+    try:
+        sys.argv = sys.argv[:1] + expand_resume(sys.argv[1:])
+    except ScoreliftError as exc:
+        fail(exc)
+    main()

@@ -1,0 +1,353 @@
+"""The ``stable-diffusion`` prior: any diffusers StableDiffusionPipeline, seen as a DiffusionPrior.
+
+Loads a pipeline directory (``save_pretrained`` layout) or a hub id with
+``StableDiffusionPipeline.from_pretrained(model, torch_dtype=..., local_files_only=...)``,
+freezes every weight and exposes the few operations guidance needs: text embeddings (cached),
+view-dependent conditioning, VAE encode/decode with the ``(z - shift) * scale`` normalisation,
+and one classifier-free-guidance UNet call returning eps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from framework.errors import ConfigError, PriorLoadError
+from framework.interfaces.prior import DiffusionPrior, TextConditioning
+from framework.registry import register
+
+log = logging.getLogger(__name__)
+
+VIEW_NAMES = ("front", "side", "back", "overhead")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# What a complete pipeline directory must hold (sub-folder -> files, any one of each group).
+REQUIRED_PARTS: dict[str, list[tuple[str, ...]]] = {
+    "unet": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")],
+    "vae": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                               "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")],
+    "text_encoder": [("config.json",), ("model.safetensors", "pytorch_model.bin",
+                                        "model.fp16.safetensors", "pytorch_model.fp16.bin")],
+    "tokenizer": [("vocab.json", "tokenizer.json")],
+    "scheduler": [("scheduler_config.json",)],
+}
+
+VALID_LAYOUT = (
+    "A valid prior is a diffusers StableDiffusionPipeline directory (the save_pretrained layout): "
+    "model_index.json plus the sub-folders unet/, vae/, text_encoder/ (each a config.json and weights), "
+    "tokenizer/ and scheduler/ (scheduler_config.json). Point `prior.model` at such a directory "
+    "(e.g. `prior.model=/path/to/stable-diffusion-2-1-base`), or at a Hugging Face hub id with "
+    "`prior.local_files_only=false` on a machine with network access, or pick the offline prior "
+    "`prior=tiny-random`."
+)
+
+
+@dataclass
+class StableDiffusionPriorConfig:
+    """Options of the ``stable-diffusion`` prior (defaults: configs/prior/stable-diffusion.yaml).
+
+    model: local pipeline directory or hub id; local_files_only: never touch the network;
+    dtype: auto (fp16 on CUDA, fp32 elsewhere) | float32 | float16 | bfloat16;
+    view_templates: view name (front/side/back/overhead) -> template containing ``{prompt}``
+    (empty: no view words); text_cache_dir: directory for on-disk text embeddings, or null.
+    """
+
+    model: str
+    local_files_only: bool
+    dtype: str
+    view_templates: dict[str, str]
+    text_cache_dir: Optional[str]
+
+
+def load_error(model: str, reason: str) -> PriorLoadError:
+    return PriorLoadError(f"Cannot load the diffusion prior from {model!r}: {reason}. {VALID_LAYOUT}")
+
+
+def looks_like_path(model: str) -> bool:
+    """True when ``model`` can only be a filesystem path (a hub id is ``name`` or ``org/name``)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def check_pipeline_dir(path: Path, model: str) -> None:
+    """Raise PriorLoadError naming ``model`` if ``path`` is not a complete pipeline directory."""
+    if not path.exists():
+        raise load_error(model, f"the directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise load_error(model, f"{str(path)!r} is a file, not a directory")
+    if not (path / "model_index.json").is_file():
+        raise load_error(model, f"{str(path)!r} has no model_index.json")
+    for part, groups in REQUIRED_PARTS.items():
+        folder = path / part
+        if not folder.is_dir():
+            raise load_error(model, f"{str(path)!r} has no {part}/ sub-folder")
+        for group in groups:
+            if not any((folder / name).is_file() for name in group):
+                raise load_error(model, f"{str(folder)!r} lacks {' or '.join(group)}")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # fp16 halves memory and time on GPUs; CPUs have no fast fp16 kernels.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"prior.dtype={name!r} is not known; use auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def check_view_templates(templates: dict[str, str]) -> None:
+    for view, template in templates.items():
+        if view not in VIEW_NAMES:
+            raise ConfigError(
+                f"prior.view_templates has the key {view!r}; the view names are {', '.join(VIEW_NAMES)}."
+            )
+        if "{prompt}" not in template:
+            raise ConfigError(
+                f"prior.view_templates.{view}={template!r} lacks the placeholder {{prompt}} "
+                f"(write e.g. '{{prompt}}, {view} view')."
+            )
+    if templates and set(templates) != set(VIEW_NAMES):
+        missing = [v for v in VIEW_NAMES if v not in templates]
+        raise ConfigError(
+            f"prior.view_templates lacks {', '.join(missing)}; give a template for every view "
+            f"({', '.join(VIEW_NAMES)}) or an empty mapping for no view words."
+        )
+
+
+@register("prior", "stable-diffusion")
+class StableDiffusionPrior(DiffusionPrior):
+    """A frozen Stable-Diffusion-format latent diffusion model.
+
+    Attributes: unet, vae, tokenizer, text_encoder, scheduler (diffusers / transformers objects),
+    plus those of DiffusionPrior (latent_channels, latent_size, pixel_size, num_train_timesteps,
+    alphas_cumprod [T] fp32 on device, prediction_type, device, dtype), vae_scale_factor,
+    vae_shift and vae_scale (the latent normalisation ``(z - shift) * scale``).
+    """
+
+    Config = StableDiffusionPriorConfig
+
+    def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
+        super().__init__(cfg)
+        self._load(self.cfg.model, self.cfg.local_files_only, torch.device(device))
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, model: str, local_files_only: bool, device: torch.device) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        check_view_templates(self.cfg.view_templates)
+        self.device = device
+        self.dtype = resolve_dtype(self.cfg.dtype, device)
+        local = Path(model).expanduser()
+        if local.exists() or looks_like_path(model):
+            check_pipeline_dir(local, model)
+            source = str(local.resolve())
+        else:
+            source = model
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source,
+                torch_dtype=self.dtype,
+                local_files_only=local_files_only,
+                # The safety checker is a 1 GB image classifier that guidance never calls.
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        except Exception as exc:  # from_pretrained raises OSError, ValueError, EnvironmentError...
+            hint = " (offline: `prior.local_files_only` is true)" if local_files_only and source == model else ""
+            raise load_error(model, f"diffusers failed with {type(exc).__name__}: {str(exc).splitlines()[0]}{hint}") from exc
+        self.model_id = source
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.text_encoder, self.tokenizer, self.scheduler = pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device)
+            module.eval()
+            module.requires_grad_(False)
+
+        sched = self.scheduler.config
+        self.num_train_timesteps = int(sched.num_train_timesteps)
+        self.prediction_type = str(getattr(sched, "prediction_type", "epsilon"))
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise load_error(model, f"its scheduler predicts {self.prediction_type!r}; only epsilon and v_prediction are supported")
+        ab = getattr(self.scheduler, "alphas_cumprod", None)
+        if ab is None:
+            ab = torch.cumprod(1.0 - torch.as_tensor(self.scheduler.betas, dtype=torch.float64), 0)
+        self.alphas_cumprod = torch.as_tensor(ab).to(device=device, dtype=torch.float32)
+
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.latent_size = int(self.unet.config.sample_size)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.pixel_size = self.latent_size * self.vae_scale_factor
+        # SD 1.x/2.x have no shift (None); the shapes prior stores one so latents have zero mean.
+        self.vae_scale = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
+        self.vae_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_key = self._text_encoder_fingerprint(local if local.exists() else None, source)
+
+    def _text_encoder_fingerprint(self, local: Path | None, source: str) -> str:
+        """Key of the on-disk text cache: the model plus (for a local directory) its text-encoder
+        and tokenizer files' sizes and times, so a retrained model never reads stale embeddings."""
+        parts = [source]
+        if local is not None:
+            for sub in ("text_encoder", "tokenizer"):
+                for f in sorted((local / sub).glob("*")):
+                    st = f.stat()
+                    parts.append(f"{sub}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ text
+    def token_count(self, prompt: str) -> int:
+        """Tokens of ``prompt`` including the start and end tokens."""
+        return len(self.tokenizer(prompt, truncation=False).input_ids)
+
+    def _check_length(self, prompt: str) -> None:
+        limit = int(self.tokenizer.model_max_length)
+        n = self.token_count(prompt)
+        if n > limit:
+            raise ConfigError(
+                f"The prompt {prompt!r} is {n} tokens long (start and end tokens included), but the "
+                f"prior's tokenizer takes at most {limit}; shorten the prompt."
+            )
+
+    def validate_prompt(self, prompt: str) -> None:
+        """ConfigError for an empty prompt or one longer than the tokenizer's limit."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(
+                f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
+            )
+        self._check_length(prompt.strip())
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """N prompts -> [N, L, D] embeddings in the UNet's dtype on ``device``.
+
+        "" is the unconditional prompt. Each prompt is encoded once: an in-memory cache, and
+        an on-disk one (``text_cache_dir``) keyed by the model and the prompt.
+        """
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        for p in list(missing):
+            cached = self._read_disk_cache(p)
+            if cached is not None:
+                self._text_cache[p] = cached
+                missing.remove(p)
+        if missing:
+            for p in missing:
+                self._check_length(p)
+            emb = self._run_text_encoder(missing)
+            for p, e in zip(missing, emb):
+                self._text_cache[p] = e
+                self._write_disk_cache(p, e)
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    @torch.no_grad()
+    def _run_text_encoder(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
+        mask = None
+        # As diffusers' pipeline: only encoders trained with a mask get one (SD's CLIP does not).
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)
+        return out.last_hidden_state.to(self.dtype)
+
+    def _disk_path(self, prompt: str) -> Path | None:
+        if not self.cfg.text_cache_dir:
+            return None
+        key = hashlib.sha256(f"{self._text_key}\n{prompt}".encode()).hexdigest()[:32]
+        return Path(self.cfg.text_cache_dir).expanduser() / f"{key}.pt"
+
+    def _read_disk_cache(self, prompt: str) -> torch.Tensor | None:
+        path = self._disk_path(prompt)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location=self.device, weights_only=True).to(self.dtype)
+        except Exception:  # a truncated file from an interrupted run: recompute it
+            log.warning("Ignoring unreadable text-embedding cache file %s", path)
+            return None
+
+    def _write_disk_cache(self, prompt: str, emb: torch.Tensor) -> None:
+        path = self._disk_path(prompt)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(emb)}")
+        torch.save(emb.detach().cpu().clone(), tmp)
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+
+    def view_prompt(self, prompt: str, view: str) -> str:
+        """``prompt`` with the view words of ``view`` (front/side/back/overhead) per view_templates."""
+        templates = self.cfg.view_templates
+        if not templates:
+            return prompt
+        if view not in templates:
+            raise ValueError(f"Unknown view name {view!r}; the view names are {', '.join(VIEW_NAMES)}.")
+        return templates[view].format(prompt=prompt)
+
+    def condition(self, prompt: str, view_names: list[str]) -> TextConditioning:
+        """Embeddings for ``prompt`` seen from B views -> TextConditioning with [B, L, D] tensors."""
+        self.validate_prompt(prompt)
+        prompt = prompt.strip()
+        views = [self.view_prompt(prompt, v) for v in view_names]
+        emb = self.encode_text(views + [prompt, ""])
+        B = len(view_names)
+        return TextConditioning(
+            cond=emb[:B],
+            uncond=emb[B + 1 : B + 2].expand(B, -1, -1),
+            cond_view_independent=emb[B : B + 1].expand(B, -1, -1),
+        )
+
+    # ------------------------------------------------------------------ images
+    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb: [B, 3, H, W] in [0, 1] -> [B, C, h, w] float32 latents ``(z - shift) * scale``.
+
+        Resized bilinearly to pixel_size, mapped to [-1, 1], encoded with gradient flowing to
+        ``rgb`` (the VAE's weights are frozen). We take the posterior *mean*, not a sample: the
+        interface has no generator to draw from (a sample would make runs non-reproducible), and
+        the posterior std of SD-style VAEs is tiny next to the latents, so the mean is the
+        same target with less gradient noise.
+        """
+        if rgb.ndim != 4 or rgb.shape[1] != 3:
+            raise ValueError(f"encode_images expects [B, 3, H, W] RGB, got shape {tuple(rgb.shape)}.")
+        x = rgb.float()
+        if x.shape[-2:] != (self.pixel_size, self.pixel_size):
+            x = F.interpolate(x, (self.pixel_size, self.pixel_size), mode="bilinear", align_corners=False)
+        x = (2.0 * x - 1.0).to(self.vae.dtype)
+        z = self.vae.encode(x).latent_dist.mean.float()
+        return (z - self.vae_shift) * self.vae_scale
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] normalised latents -> [B, 3, pixel_size, pixel_size] float32 RGB in [0, 1]."""
+        z = latents.float() / self.vae_scale + self.vae_shift
+        x = self.vae.decode(z.to(self.vae.dtype)).sample.float()
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ UNet
+    @torch.no_grad()
+    def predict_eps(
+        self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One UNet call on [z_t, z_t] with [cond, uncond] (this order), under no_grad.
+
+        z_t: [B, C, h, w]; t: [B] integer timesteps; cond, uncond: [B, L, D].
+        Returns (e_c, e_u), each [B, C, h, w] float32; v-prediction is converted to eps with
+        ``eps = sqrt(ab) v + sqrt(1 - ab) z_t``.
+        """
+        B = z_t.shape[0]
+        t = t.to(self.device).long().reshape(B)
+        x = torch.cat([z_t, z_t]).to(device=self.device, dtype=self.unet.dtype)
+        emb = torch.cat([cond, uncond]).to(device=self.device, dtype=self.unet.dtype)
+        out = self.unet(x, torch.cat([t, t]), encoder_hidden_states=emb).sample.float()
+        if self.prediction_type == "v_prediction":
+            ab = self.alphas_cumprod[torch.cat([t, t])].reshape(2 * B, 1, 1, 1)
+            z32 = torch.cat([z_t, z_t]).to(device=self.device, dtype=torch.float32)  # not the fp16 copy
+            out = ab.sqrt() * out + (1.0 - ab).sqrt() * z32
+        e_c, e_u = out.chunk(2)
+        return e_c, e_u

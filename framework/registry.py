@@ -68,10 +68,12 @@ def register(kind: str, name: str) -> Callable[[T], T]:
 
 
 def _import_builtin_plugins() -> None:
+    import framework.systems
     import plugins
 
-    for info in pkgutil.walk_packages(plugins.__path__, prefix="plugins."):
-        importlib.import_module(info.name)
+    for package in (framework.systems, plugins):
+        for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
+            importlib.import_module(info.name)
 
 
 def _import_entry_points() -> None:

@@ -15,6 +15,7 @@ from framework import builders, registry
 from framework.errors import ConfigError
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
+from framework.outputs.progress import StepProgressBar
 from framework.run_info import write_run_info
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device) -> pl.Tra
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
-        callbacks=[AtomicCheckpoint(checkpoint_path(run_dir), cfg.trainer.checkpoint_every), ValidationImages(run_dir)],
+        callbacks=[
+            AtomicCheckpoint(checkpoint_path(run_dir), cfg.trainer.checkpoint_every),
+            ValidationImages(run_dir),
+            *([StepProgressBar()] if cfg.trainer.progress_bar else []),
+        ],
         enable_checkpointing=False,
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,

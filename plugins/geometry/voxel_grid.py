@@ -99,10 +99,13 @@ class VoxelGrid(Geometry):
         lo, hi = self.bbox[0].to(points), self.bbox[1].to(points)
         return (points - lo) / (hi - lo) * 2.0 - 1.0
 
-    def _inside(self, points: torch.Tensor) -> torch.Tensor:
-        """[N, 3] -> [N] bool, True inside the closed box."""
-        lo, hi = self.bbox[0].to(points), self.bbox[1].to(points)
-        return ((points >= lo) & (points <= hi)).all(dim=-1)
+    @staticmethod
+    def _inside(coords: torch.Tensor) -> torch.Tensor:
+        """[N, 3] grid coordinates -> [N] bool, True inside the closed box.
+
+        The tolerance keeps points that land on a face up to rounding (ray entry points).
+        """
+        return (coords.abs() <= 1.0 + 1e-6).all(dim=-1)
 
     @staticmethod
     def _sample(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -134,14 +137,14 @@ class VoxelGrid(Geometry):
         grid = torch.cat([self.density_grid, self.feature_grid], dim=1)
         raw = self._sample(grid, coords)  # [N, 1 + C]
         density = self._activate_density(raw[:, 0])
-        density = torch.where(self._inside(points), density, torch.zeros_like(density))
+        density = torch.where(self._inside(coords), density, torch.zeros_like(density))
         return GeometryOutput(density=density, features=self._activate_features(raw[:, 1:]))
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N] density only (no feature lookup)."""
-        raw = self._sample(self.density_grid, self._normalise(points))[:, 0]
-        density = self._activate_density(raw)
-        return torch.where(self._inside(points), density, torch.zeros_like(density))
+        coords = self._normalise(points)
+        density = self._activate_density(self._sample(self.density_grid, coords)[:, 0])
+        return torch.where(self._inside(coords), density, torch.zeros_like(density))
 
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N, 3] unit outward normals, minus the central-difference density gradient.

@@ -107,3 +107,19 @@ def expand_text(emb: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
         f"The text conditioning ({what}) holds {emb.shape[0]} embeddings but the render batch has "
         f"{batch_size} images; build it with prior.condition(prompt, cameras.view_names())."
     )
+
+
+def render_latents(prior, image: torch.Tensor, is_latent: bool) -> torch.Tensor:
+    """The differentiable latent ``z`` [B, C, h, w] (float32) that guidance acts on.
+
+    Latent renders are used as they are; RGB renders [B, 3, H, W] in [0, 1] go through the
+    prior's VAE encoder with gradient (resized to its pixel size there).
+    """
+    if is_latent:
+        if image.ndim != 4 or image.shape[1] != prior.latent_channels:
+            raise ValueError(
+                f"A latent render must be [B, {prior.latent_channels}, h, w] for this prior, got "
+                f"{tuple(image.shape)}; render RGB (is_latent=False) or match the prior's latent channels."
+            )
+        return image.float()
+    return prior.encode_images(image)

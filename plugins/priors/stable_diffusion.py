@@ -92,6 +92,16 @@ def check_pipeline_dir(path: Path, model: str) -> None:
                 raise load_error(model, f"{str(folder)!r} lacks {' or '.join(group)}")
 
 
+def dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword: ``dtype`` where diffusers deprecates ``torch_dtype``
+    (0.42 does), else ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         # fp16 halves memory and time on GPUs; CPUs have no fast fp16 kernels.
@@ -152,7 +162,7 @@ class StableDiffusionPrior(DiffusionPrior):
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 source,
-                torch_dtype=self.dtype,
+                **{dtype_keyword(): self.dtype},
                 local_files_only=local_files_only,
                 # The safety checker is a 1 GB image classifier that guidance never calls.
                 safety_checker=None,
@@ -161,7 +171,8 @@ class StableDiffusionPrior(DiffusionPrior):
             )
         except Exception as exc:  # from_pretrained raises OSError, ValueError, EnvironmentError...
             hint = " (offline: `prior.local_files_only` is true)" if local_files_only and source == model else ""
-            raise load_error(model, f"diffusers failed with {type(exc).__name__}: {str(exc).splitlines()[0]}{hint}") from exc
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise load_error(model, f"diffusers failed with {type(exc).__name__}: {first_line}{hint}") from exc
         self.model_id = source
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer, self.scheduler = pipe.text_encoder, pipe.tokenizer, pipe.scheduler
@@ -174,7 +185,9 @@ class StableDiffusionPrior(DiffusionPrior):
         self.num_train_timesteps = int(sched.num_train_timesteps)
         self.prediction_type = str(getattr(sched, "prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise load_error(model, f"its scheduler predicts {self.prediction_type!r}; only epsilon and v_prediction are supported")
+            raise load_error(
+                model, f"its scheduler predicts {self.prediction_type!r}; only epsilon and v_prediction are supported"
+            )
         ab = getattr(self.scheduler, "alphas_cumprod", None)
         if ab is None:
             ab = torch.cumprod(1.0 - torch.as_tensor(self.scheduler.betas, dtype=torch.float64), 0)

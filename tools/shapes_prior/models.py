@@ -159,49 +159,72 @@ def count_parameters(module) -> int:
 
 # Prefix-style phrases (SJC's / stable-dreamfusion's "backside view of ...") per contract view word.
 _PREFIX = {"front": "front", "side": "side", "back": "backside", "overhead": "overhead"}
+N_VIEW_VARIANTS = 1 + 2 * len(world.VIEWS)  # none, 4 suffix styles, 4 prefix styles
 
 
-def draw_captions(
-    colour_idx: torch.Tensor,
-    shape_idx: torch.Tensor,
-    views: list[str],
-    generator: torch.Generator,
-    p_view: float = 0.5,
-    p_empty: float = 0.1,
-    p_prefix: float = 0.25,
-    p_other_article: float = 0.1,
-) -> list[str]:
-    """One caption per sample, drawn afresh each time a sample is used.
+def caption_variant(colour: str, shape: str, other_article: bool, variant: int) -> str:
+    """One of the captions the prior is trained on.
 
-    colour_idx, shape_idx: [n] long; views: n contract view words (front/side/back/overhead).
-    Contract: empty w.p. p_empty (classifier-free guidance), else ``a {colour} {shape}`` plus the
-    DreamFusion suffix ``, {view} view`` w.p. p_view. Two additions so the prior accepts what
-    the contract says it must accept: a fraction p_prefix of the view captions use the prefix style
-    ("backside view of a red cube", used by SJC-style guidance) instead of the suffix, and w.p.
-    p_other_article the other article ("an red cube") is used.
+    variant 0: ``a red cube``; 1..4: the contract's DreamFusion suffix ``a red cube, {view} view``
+    for world.VIEWS[variant - 1]; 5..8: the prefix style ``{front|side|backside|overhead} view of
+    a red cube`` (what SJC-style guidance sends). other_article swaps a/an ("an red cube"): the
+    contract says the prior must accept both articles.
     """
-    n = len(views)
-    u = torch.rand(n, 4, generator=generator).tolist()
-    colours = list(world.COLOURS)
-    out = []
-    for i in range(n):
-        u_empty, u_view, u_prefix, u_article = u[i]
-        if u_empty < p_empty:
-            out.append("")
-            continue
-        colour, shape = colours[int(colour_idx[i])], world.SHAPES[int(shape_idx[i])]
-        prompt = world.object_prompt(colour, shape)
-        if u_article < p_other_article:
-            article, rest = prompt.split(" ", 1)
-            prompt = ("a" if article == "an" else "an") + " " + rest
-        if u_view < p_view:
-            view = views[i]
-            if u_prefix < p_prefix:
-                prompt = f"{_PREFIX[view]} view of {prompt}"
-            else:
-                prompt = f"{prompt}, {view} view"
-        out.append(prompt)
-    return out
+    prompt = world.object_prompt(colour, shape)
+    if other_article:
+        article, rest = prompt.split(" ", 1)
+        prompt = ("a" if article == "an" else "an") + " " + rest
+    if variant == 0:
+        return prompt
+    view = world.VIEWS[(variant - 1) % len(world.VIEWS)]
+    if variant <= len(world.VIEWS):
+        return f"{prompt}, {view} view"
+    return f"{_PREFIX[view]} view of {prompt}"
+
+
+class CaptionSampler:
+    """Draws training captions as token ids on the device, with no Python loop per sample.
+
+    All 36 x 2 x 9 captions are tokenized once into ``table`` [36, 2, 9, L]; a batch indexes it.
+    Per sample (contract): empty w.p. p_empty (classifier-free guidance), else the prompt with a
+    view phrase w.p. p_view. Of the view captions a fraction p_prefix uses the prefix style, and
+    w.p. p_other_article the other article is used (both additions are ours, see caption_variant).
+    """
+
+    def __init__(self, tokenizer, device, p_view=0.5, p_empty=0.1, p_prefix=0.25, p_other_article=0.1):
+        colours = list(world.COLOURS)
+        self.texts = [
+            [[caption_variant(colours[o // len(world.SHAPES)], world.SHAPES[o % len(world.SHAPES)], bool(a), v)
+              for v in range(N_VIEW_VARIANTS)] for a in range(2)]
+            for o in range(len(world.ALL_OBJECTS))
+        ]
+        flat = [t for obj in self.texts for art in obj for t in art]
+        ids = tokenize(tokenizer, flat, device)  # [36 * 2 * 9, L]
+        self.table = ids.view(len(world.ALL_OBJECTS), 2, N_VIEW_VARIANTS, -1)
+        self.empty = tokenize(tokenizer, [""], device)[0]  # [L]
+        self.p_view, self.p_empty, self.p_prefix, self.p_other_article = p_view, p_empty, p_prefix, p_other_article
+
+    def sample(self, colour_idx, shape_idx, view_idx, generator, p_empty=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """colour_idx, shape_idx, view_idx: [B] long on the device (view_idx into world.VIEWS).
+
+        p_empty overrides the sampler's own probability of the empty caption.
+
+        Returns (ids [B, L], variant [B]) where variant -1 marks the empty caption.
+        """
+        B = colour_idx.shape[0]
+        u = torch.rand(4, B, device=colour_idx.device, generator=generator)
+        obj = colour_idx * len(world.SHAPES) + shape_idx  # world.ALL_OBJECTS is colour-major
+        article = (u[0] < self.p_other_article).long()
+        variant = torch.where(
+            u[1] < self.p_view, 1 + view_idx + len(world.VIEWS) * (u[2] < self.p_prefix).long(), torch.zeros_like(obj)
+        )
+        ids = self.table[obj, article, variant]
+        empty = u[3] < (self.p_empty if p_empty is None else p_empty)
+        ids = torch.where(empty[:, None], self.empty[None], ids)
+        return ids, torch.where(empty, torch.full_like(variant, -1), variant)
+
+    def text(self, colour_idx: int, shape_idx: int, article: int, variant: int) -> str:
+        return "" if variant < 0 else self.texts[colour_idx * len(world.SHAPES) + shape_idx][article][variant]
 
 
 def tokenize(tokenizer, captions: list[str], device) -> torch.Tensor:
@@ -218,14 +241,14 @@ def tokenize(tokenizer, captions: list[str], device) -> torch.Tensor:
 def render_dataset(n: int, seed: int, device, chunk: int = 4096, log=print) -> dict:
     """n ground-truth renders of the contract's training distribution (no captions).
 
-    Returns dict(images [n, 3, 64, 64] float16 in [0, 1] on device, colour_idx [n], shape_idx [n]
-    long on device, views list[str] of n contract view words). Deterministic in (n, seed, chunk).
+    Returns dict(images [n, 3, 64, 64] float16 in [0, 1], colour_idx [n], shape_idx [n], view_idx [n]
+    (index into world.VIEWS), all on device). Deterministic in (n, seed, chunk).
     """
     g = torch.Generator().manual_seed(seed)
     images = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float16, device=device)
     colour_idx = torch.empty(n, dtype=torch.long, device=device)
     shape_idx = torch.empty(n, dtype=torch.long, device=device)
-    views: list[str] = []
+    view_idx = torch.empty(n, dtype=torch.long, device=device)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         # Captions are drawn per step by draw_captions; the dataset's own are not used.
@@ -233,10 +256,10 @@ def render_dataset(n: int, seed: int, device, chunk: int = 4096, log=print) -> d
         images[start : start + m] = b["images"].to(torch.float16)
         colour_idx[start : start + m] = b["colour_idx"]
         shape_idx[start : start + m] = b["shape_idx"]
-        views.extend(b["cameras"].view_names())
+        view_idx[start : start + m] = torch.tensor([world.VIEWS.index(v) for v in b["cameras"].view_names()])
         if log is not None and (start // chunk) % 16 == 0:
             log(f"rendered {start + m}/{n}")
-    return dict(images=images, colour_idx=colour_idx, shape_idx=shape_idx, views=views)
+    return dict(images=images, colour_idx=colour_idx, shape_idx=shape_idx, view_idx=view_idx)
 
 
 def all_prompts() -> list[str]:

@@ -1,0 +1,43 @@
+"""One learnable background colour shared by every ray: sigmoid of a learned logit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework.errors import ConfigError
+from framework.interfaces.background import Background
+from framework.registry import register
+
+
+@dataclass
+class LearnedColorBackgroundConfig:
+    n_features: int  # C, must equal the geometry's
+    init_color: list[float]  # C starting values in (0, 1)
+
+
+@register("background", "learned-color")
+class LearnedColorBackground(Background):
+    """Parameter ``logit`` [C]; forward(rays_d [B, H, W, 3]) -> [B, H, W, C] = sigmoid(logit)."""
+
+    Config = LearnedColorBackgroundConfig
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
+        if len(c.init_color) != c.n_features:
+            raise ConfigError(
+                f"background (learned-color) init_color={list(c.init_color)} has {len(c.init_color)} values "
+                f"but n_features={c.n_features}; give one value per channel."
+            )
+        if not all(0.0 < v < 1.0 for v in c.init_color):
+            raise ConfigError(
+                f"background (learned-color) init_color={list(c.init_color)} must lie strictly inside (0, 1): "
+                f"the colour is a sigmoid, which never reaches 0 or 1."
+            )
+        self.n_features = c.n_features
+        self.logit = torch.nn.Parameter(torch.logit(torch.tensor(list(c.init_color), dtype=torch.float32)))
+
+    def forward(self, rays_d: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit).to(rays_d.dtype).expand(*rays_d.shape[:-1], self.n_features)

@@ -1,0 +1,38 @@
+"""A fixed background colour (or latent), no parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework.errors import ConfigError
+from framework.interfaces.background import Background
+from framework.registry import register
+
+
+@dataclass
+class SolidBackgroundConfig:
+    n_features: int  # C, must equal the geometry's
+    color: list[float]  # C values, used as they are
+
+
+@register("background", "solid")
+class SolidBackground(Background):
+    """forward(rays_d [B, H, W, 3]) -> [B, H, W, C] filled with ``color`` (buffer, not learned)."""
+
+    Config = SolidBackgroundConfig
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
+        if len(c.color) != c.n_features:
+            raise ConfigError(
+                f"background (solid) color={list(c.color)} has {len(c.color)} values but n_features={c.n_features}; "
+                f"give one value per feature channel (e.g. [1, 1, 1] for white RGB)."
+            )
+        self.n_features = c.n_features
+        self.register_buffer("color", torch.tensor(list(c.color), dtype=torch.float32), persistent=False)
+
+    def forward(self, rays_d: torch.Tensor) -> torch.Tensor:
+        return self.color.to(rays_d).expand(*rays_d.shape[:-1], self.n_features)

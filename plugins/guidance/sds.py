@@ -1,0 +1,101 @@
+"""``sds``: Score Distillation Sampling (DreamFusion), per docs/score-distillation.md.
+
+    t ~ U{t_min .. t_max},  eps ~ N(0, I),  z_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps
+    g = w(t) (e_cfg(z_t, t) - eps),  w = 1 - ab_t ("sds") or 1 ("uniform")
+
+and g is injected as dL/dz (divided by the batch size) through an MSE against a detached
+target. The UNet runs under no_grad: its Jacobian is dropped by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from framework.errors import ConfigError
+from framework.interfaces.guidance import Guidance, GuidanceOutput
+from framework.interfaces.prior import DiffusionPrior, TextConditioning
+from framework.registry import register
+from framework.schedule import check_scheduled, scheduled
+from plugins.guidance import score_math as sm
+
+WEIGHTINGS = ("sds", "uniform")
+
+
+@dataclass
+class SDSConfig:
+    """Options of ``sds`` (defaults: configs/guidance/sds.yaml).
+
+    guidance_scale: CFG scale in ``cfg_convention`` (standard | threestudio);
+    weighting: sds (w = 1 - alpha_bar[t]) | uniform (w = 1);
+    min_step_percent, max_step_percent: t bounds as fractions of T (scheduled scalars);
+    grad_clip: element-wise clamp of g (scheduled scalar) or null.
+    """
+
+    guidance_scale: float
+    cfg_convention: str
+    weighting: str
+    min_step_percent: Any
+    max_step_percent: Any
+    grad_clip: Any
+
+
+@register("guidance", "sds")
+class SDSGuidance(Guidance):
+    Config = SDSConfig
+
+    def __init__(self, cfg: Any, prior: DiffusionPrior):
+        super().__init__(cfg, prior)
+        c = self.cfg
+        sm.check_cfg_convention(c.cfg_convention)
+        if c.weighting not in WEIGHTINGS:
+            raise ConfigError(f"guidance.weighting={c.weighting!r} is not known; use one of {', '.join(WEIGHTINGS)}.")
+        check_scheduled(c.min_step_percent, "guidance.min_step_percent")
+        check_scheduled(c.max_step_percent, "guidance.max_step_percent")
+        if c.grad_clip is not None:
+            check_scheduled(c.grad_clip, "guidance.grad_clip")
+        self.update_step(0, 1)
+
+    def update_step(self, step: int, max_steps: int) -> None:
+        c = self.cfg
+        self.t_min, self.t_max = sm.step_range(
+            scheduled(c.min_step_percent, step), scheduled(c.max_step_percent, step), self.prior.num_train_timesteps
+        )
+        self.grad_clip = None if c.grad_clip is None else scheduled(c.grad_clip, step)
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        is_latent: bool,
+        text: TextConditioning,
+        generator: torch.Generator,
+        cameras=None,
+    ) -> GuidanceOutput:
+        """image: [B, C, h, w] latents or [B, 3, H, W] RGB in [0, 1]; text: [B, L, D] embeddings.
+
+        Draws t ([B]) then eps (like z) from ``generator`` on the CPU.
+        Returns {"loss", "grad_norm" (|g| over the batch), "t_mean"}; diagnostics detached.
+        """
+        prior = self.prior
+        z = sm.render_latents(prior, image, is_latent)  # [B, C, h, w] fp32, differentiable
+        B, dev = z.shape[0], z.device
+        t = sm.sample_timesteps(B, self.t_min, self.t_max, generator, dev)
+        eps = sm.sample_noise(z.shape, generator, dev)
+        ab = sm.per_sample(prior.alphas_cumprod.to(dev)[t], z.ndim)
+        with torch.no_grad():
+            z_t = ab.sqrt() * z.detach() + (1.0 - ab).sqrt() * eps
+            e_c, e_u = prior.predict_eps(
+                z_t, t, sm.expand_text(text.cond, B, "cond"), sm.expand_text(text.uncond, B, "uncond")
+            )
+            e_cfg = sm.cfg_combine(e_c.to(dev), e_u.to(dev), self.cfg.guidance_scale, self.cfg.cfg_convention)
+            w = (1.0 - ab) if self.cfg.weighting == "sds" else torch.ones_like(ab)
+            g = torch.nan_to_num(w * (e_cfg - eps), nan=0.0, posinf=0.0, neginf=0.0)
+            if self.grad_clip is not None:
+                g = g.clamp(-self.grad_clip, self.grad_clip)
+        return {
+            "loss": sm.inject_gradient(z, g),
+            "grad_norm": g.norm().detach(),
+            "t_mean": t.float().mean().detach(),
+        }

@@ -1,0 +1,49 @@
+"""SJC's emptiness loss: mean(log(1 + scale * w)) over the per-sample rendering weights.
+
+The log makes the penalty nearly linear for small weights and flat for large ones, so it
+clears thin fog without punishing the opaque surface much. From ``boost_at * max_steps`` on,
+the value is multiplied by ``boost_factor`` (SJC: x20 after half the steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework.data.cameras import CameraBatch
+from framework.errors import ConfigError
+from framework.interfaces.loss import Loss
+from framework.interfaces.renderer import RenderOutput
+from framework.registry import register
+
+
+@dataclass
+class EmptinessConfig:
+    scale: float  # SJC: 10
+    boost_factor: float  # SJC: 20
+    boost_at: float  # fraction of max_steps from which the boost applies (SJC: 0.5)
+
+
+@register("loss", "emptiness")
+class EmptinessLoss(Loss):
+    """render.weights [B, H, W, S] -> scalar mean(log(1 + scale * w)) * (boost if boosted)."""
+
+    Config = EmptinessConfig
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        if self.cfg.scale <= 0:
+            raise ConfigError(f"loss (emptiness) scale={self.cfg.scale} must be positive (SJC: 10).")
+        if not 0.0 <= self.cfg.boost_at <= 1.0:
+            raise ConfigError(
+                f"loss (emptiness) boost_at={self.cfg.boost_at} is a fraction of the training steps and must "
+                f"lie in [0, 1] (SJC: 0.5)."
+            )
+        self.multiplier = 1.0
+
+    def update_step(self, step: int, max_steps: int) -> None:
+        self.multiplier = self.cfg.boost_factor if step >= self.cfg.boost_at * max_steps else 1.0
+
+    def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
+        return torch.log1p(self.cfg.scale * render.weights).mean() * self.multiplier

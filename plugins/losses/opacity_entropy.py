@@ -1,0 +1,34 @@
+"""Binary entropy of the opacity: pushes every pixel towards fully empty or fully opaque."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework.data.cameras import CameraBatch
+from framework.errors import ConfigError
+from framework.interfaces.loss import Loss
+from framework.interfaces.renderer import RenderOutput
+from framework.registry import register
+
+
+@dataclass
+class OpacityEntropyConfig:
+    eps: float  # opacity is clamped to [eps, 1 - eps] so the log stays finite
+
+
+@register("loss", "opacity-entropy")
+class OpacityEntropyLoss(Loss):
+    """render.opacity [B, H, W, 1] -> scalar mean(-o log o - (1 - o) log(1 - o))."""
+
+    Config = OpacityEntropyConfig
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        if not 0.0 < self.cfg.eps < 0.5:
+            raise ConfigError(f"loss (opacity-entropy) eps={self.cfg.eps} must lie in (0, 0.5) (1e-5).")
+
+    def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
+        o = render.opacity.clamp(self.cfg.eps, 1.0 - self.cfg.eps)
+        return (-o * torch.log(o) - (1.0 - o) * torch.log1p(-o)).mean()

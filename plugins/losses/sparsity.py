@@ -1,0 +1,33 @@
+"""Opacity sparsity (DreamFusion style): mean(sqrt(opacity^2 + eps)), a smooth L1 on opacity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from framework.data.cameras import CameraBatch
+from framework.errors import ConfigError
+from framework.interfaces.loss import Loss
+from framework.interfaces.renderer import RenderOutput
+from framework.registry import register
+
+
+@dataclass
+class SparsityConfig:
+    eps: float  # smoothing of the L1 near 0 (0.01)
+
+
+@register("loss", "sparsity")
+class SparsityLoss(Loss):
+    """render.opacity [B, H, W, 1] -> scalar mean(sqrt(o^2 + eps))."""
+
+    Config = SparsityConfig
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        if self.cfg.eps <= 0:
+            raise ConfigError(f"loss (sparsity) eps={self.cfg.eps} must be positive (0.01).")
+
+    def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
+        return torch.sqrt(render.opacity.square() + self.cfg.eps).mean()

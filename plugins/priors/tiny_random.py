@@ -1,0 +1,201 @@
+"""The ``tiny-random`` prior: a random-weight, Stable-Diffusion-shaped pipeline for offline runs.
+
+A placeholder default until the trained shapes prior lands, and the model of the test suite.
+``build_tiny_pipeline`` writes a real diffusers pipeline (UNet2DConditionModel, AutoencoderKL,
+CLIPTextModel, a CLIPTokenizer over the shapes world's words, SD's scheduler) in the
+``save_pretrained`` layout; the prior builds one once, caches it under ``cache_dir`` keyed by its
+settings, and loads it exactly like ``stable-diffusion``. Its weights are random: the guidance
+it gives points nowhere in particular and its outputs mean nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from framework.interfaces.base import BasePart
+from framework.registry import register
+from plugins.priors.bpe_vocabulary import build_clip_tokenizer
+from plugins.priors.stable_diffusion import StableDiffusionPrior
+
+log = logging.getLogger(__name__)
+
+# Bump when build_tiny_pipeline changes what it writes, so old cached pipelines are not reused.
+FORMAT_VERSION = 1
+
+SHAPES_WORLD_WORDS: tuple[str, ...] = (
+    "a", "an", "red", "green", "blue", "yellow", "purple", "orange",
+    "sphere", "cube", "cylinder", "cone", "torus", "pyramid",
+    "front", "side", "back", "backside", "overhead", "view", "of",
+)  # fmt: skip
+
+# SD 1.x/2.x noise schedule: scaled-linear betas 0.00085 .. 0.012 over 1000 steps.
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)  # fmt: skip
+
+
+def build_tiny_pipeline(
+    out_dir: str | Path,
+    *,
+    latent_size: int = 16,
+    vae_blocks: int = 3,
+    unet_channels: Sequence[int] = (32, 64),
+    text_hidden: int = 32,
+    text_layers: int = 2,
+    max_length: int = 77,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+    scaling_factor: float = 0.18215,
+    shift_factor: float | None = None,
+    words: Sequence[str] = SHAPES_WORLD_WORDS,
+) -> Path:
+    """Write a random-weight StableDiffusionPipeline to ``out_dir`` and return ``out_dir``.
+
+    Latents: 4 x latent_size^2; pixels: latent_size * 2^(vae_blocks - 1). The UNet has one
+    cross-attention down/up block per entry of ``unet_channels`` but the last, so a call on a
+    16 x 16 latent takes milliseconds on a CPU. Weights come from ``seed`` (the global RNG is
+    left untouched).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_unet = len(unet_channels)
+    with tempfile.TemporaryDirectory() as tok_dir, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = build_clip_tokenizer(list(words), tok_dir, model_max_length=max_length)
+        unet = UNet2DConditionModel(
+            sample_size=latent_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=tuple(unet_channels),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+            cross_attention_dim=text_hidden,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        vae_channels = tuple(min(16 * 2**i, 64) for i in range(vae_blocks))
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+            up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+            block_out_channels=vae_channels,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=latent_size * 2 ** (vae_blocks - 1),
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=text_hidden,
+                intermediate_size=2 * text_hidden,
+                num_hidden_layers=text_layers,
+                num_attention_heads=4,
+                max_position_embeddings=max_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        scheduler = DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction_type)
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+@dataclass
+class TinyRandomPriorConfig:
+    """Options of the ``tiny-random`` prior (defaults: configs/prior/tiny-random.yaml).
+
+    latent_size, vae_blocks, unet_channels, text_hidden, text_layers, seed, prediction_type:
+    passed to ``build_tiny_pipeline``; cache_dir: where built pipelines are kept;
+    dtype, view_templates, text_cache_dir: as for ``stable-diffusion``.
+    """
+
+    latent_size: int
+    vae_blocks: int
+    unet_channels: list[int]
+    text_hidden: int
+    text_layers: int
+    seed: int
+    prediction_type: str
+    cache_dir: str
+    dtype: str
+    view_templates: dict[str, str]
+    text_cache_dir: Optional[str]
+
+
+def cached_tiny_pipeline(cache_dir: str | Path, **settings) -> Path:
+    """The directory of a tiny pipeline with ``settings``, built on first use.
+
+    Built into a temporary sibling and renamed into place, so concurrent runs never see a half
+    written pipeline (the loser of a race discards its copy).
+    """
+    key_src = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True, default=list)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    root = Path(cache_dir).expanduser()
+    final = root / f"tiny-random-{key}"
+    if (final / "model_index.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-random-{key}-", dir=root))
+    log.info("Building the tiny random pipeline %s (once)", final)
+    try:
+        build_tiny_pipeline(tmp, **settings)
+        (tmp / "scorelift_settings.json").write_text(key_src)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "model_index.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@register("prior", "tiny-random")
+class TinyRandomPrior(StableDiffusionPrior):
+    """A random-weight SD-format prior (see the module docstring); loads like stable-diffusion."""
+
+    Config = TinyRandomPriorConfig
+
+    def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
+        BasePart.__init__(self, cfg)  # parse our own Config; the loading is the parent's
+        c = self.cfg
+        path = cached_tiny_pipeline(
+            c.cache_dir,
+            latent_size=c.latent_size, vae_blocks=c.vae_blocks, unet_channels=list(c.unet_channels),
+            text_hidden=c.text_hidden, text_layers=c.text_layers, seed=c.seed,
+            prediction_type=c.prediction_type,
+        )  # fmt: skip
+        message = (
+            f"prior=tiny-random has RANDOM weights ({path}): its guidance is noise and anything it "
+            f"produces means nothing. It exists so the pipeline runs offline; use the shapes prior "
+            f"or prior=stable-diffusion for real results."
+        )
+        # warnings (not logging too): shown once per process and catchable in tests, no double print.
+        warnings.warn(message, UserWarning, stacklevel=2)
+        self._load(str(path), True, torch.device(device))

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
 from framework.builders import CONFIG_DIR
 from framework.cli import expand_resume
 from framework.errors import ConfigError
+import framework.run as run_module
 from framework.run import checkpoint_path, run
 
 SYSTEMS = ["sjc", "dreamfusion"]
@@ -35,6 +37,7 @@ def small_run_overrides(pipeline_dir: Path, latent_size: int, system: str, guida
         "trainer.progress_bar=false",
         "geometry.resolution=12",
         "geometry.bbox_radius=1.0",
+        "renderer.step_size=0.04",
         f"data.height={latent_size}",
         f"data.width={latent_size}",
         "data.batch_size=2",
@@ -74,11 +77,20 @@ def test_short_run_writes_outputs(system, guidance, tiny_pipeline_dir, latent_si
     assert (tmp_path / "eval" / "view_7.png").is_file() and (tmp_path / "metrics.json").is_file()
 
 
+class CrashAtStep(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint_path(run_dir), weights_only=False)["state_dict"]
 
 
-def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, latent_size, tmp_path):
+def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch):
     base = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 10)
     straight_a, straight_b, resumed = tmp_path / "a", tmp_path / "b", tmp_path / "r"
     run(compose_cfg(base), straight_a)
@@ -86,7 +98,18 @@ def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, laten
     a, b = final_params(straight_a), final_params(straight_b)
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed must give bit-identical parameters"
 
-    run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 5)), resumed)
+    # the same 10-step run, crashed after step 7: its last checkpoint is step 5's
+    original = run_module.make_trainer
+
+    def crashing_trainer(*args):
+        trainer = original(*args)
+        trainer.callbacks.append(CrashAtStep(7))
+        return trainer
+
+    monkeypatch.setattr(run_module, "make_trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(compose_cfg(base), resumed)
+    monkeypatch.setattr(run_module, "make_trainer", original)
     assert torch.load(checkpoint_path(resumed), weights_only=False)["global_step"] == 5
     run(compose_cfg(base + [f"resume={resumed}"]), resumed)
     r = final_params(resumed)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from framework.data.cameras import CameraBatch, evaluation_cameras, make_cameras
-from framework.shapes_world.render import albedo_table, render_shading
+from framework.shapes_world.render import RENDER_KEY, albedo_table, render_shading
 from framework.shapes_world.world import (
     ALL_OBJECTS,
     COLOURS,
@@ -62,11 +62,40 @@ _CLASSIFY_AZIMUTHS = tuple(range(0, 360, 15))  # 24
 # L2 distance is dominated by silhouette size: big spheres look like cubes, cones like pyramids).
 # Five fields of view span that scale range: ~99.5 % of ground-truth renders are classified right.
 CLASSIFY_FOVYS = (34.0, 37.0, 40.0, 43.0, 46.0)
-_BANK_VERSION = "v1"
+_CACHE_VERSION = "v1"
 _CHUNK = 256
 
 _eval_truth_cache: dict = {}
 _classify_bank_cache: dict = {}
+
+
+# --- disk cache ----------------------------------------------------------------------------
+
+
+def _cache_path(kind: str, params) -> Path:
+    """~/.cache/scorelift (or $SCORELIFT_CACHE) file named by a hash of everything that defines it."""
+    key = repr((_CACHE_VERSION, kind, EVAL_SIZE, SHAPES, RENDER_KEY, params))
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    root = Path(os.environ.get("SCORELIFT_CACHE", Path.home() / ".cache" / "scorelift"))
+    return root / f"shapes_world_{kind}_{digest}.pt"
+
+
+def _load_or_render(path: Path, render_fn):
+    """torch.load(path) if it holds a good file, else render_fn() saved there (best effort)."""
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu")
+        except Exception:  # a truncated or stale file: render again
+            pass
+    value = render_fn()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(value, tmp)
+        os.replace(tmp, path)  # atomic, so concurrent processes never read half a file
+    except OSError:
+        pass  # a read-only home only costs the render next time
+    return value
 
 
 # --- nearest objects -------------------------------------------------------------------------
@@ -103,24 +132,29 @@ def _nearest_object(dist_by_shape: torch.Tensor) -> torch.Tensor:
 
 
 def evaluation_truth() -> tuple[torch.Tensor, torch.Tensor]:
-    """(shade, alpha), each [6 shapes, 18 rotations, 8 views, 64, 64] (CPU), cached per process.
+    """(shade, alpha), each [6 shapes, 18 rotations, 8 views, 64, 64] (CPU), cached per process and on disk.
 
     Rendered with EVAL_SUPERSAMPLE x EVAL_SUPERSAMPLE sub-pixels.
     """
     if "truth" not in _eval_truth_cache:
-        cams = evaluation_cameras(EVAL_SIZE)
-        n_rot = len(ROTATIONS_DEG)
-        shade = torch.empty(len(SHAPES), n_rot, N_VIEWS, EVAL_SIZE, EVAL_SIZE)
-        alpha = torch.empty_like(shade)
-        for s, name in enumerate(SHAPES):
-            rotations = (0,) if name in _Z_SYMMETRIC else ROTATIONS_DEG
-            rot = torch.tensor(rotations, dtype=torch.float32).repeat_interleave(N_VIEWS)
-            idx = list(range(N_VIEWS)) * len(rotations)
-            sh, al = render_shading(torch.full((len(idx),), s), cams[idx], EVAL_SUPERSAMPLE, rotation_deg=rot)
-            shade[s] = sh.reshape(len(rotations), N_VIEWS, EVAL_SIZE, EVAL_SIZE)  # broadcasts 1 -> 18
-            alpha[s] = al.reshape(len(rotations), N_VIEWS, EVAL_SIZE, EVAL_SIZE)
-        _eval_truth_cache["truth"] = (shade, alpha)
+        path = _cache_path("eval_truth", (EVAL_SUPERSAMPLE, ROTATIONS_DEG, N_VIEWS))
+        _eval_truth_cache["truth"] = _load_or_render(path, _render_evaluation_truth)
     return _eval_truth_cache["truth"]
+
+
+def _render_evaluation_truth() -> tuple[torch.Tensor, torch.Tensor]:
+    cams = evaluation_cameras(EVAL_SIZE)
+    n_rot = len(ROTATIONS_DEG)
+    shade = torch.empty(len(SHAPES), n_rot, N_VIEWS, EVAL_SIZE, EVAL_SIZE)
+    alpha = torch.empty_like(shade)
+    for s, name in enumerate(SHAPES):
+        rotations = (0,) if name in _Z_SYMMETRIC else ROTATIONS_DEG
+        rot = torch.tensor(rotations, dtype=torch.float32).repeat_interleave(N_VIEWS)
+        idx = list(range(N_VIEWS)) * len(rotations)
+        sh, al = render_shading(torch.full((len(idx),), s), cams[idx], EVAL_SUPERSAMPLE, rotation_deg=rot)
+        shade[s] = sh.reshape(len(rotations), N_VIEWS, EVAL_SIZE, EVAL_SIZE)  # broadcasts 1 -> 18
+        alpha[s] = al.reshape(len(rotations), N_VIEWS, EVAL_SIZE, EVAL_SIZE)
+    return shade, alpha
 
 
 def _check_views(rgb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,17 +328,8 @@ def classify_cameras(fovy_deg: float = 40.0) -> CameraBatch:
 
 
 def _bank_path(fovy_deg: float) -> Path:
-    """Cache file of one fovy's bank, named by a hash of everything that defines it."""
-    from framework.shapes_world import render
-
-    key = repr(
-        (_BANK_VERSION, EVAL_SIZE, float(fovy_deg), _CLASSIFY_ELEVATIONS, _CLASSIFY_AZIMUTHS, SHAPES,
-         render.SPHERE_R, render.CUBE_H, render.CYL_R, render.CYL_H, render.CONE_R, render.CONE_ZB,
-         render.CONE_ZA, render.TORUS_R, render.TORUS_r, render.PYR_H, render.PYR_ZB, render.PYR_ZA)
-    )
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = Path(os.environ.get("SCORELIFT_CACHE", Path.home() / ".cache" / "scorelift"))
-    return root / f"shapes_world_classify_bank_{digest}.pt"
+    """Cache file of one fovy's bank."""
+    return _cache_path("classify_bank", (float(fovy_deg), _CLASSIFY_ELEVATIONS, _CLASSIFY_AZIMUTHS))
 
 
 def _render_bank(fovy_deg: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,26 +349,9 @@ def classify_bank(fovy_deg: float = 40.0, device="cpu") -> tuple[torch.Tensor, t
     ~/.cache/scorelift/ (or $SCORELIFT_CACHE).
     """
     key = float(fovy_deg)
-    if key in _classify_bank_cache:
-        return _classify_bank_cache[key]
-    path = _bank_path(key)
-    bank = None
-    if path.is_file():
-        try:
-            bank = torch.load(path, map_location="cpu")
-        except Exception:  # a truncated or stale file: render again
-            bank = None
-    if bank is None:
-        bank = _render_bank(key, device)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(bank, tmp)
-            os.replace(tmp, path)  # atomic, so concurrent processes never read half a file
-        except OSError:
-            pass  # a read-only home only costs the render next time
-    _classify_bank_cache[key] = bank
-    return bank
+    if key not in _classify_bank_cache:
+        _classify_bank_cache[key] = _load_or_render(_bank_path(key), lambda: _render_bank(key, device))
+    return _classify_bank_cache[key]
 
 
 def _parse_prompts(prompts, n: int) -> list[tuple[str, str]]:

@@ -29,6 +29,13 @@ CYL_R, CYL_H = 0.35, 0.35
 CONE_R, CONE_ZB, CONE_ZA = 0.40, -0.35, 0.40
 TORUS_R, TORUS_r = 0.33, 0.13
 PYR_H, PYR_ZB, PYR_ZA = 0.38, -0.30, 0.40
+# Everything that defines a render, for caches of rendered banks: bump the version whenever the
+# renderer's output changes.
+RENDER_VERSION = 2
+RENDER_KEY = (
+    RENDER_VERSION, SPHERE_R, CUBE_H, CYL_R, CYL_H, CONE_R, CONE_ZB, CONE_ZA, TORUS_R, TORUS_r,
+    PYR_H, PYR_ZB, PYR_ZA, AMBIENT, DIFFUSE, LIGHT_DIR,
+)
 
 # Bounding-sphere radius per shape (index = SHAPES order), with a small margin: rays that miss it
 # are culled before the exact test, which roughly halves the work at the training cameras.

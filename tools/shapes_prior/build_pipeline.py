@@ -71,6 +71,7 @@ def write_model_card(work: Path, out: Path) -> Path:
     size = directory_bytes(out) - ((out / "MODEL_CARD.md").stat().st_size if (out / "MODEL_CARD.md").exists() else 0)
     v = unet["versions"]
     bands = unet["ema_loss_by_timestep"]
+    stages = unet.get("previous_stages", []) + [unet]
     lines = [
         "# shapes_prior: the embedded Stable-Diffusion-format prior of the shapes world",
         "",
@@ -96,22 +97,33 @@ def write_model_card(work: Path, out: Path) -> Path:
         "Ground-truth renders from `framework.shapes_world.dataset.sample_training_batch` (the contract's "
         "camera distribution: d ~ U[1.8, 2.2], fovy ~ U[35, 45], elev ~ U[-10, 60], azim ~ U[-180, 180)).",
         f"- VAE: {vae['n_images']:,} renders (seed {vae['seed']}), PSNR measured on {vae['n_eval']:,} held-out renders.",
-        f"- UNet: {unet['n_images']:,} renders (seed {unet['seed'] + 7}), encoded once to posterior moments; a fresh "
-        "posterior sample and caption per use. Captions: empty w.p. 0.1; else `a {colour} {shape}` with a view "
-        "phrase w.p. 0.5 (of those, 75 % the contract's suffix `, front view`, 25 % the prefix style "
-        "`backside view of ...`); w.p. 0.1 the other article (`an red cube`).",
+        "- UNet: per training stage, "
+        + "; ".join(f"stage {i + 1}: {st['n_images']:,} renders (seed {st['seed'] + 7})" for i, st in enumerate(stages))
+        + ", encoded once to posterior moments; a fresh posterior sample and caption per use. Captions: empty "
+        "w.p. 0.1; else `a {colour} {shape}` with a view phrase w.p. 0.5 (of those, 75 % the contract's suffix "
+        "`, front view`, 25 % the prefix style `backside view of ...`); w.p. 0.1 the other article (`an red cube`).",
         "",
         "## Training",
-        "| | VAE | text encoder + UNet |",
-        "|---|---|---|",
-        f"| steps | {vae['steps']:,} | {unet['steps']:,} |",
-        f"| batch | {vae['batch']} | {unet['batch']} |",
-        f"| learning rate (AdamW, warm-up, cosine to 10 %) | {vae['lr']:g} | UNet {unet['lr']:g}, text {unet['text_lr']:g} |",
-        f"| wall time of the training loop | {vae['train_seconds']:.0f} s | {unet['train_seconds']:.0f} s |",
-        f"| final training loss | rec (MSE + 0.5 L1, [-1, 1]) {_fmt(vae['final_rec_loss'])}, KL {_fmt(vae['final_kl'], '.2f')} "
-        f"(weight {vae['kl_weight']:g}) | eps-MSE {_fmt(unet['final_loss'])} (EMA {unet['ema_decay']}) |",
+        "Epsilon-prediction MSE, t uniform over all 1000 steps, AdamW (weight decay 0.01 for text encoder + UNet, "
+        "0 for the VAE), linear warm-up then cosine decay to 10 % over the stage's time limit, grad-norm clip 1, "
+        "bf16 autocast; exported weights are the EMA. A later stage starts from the previous stage's EMA weights "
+        "with a fresh optimiser.",
         "",
-        f"EMA eps-MSE by timestep band (2,048 fixed draws, conditional captions): "
+        "| | VAE | " + " | ".join(f"text encoder + UNet, stage {i + 1}" for i in range(len(stages))) + " |",
+        "|---|---|" + "---|" * len(stages),
+        f"| steps | {vae['steps']:,} | " + " | ".join(f"{st['steps']:,}" for st in stages) + " |",
+        f"| batch | {vae['batch']} | " + " | ".join(str(st["batch"]) for st in stages) + " |",
+        f"| peak learning rate | {vae['lr']:g} | "
+        + " | ".join(f"UNet {st['lr']:g}, text {st['text_lr']:g}" for st in stages) + " |",
+        f"| wall time of the training loop | {vae['train_seconds']:.0f} s | "
+        + " | ".join(f"{st['train_seconds']:.0f} s ({st['steps_per_second']:.1f} steps/s)" for st in stages) + " |",
+        f"| final training loss (mean of the last logging window) | rec (MSE + 0.5 L1, [-1, 1]) "
+        f"{_fmt(vae['final_rec_loss'])}, KL {_fmt(vae['final_kl'], '.2f')} (weight {vae['kl_weight']:g}) | "
+        + " | ".join(f"eps-MSE {_fmt(st['final_loss'])}" for st in stages) + " |",
+        f"| EMA eps-MSE, all t (2,048 fixed draws) | | "
+        + " | ".join(f"{st['ema_loss_by_timestep']['all']:.4f}" for st in stages) + " |",
+        "",
+        f"Final EMA eps-MSE by timestep band (2,048 fixed draws, conditional captions): "
         + ", ".join(f"t {k}: {val:.4f}" for k, val in bands.items()),
         "",
         f"VAE reconstruction PSNR on held-out renders: {vae['psnr_mean']:.2f} dB (posterior mean), "
@@ -132,6 +144,16 @@ def write_model_card(work: Path, out: Path) -> Path:
             + ", ".join(f"{k} {val * 100:.0f} %" for k, val in worst),
             "",
             f"Command: `{acc['command']}` ({acc['seconds']:.0f} s on {acc['device']}).",
+        ]
+        if "view_prompt_accuracy" in acc:
+            lines += [
+                "",
+                f"Same command, view-phrased prompts (one random view phrase per sample, both styles, e.g. "
+                f"`a red cube, side view`, `backside view of a red cube`): accuracy "
+                f"{acc['view_prompt_accuracy'] * 100:.2f} %; lowest: "
+                + ", ".join(f"{k} {val * 100:.1f} %" for k, val in acc["view_prompt_lowest"].items()),
+            ]
+        lines += [
             "",
             "`samples.png`: rows are colours (red, green, blue, yellow, purple, orange), column groups shapes "
             f"(sphere, cube, cylinder, cone, torus, pyramid), {acc['grid_samples_per_prompt']} samples each.",

@@ -16,7 +16,9 @@ Objective: standard DDPM epsilon prediction under SD's schedule (scaled-linear b
 0.00085..0.012, 1000 steps), t uniform over all 1000 steps (score distillation queries the whole
 range), unweighted MSE. AdamW, linear warm-up then cosine decay to 10 %; the schedule's progress
 is max(step / steps, elapsed / time_limit), so a run with a time limit still anneals fully.
-The exported weights are an exponential moving average of the trained ones.
+The exported weights are an exponential moving average of the trained ones. ``--init-from`` a
+work directory continues a run (fresh optimiser and warm-up); the metrics of the earlier stages
+are kept under ``previous_stages``.
 """
 
 from __future__ import annotations
@@ -137,8 +139,12 @@ def main(argv=None) -> dict:
     # --- models --------------------------------------------------------------------------------
     p = models.preset(args.preset)
     tokenizer = models.build_tokenizer(work / "tokenizer")
+    previous_stages = []
     if args.init_from:
         src = Path(args.init_from)
+        if (src / "unet_metrics.json").exists():  # a work directory: keep the record of earlier stages
+            prev = models.read_json(src / "unet_metrics.json")
+            previous_stages = prev.pop("previous_stages", []) + [{k: v for k, v in prev.items() if k != "history"}]
         text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32)
     else:
@@ -238,6 +244,7 @@ def main(argv=None) -> dict:
         final_loss=history[-1]["loss"] if history else None,
         ema_loss_by_timestep=band_ema,
         history=history,
+        previous_stages=previous_stages,
         versions=models.software_versions(),
         total_seconds=time.time() - t0,
     )

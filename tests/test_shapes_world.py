@@ -29,6 +29,19 @@ D, FOVY = 2.0, 40.0
 FOCAL = 0.5 * SIZE / math.tan(math.radians(FOVY) / 2)  # pixels
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run this module single-threaded, then restore.
+
+    The renderer issues many small tensor ops; on a shared, loaded 2-core CPU, OpenMP's thread
+    synchronisation made them over 10x slower with 2 threads than with 1 (62 s against 5 s here).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _render(shape: str, colour: str = "red", elev=20.0, azim=0.0, d=D, fovy=FOVY, size=SIZE, rot=0.0, ss=2):
     cams = make_cameras(elev, azim, d, fovy, size)
     s = torch.tensor([SHAPES.index(shape)])
@@ -323,7 +336,8 @@ def test_classify_samples_recognises_ground_truth():
     batch = sample_training_batch(144, torch.Generator().manual_seed(3), p_empty=0.0)
     result = ev.classify_samples(batch["images"], batch["captions"])
     assert result["accuracy"] >= 0.9, result
-    prompts = {object_prompt(list(COLOURS)[int(c)], SHAPES[int(s)]) for c, s in zip(batch["colour_idx"], batch["shape_idx"])}
+    pairs = zip(batch["colour_idx"].tolist(), batch["shape_idx"].tolist())
+    prompts = {object_prompt(list(COLOURS)[c], SHAPES[s]) for c, s in pairs}
     assert set(result["per_prompt"]) == prompts and len(result["predictions"]) == 144
     wrong = ev.classify_samples(batch["images"][:4], "a blue sphere")
     assert wrong["accuracy"] <= 0.5

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from framework.data.cameras import CameraBatch, evaluation_cameras, make_cameras
+from framework.shapes_world.dataset import save_png
 from framework.shapes_world.render import RENDER_KEY, albedo_table, render_shading
 from framework.shapes_world.world import (
     ALL_OBJECTS,
@@ -220,25 +221,15 @@ def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str, shape: s
 # --- run directories -------------------------------------------------------------------------
 
 
-def _save_png(path: Path, image: torch.Tensor) -> None:
-    """[C, H, W] in [0, 1] (C = 1 or 3) as an 8-bit PNG of the linear values (no sRGB curve)."""
-    import numpy as np
-    from PIL import Image
-
-    array = (image.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    if array.shape[0] == 1:
-        Image.fromarray(array[0].numpy()).save(path)
-    else:
-        Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy())).save(path)
-
-
 def _load_png(path: Path, channels: int) -> torch.Tensor:
     """PNG -> [channels, H, W] float in [0, 1]."""
     import numpy as np
     from PIL import Image
 
     if not path.is_file():
-        raise FileNotFoundError(f"Missing evaluation view {path}: the run must write eval/view_k.png and eval/alpha_k.png.")
+        raise FileNotFoundError(
+            f"Missing evaluation view {path}: the run must write eval/view_k.png and eval/alpha_k.png."
+        )
     with Image.open(path) as im:
         array = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array)
@@ -254,12 +245,14 @@ def write_eval_views(run_dir: str | Path, rgb: torch.Tensor, alpha: torch.Tensor
     if alpha.dim() == 3:
         alpha = alpha[:, None]
     if rgb.dim() != 4 or rgb.shape[1] != 3 or alpha.shape[0] != rgb.shape[0] or alpha.shape[2:] != rgb.shape[2:]:
-        raise ValueError(f"Expected rgb [B, 3, H, W] and alpha [B, 1, H, W], got {list(rgb.shape)} and {list(alpha.shape)}.")
+        raise ValueError(
+            f"Expected rgb [B, 3, H, W] and alpha [B, 1, H, W], got {list(rgb.shape)} and {list(alpha.shape)}."
+        )
     out = Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     for k in range(rgb.shape[0]):
-        _save_png(out / f"view_{k}.png", rgb[k])
-        _save_png(out / f"alpha_{k}.png", alpha[k])
+        save_png(out / f"view_{k}.png", rgb[k])
+        save_png(out / f"alpha_{k}.png", alpha[k])
     return out
 
 
@@ -420,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Evaluate finished shapes-world runs against the analytic ground truth; "
         "writes metrics.json into each run directory.",
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory with eval/view_k.png, eval/alpha_k.png")
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directory with eval/view_k.png and eval/alpha_k.png"
+    )
     args = parser.parse_args(argv)
     results, failed = [], 0
     for run_dir in args.run_dirs:

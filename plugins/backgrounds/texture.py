@@ -28,7 +28,8 @@ class TextureBackgroundConfig:
     resolution: int  # r: the texture is r x r (SJC: 4)
     mapping: str  # screen | spherical
     activation: str  # none (latents) | sigmoid (RGB)
-    init_std: float  # texture starts as N(0, std^2) (SJC: 1)
+    init_mean: list[float]  # per-channel mean of the start (SJC: zeros; the shapes preset: white's latent)
+    init_std: float  # texture starts as N(init_mean, std^2) (SJC: 1)
     init_seed: int  # seed of that draw (independent of the global RNG)
 
 
@@ -51,7 +52,14 @@ class TextureBackground(Background):
             )
         self.n_features = c.n_features
         gen = torch.Generator().manual_seed(c.init_seed)
-        self.texture = torch.nn.Parameter(torch.randn((1, c.n_features, c.resolution, c.resolution), generator=gen) * c.init_std)
+        if len(c.init_mean) not in (0, c.n_features):
+            raise ConfigError(
+                f"background (texture) init_mean has {len(c.init_mean)} values but n_features={c.n_features}; "
+                f"give one per channel or [] for zeros."
+            )
+        mean = torch.tensor(c.init_mean or [0.0] * c.n_features, dtype=torch.float32).view(1, -1, 1, 1)
+        noise = torch.randn((1, c.n_features, c.resolution, c.resolution), generator=gen)
+        self.texture = torch.nn.Parameter(mean + noise * c.init_std)
 
     def forward(self, rays_d: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = rays_d.shape

@@ -22,7 +22,10 @@ from framework.errors import ConfigError
 from framework.interfaces.geometry import Geometry, GeometryOutput
 from framework.registry import register
 
-FEATURE_KINDS = {"none": "latent", "sigmoid": "rgb"}
+# tanh: latents bounded to +-3 (three standard deviations of the prior's normalised latents), so
+# a faint fog cannot paint an object with huge feature values instead of growing density.
+FEATURE_KINDS = {"none": "latent", "tanh": "latent", "sigmoid": "rgb"}
+LATENT_BOUND = 3.0
 
 
 @dataclass
@@ -125,7 +128,11 @@ class VoxelGrid(Geometry):
         return F.softplus(raw * torch.exp(self.d_scale) + self.cfg.density_shift)
 
     def _activate_features(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(raw) if self.cfg.feature_activation == "sigmoid" else raw
+        if self.cfg.feature_activation == "sigmoid":
+            return torch.sigmoid(raw)
+        if self.cfg.feature_activation == "tanh":
+            return LATENT_BOUND * torch.tanh(raw / LATENT_BOUND)
+        return raw
 
     # ---- Geometry interface ---------------------------------------------------------------
 

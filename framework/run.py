@@ -137,4 +137,5 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         trainer = make_trainer(cfg, run_dir, device)
         data = torch.utils.data.DataLoader(StepIndices(), batch_size=None)
         trainer.fit(system, data, ckpt_path=str(ckpt) if ckpt else None)
+        system.to(device)  # Lightning's teardown moves the module back to the CPU after fit
     return write_final_outputs(system, run_dir)

@@ -8,7 +8,6 @@ trains (VSD's LoRA) is saved and restored explicitly through ``on_save_checkpoin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,7 +239,3 @@ class ScoreDistillationSystem(pl.LightningModule):
             )
         self.guidance.load_state_dict(meta.get("guidance_state", {}))
         self.nonfinite_total = int(meta.get("nonfinite_total", 0))
-
-
-def n_validation_grid_cols(n: int) -> int:
-    return max(1, math.ceil(math.sqrt(n)))

@@ -16,6 +16,7 @@ from framework.errors import ConfigError
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
 from framework.outputs.progress import StepProgressBar
+from framework.outputs.timing import StepTimer
 from framework.run_info import write_run_info
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device) -> pl.Tra
         devices=[device.index or 0] if device.type == "cuda" else 1,
         logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
         callbacks=[
+            StepTimer(run_dir),  # first, so its step times exclude the checkpoint and image writes
             AtomicCheckpoint(checkpoint_path(run_dir), cfg.trainer.checkpoint_every),
             ValidationImages(run_dir),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),

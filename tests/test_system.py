@@ -75,6 +75,10 @@ def test_short_run_writes_outputs(system, guidance, tiny_pipeline_dir, latent_si
     assert info["seed"] == 0 and info["versions"]["torch"]
     # eval views and metrics for a shapes-world prompt ("a red cube" is the default prompt)
     assert (tmp_path / "eval" / "view_7.png").is_file() and (tmp_path / "metrics.json").is_file()
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["steps_timed"] == 15  # 20 steps less the 5 warm-up steps
+    assert 0 < timing["median_s_per_it"] < timing["train_wall_s"]
+    assert timing["peak_memory_kind"] == "cpu_max_rss" and timing["peak_memory_bytes"] > 10_000_000
 
 
 class CrashAtStep(pl.Callback):

@@ -25,10 +25,10 @@ sys.path.insert(0, str(REPO))
 from framework.resolvers import slugify  # noqa: E402
 
 
-def run_cell(out: Path, variant: str, overrides: list[str], prompt: str, seed: int, env: dict) -> dict:
+def run_cell(out: Path, variant: str, overrides: list[str], prompt: str, seed: int, env: dict, run: bool = True) -> dict:
     run_dir = out / variant / f"{slugify(prompt)}-s{seed}"
     metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
+    if not metrics.is_file() and run:
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(REPO / "launch.py"), *overrides, f"prompt={prompt}", f"seed={seed}",
                f"hydra.run.dir={run_dir}", "trainer.progress_bar=false"]
@@ -41,12 +41,17 @@ def run_cell(out: Path, variant: str, overrides: list[str], prompt: str, seed: i
         if proc.returncode != 0 or not metrics.is_file():
             return {"variant": variant, "prompt": prompt, "seed": seed, "status": f"failed ({proc.returncode})"}
         (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+    if not metrics.is_file():
+        return {"variant": variant, "prompt": prompt, "seed": seed, "status": "not run"}
     m = json.loads(metrics.read_text())
     wall_file = run_dir / "wall_seconds.txt"
+    timing_file = run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     return {
         "variant": variant, "prompt": prompt, "seed": seed, "status": "ok",
         "iou": m["iou"], "colour_error": m["colour_error"], "identification": m["identification"],
         "wall_s": float(wall_file.read_text()) if wall_file.is_file() else None,
+        "s_per_it": timing.get("median_s_per_it"),
     }
 
 
@@ -56,6 +61,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads-per-run", type=int, default=1)
+    ap.add_argument("--no-run", action="store_true", help="only tabulate the cells already finished")
     args = ap.parse_args()
     spec = json.loads(Path(args.spec).read_text())
     out = Path(args.out).resolve()
@@ -68,9 +74,9 @@ def main() -> None:
         for seed in spec.get("seeds", [0])
     ]
     with ThreadPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(lambda c: run_cell(out, *c, env=env), cells))
+        rows = list(pool.map(lambda c: run_cell(out, *c, env=env, run=not args.no_run), cells))
     with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["variant", "prompt", "seed", "status", "iou", "colour_error", "identification", "wall_s"])
+        writer = csv.DictWriter(fh, fieldnames=["variant", "prompt", "seed", "status", "iou", "colour_error", "identification", "wall_s", "s_per_it"])
         writer.writeheader()
         writer.writerows(rows)
     print(f"{'variant':<28} {'n':>3} {'IoU':>6} {'colErr':>7} {'ident':>6} {'wall_s':>7}")

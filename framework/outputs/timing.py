@@ -1,0 +1,73 @@
+"""Step timing and peak memory of a training run, written to ``timing.json`` when training ends.
+
+The benchmark and the GPU figures read this file: median seconds per optimizer step (the first
+``warmup`` steps excluded: they pay for CUDA context, cuDNN autotuning and allocator growth),
+wall time, and peak memory (CUDA max allocated on a GPU run, the process's max RSS otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+
+def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): CUDA max allocated on ``device``, else this process's max RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux and in bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss"
+
+
+class StepTimer(pl.Callback):
+    """Times every optimizer step (synchronising CUDA so the time is the step's, not its launch's)."""
+
+    def __init__(self, run_dir: Path, warmup: int = 5):
+        self.path = Path(run_dir) / "timing.json"
+        self.warmup = warmup
+        self.step_seconds: list[float] = []
+        self._start: float | None = None
+        self._fit_start: float | None = None
+
+    @staticmethod
+    def _sync(pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        if self._start is not None:
+            self.step_seconds.append(time.perf_counter() - self._start)
+
+    def summary(self, device: torch.device) -> dict:
+        timed = self.step_seconds[self.warmup:] or self.step_seconds
+        peak, kind = peak_memory_bytes(device)
+        return {
+            "steps_timed": len(timed),
+            "median_s_per_it": statistics.median(timed) if timed else None,
+            "mean_s_per_it": statistics.fmean(timed) if timed else None,
+            "train_wall_s": time.perf_counter() - self._fit_start if self._fit_start else None,
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": kind,
+            "device": str(device),
+        }
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path.write_text(json.dumps(self.summary(pl_module.device), indent=2) + "\n")

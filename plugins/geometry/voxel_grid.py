@@ -38,6 +38,7 @@ class VoxelGridConfig:
     density_init: float  # initial raw density value g of every voxel
     feature_init_std: float  # features start as N(0, std^2); 0 starts them at zero
     init_seed: int  # seed of the feature initialisation (independent of the global RNG)
+    learn_density_scale: bool = True  # SJC learns d_scale; False keeps it at 0 (see the config file)
 
 
 @register("geometry", "voxel-grid")
@@ -62,7 +63,10 @@ class VoxelGrid(Geometry):
         gen = torch.Generator().manual_seed(c.init_seed)
         features = torch.randn((1, c.n_features, R, R, R), generator=gen) * c.feature_init_std
         self.feature_grid = torch.nn.Parameter(features)
-        self.d_scale = torch.nn.Parameter(torch.tensor(0.0))
+        # d_scale scales every voxel's raw density at once. From a clear start (g << 0) its
+        # gradient points the same way at every voxel, so learning it turns the clear box into a
+        # uniform fog of softplus(density_shift) as exp(d_scale) -> 0; hence the option to freeze it.
+        self.d_scale = torch.nn.Parameter(torch.tensor(0.0), requires_grad=c.learn_density_scale)
 
     @staticmethod
     def _check_config(c: VoxelGridConfig) -> None:

@@ -143,6 +143,19 @@ def test_gradients_reach_grid_and_d_scale():
     assert geom.d_scale.grad is not None and geom.d_scale.grad.abs() > 0
 
 
+def test_frozen_density_scale_gets_no_gradient_and_no_optimizer_slot():
+    from framework.systems.optim import build_optimizer
+    from omegaconf import OmegaConf
+
+    geom = make_grid(density_init=0.5, learn_density_scale=False)
+    out = geom(random_inside(50, 1.0))
+    out.density.sum().backward()
+    assert geom.d_scale.grad is None and geom.density_grid.grad.abs().sum() > 0
+    opt = build_optimizer(OmegaConf.create({"name": "adam", "args": {}, "lr": {"geometry": 0.1}}), {"geometry": geom.parameters()})
+    optimised = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert id(geom.d_scale) not in optimised and id(geom.density_grid) in optimised
+
+
 @pytest.mark.parametrize(
     "over, words",
     [

@@ -32,6 +32,8 @@ setup(
         "imageio>=2.30",
         "imageio-ffmpeg",
         "numpy",
+        "scikit-image",  # marching cubes for mode=export
+        "trimesh",       # mesh files for mode=export
         "pyyaml",
         "tqdm",
     ],

@@ -15,6 +15,7 @@ from framework import builders, registry
 from framework.errors import ConfigError
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
+from framework.outputs.mesh import export_mesh
 from framework.outputs.progress import StepProgressBar
 from framework.outputs.timing import StepTimer
 from framework.run_info import write_run_info
@@ -117,21 +118,24 @@ def load_weights(system, ckpt: Path) -> int:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train (mode=train, resuming from ``cfg.resume``) or re-render (mode=test) into ``run_dir``."""
+    """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh (mode=export) into ``run_dir``."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
-    if cfg.mode == "export":
-        raise ConfigError("mode=export (mesh export) is not available yet.")
     check_writable(run_dir)
     device = pick_device(cfg.device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, OmegaConf.to_container(cfg, resolve=True), device, cfg.mode)
     ckpt = resume_checkpoint(cfg, run_dir)
-    if cfg.mode == "test" and ckpt is None:
-        raise ConfigError("mode=test re-renders a finished run: pass resume=<run dir or .ckpt>.")
+    if cfg.mode in ("test", "export") and ckpt is None:
+        what = "re-renders" if cfg.mode == "test" else "exports the mesh of"
+        raise ConfigError(f"mode={cfg.mode} {what} a finished run: pass resume=<run dir or .ckpt>.")
     system = build_system(cfg, device)
 
+    if cfg.mode == "export":
+        step = load_weights(system, ckpt)
+        log.info("Exporting the mesh of %s at step %d", run_dir, step)
+        return {"mesh": export_mesh(system, cfg.export, run_dir)}
     if cfg.mode == "test":
         step = load_weights(system, ckpt)
         log.info("Re-rendering %s at step %d", run_dir, step)

@@ -120,6 +120,12 @@ def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, laten
     assert torch.load(checkpoint_path(resumed), weights_only=False)["global_step"] == 10
     assert all(torch.equal(a[k], r[k]) for k in a), "a resumed run must end where an uninterrupted one does"
 
+    # mode=export on the finished run writes a mesh; without resume= it refuses clearly
+    out = run(compose_cfg(base + [f"resume={straight_a}", "mode=export", "export.resolution=16"]), straight_a)
+    assert out["mesh"]["n_faces"] > 0 and (straight_a / "mesh" / "mesh.glb").is_file()
+    with pytest.raises(ConfigError, match="mode=export exports the mesh of a finished run"):
+        run(compose_cfg(base + ["mode=export"]), tmp_path / "none")
+
     different = tmp_path / "s"
     run(compose_cfg(base + ["seed=1"]), different)
     d = final_params(different)

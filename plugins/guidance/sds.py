@@ -65,6 +65,10 @@ class SDSGuidance(Guidance):
         )
         self.grad_clip = None if c.grad_clip is None else scheduled(c.grad_clip, step)
 
+    def direction(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The estimator before weighting: e_cfg - eps (all [B, C, h, w]; t: [B]). SSD overrides it."""
+        return sm.cfg_combine(e_c, e_u, self.cfg.guidance_scale, self.cfg.cfg_convention) - eps
+
     def __call__(
         self,
         image: torch.Tensor,
@@ -89,9 +93,9 @@ class SDSGuidance(Guidance):
             e_c, e_u = prior.predict_eps(
                 z_t, t, sm.expand_text(text.cond, B, "cond"), sm.expand_text(text.uncond, B, "uncond")
             )
-            e_cfg = sm.cfg_combine(e_c.to(dev), e_u.to(dev), self.cfg.guidance_scale, self.cfg.cfg_convention)
+            delta = self.direction(e_c.to(dev).float(), e_u.to(dev).float(), eps, t)
             w = (1.0 - ab) if self.cfg.weighting == "sds" else torch.ones_like(ab)
-            g = torch.nan_to_num(w * (e_cfg - eps), nan=0.0, posinf=0.0, neginf=0.0)
+            g = torch.nan_to_num(w * delta, nan=0.0, posinf=0.0, neginf=0.0)
             if self.grad_clip is not None:
                 g = g.clamp(-self.grad_clip, self.grad_clip)
         return {

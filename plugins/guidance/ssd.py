@@ -1,0 +1,98 @@
+"""``ssd``: Stable Score Distillation, per docs/score-distillation.md (SSD section).
+
+The SDS estimator splits into three terms (threestudio CFG convention, scale w):
+
+    e_cfg - eps = w * h  +  e_c  +  (-eps),   h = e_c - e_u
+
+h is the mode-disengaging term (alone: CSD), e_c the mode-seeking term and -eps the
+variance-reducing one. SSD replaces e_c - eps by the control-variate form d_ms = e_c - c * eps,
+c = <e_c, eps> / <eps, eps> per sample (the projection ratio), and picks the terms by timestep:
+
+    switch (default):  t > tau: delta = w h;   t <= tau: delta = d_ms * |w h| / |d_ms|
+    add:               t > tau: delta = w h;   t <= tau: delta = w h + d_ms * |w h| / |d_ms|
+
+(norms per sample over all of C, h, w). ``rescale: false`` drops the |w h| / |d_ms| factor and
+``control_coefficient`` may fix c instead of projecting. The paper's equations did not survive
+in the seed; ``add`` is our reading of "combine", chosen so that tau = T, c = 1 and no rescale
+give back SDS exactly. Then g = w(t) * delta with SDS's weighting, t range and clamp: sampling,
+the UNet call and the gradient injection are SDS's (this class only changes ``direction``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from framework.errors import ConfigError
+from framework.registry import register
+from plugins.guidance.sds import SDSConfig, SDSGuidance
+
+COMBINES = ("switch", "add")
+
+
+@dataclass
+class SSDConfig(SDSConfig):
+    """SDS's options plus: tau (DDPM index threshold, 0..T), combine (switch | add),
+    control_coefficient ("projection" or a fixed number c), rescale (bool)."""
+
+    tau: int = 200
+    combine: str = "switch"
+    control_coefficient: Any = "projection"
+    rescale: bool = True
+
+
+def disengaging_scale(scale: float, convention: str) -> float:
+    """w of e_cfg = e_c + w (e_c - e_u): the scale itself (threestudio) or scale - 1 (standard)."""
+    return float(scale) if convention == "threestudio" else float(scale) - 1.0
+
+
+def projection_ratio(e_c: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """c = <e_c, eps> / <eps, eps> per sample: [B, ...] x [B, ...] -> [B]."""
+    a, b = e_c.flatten(1), eps.flatten(1)
+    return (a * b).sum(1) / (b * b).sum(1).clamp_min(1e-12)
+
+
+def per_sample_norm(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B, 1, ..., 1] L2 norm of each sample."""
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
+
+
+@register("guidance", "ssd")
+class SSDGuidance(SDSGuidance):
+    Config = SSDConfig
+
+    def __init__(self, cfg: Any, prior):
+        super().__init__(cfg, prior)
+        c = self.cfg
+        T = prior.num_train_timesteps
+        if not 0 <= int(c.tau) <= T:
+            raise ConfigError(f"guidance.tau={c.tau} must lie in 0..{T} (a DDPM index; the paper uses 200; 0 is CSD).")
+        if c.combine not in COMBINES:
+            raise ConfigError(f"guidance.combine={c.combine!r} is not known; use one of {', '.join(COMBINES)}.")
+        if c.control_coefficient != "projection" and not isinstance(c.control_coefficient, (int, float)):
+            raise ConfigError(
+                f"guidance.control_coefficient={c.control_coefficient!r} must be 'projection' or a number "
+                f"(1 gives SDS's e_c - eps, 0 the bare mode-seeking term e_c)."
+            )
+
+    def terms(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decomposition: w h (mode-disengaging), e_c (mode-seeking), -eps (variance-reducing),
+        c ([B]) and d_ms = e_c - c eps; tensors [B, C, h, w]."""
+        w = disengaging_scale(self.cfg.guidance_scale, self.cfg.cfg_convention)
+        if self.cfg.control_coefficient == "projection":
+            c = projection_ratio(e_c, eps)
+        else:
+            c = torch.full((e_c.shape[0],), float(self.cfg.control_coefficient), device=e_c.device)
+        d_ms = e_c - c.view(-1, *([1] * (e_c.ndim - 1))) * eps
+        return {"disengaging": w * (e_c - e_u), "seeking": e_c, "variance": -eps, "c": c, "d_ms": d_ms}
+
+    def direction(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        parts = self.terms(e_c, e_u, eps)
+        wh, d_ms = parts["disengaging"], parts["d_ms"]
+        if self.cfg.rescale:
+            d_ms = d_ms * per_sample_norm(wh) / per_sample_norm(d_ms).clamp_min(1e-12)
+        low = (t <= int(self.cfg.tau)).view(-1, *([1] * (wh.ndim - 1)))
+        seeking = d_ms if self.cfg.combine == "switch" else wh + d_ms
+        return torch.where(low, seeking, wh)

@@ -18,7 +18,7 @@ import framework.run as run_module
 from framework.run import checkpoint_path, run
 
 SYSTEMS = ["sjc", "dreamfusion"]
-GUIDANCES = ["paas", "sds"]
+GUIDANCES = ["paas", "sds", "ssd"]
 
 
 def compose_cfg(overrides: list[str]):
@@ -62,7 +62,7 @@ def test_every_system_and_guidance_composes(system, guidance, tiny_pipeline_dir,
     assert cfg.geometry.n_features == (4 if system == "sjc" else 3)
 
 
-@pytest.mark.parametrize("system,guidance", [("sjc", "paas"), ("dreamfusion", "sds")])
+@pytest.mark.parametrize("system,guidance", [("sjc", "paas"), ("dreamfusion", "sds"), ("dreamfusion", "ssd")])
 def test_short_run_writes_outputs(system, guidance, tiny_pipeline_dir, latent_size, tmp_path):
     cfg = compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, system, guidance, 20))
     run(cfg, tmp_path)

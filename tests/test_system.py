@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from framework.builders import CONFIG_DIR
+from framework.builders import CONFIG_DIR, build_named
 from framework.cli import expand_resume
 from framework.errors import ConfigError
 import framework.run as run_module
@@ -79,6 +79,19 @@ def test_short_run_writes_outputs(system, guidance, tiny_pipeline_dir, latent_si
     assert timing["steps_timed"] == 15  # 20 steps less the 5 warm-up steps
     assert 0 < timing["median_s_per_it"] < timing["train_wall_s"]
     assert timing["peak_memory_kind"] == "cpu_max_rss" and timing["peak_memory_bytes"] > 10_000_000
+
+
+def test_hash_grid_geometry_trains_in_a_system(tiny_pipeline_dir, latent_size, tmp_path):
+    over = [o for o in small_run_overrides(tiny_pipeline_dir, latent_size, "dreamfusion", "sds", 6) if not o.startswith("geometry.")]
+    over += ["geometry=hash-grid", "geometry.n_levels=4", "geometry.log2_hashmap_size=10", "geometry.base_resolution=4",
+             "geometry.per_level_scale=2.0", "geometry.mlp_width=16"]
+    cfg = compose_cfg(over)
+    assert cfg.geometry.type == "hash-grid"
+    run(cfg, tmp_path)
+    before = build_named("geometry", "hash-grid", dict(n_levels=4, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0, mlp_width=16))
+    after = final_params(tmp_path)
+    assert not torch.equal(after["geometry.encoding.tables.0"], before.encoding.tables[0])  # it trained
+    assert (tmp_path / "grid.png").is_file()
 
 
 class CrashAtStep(pl.Callback):

@@ -17,13 +17,17 @@ from framework.errors import ConfigError
 import framework.run as run_module
 from framework.run import checkpoint_path, run
 
-SYSTEMS = ["sjc", "dreamfusion"]
-GUIDANCES = ["paas", "sds", "ssd"]
+SYSTEMS = ["sjc", "dreamfusion", "prolificdreamer"]
+GUIDANCES = ["paas", "sds", "ssd", "vsd"]
 
 
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name="config", overrides=overrides)
+
+
+HASH_GRID_SMALL = ["geometry.n_levels=4", "geometry.log2_hashmap_size=10", "geometry.base_resolution=4",
+                   "geometry.per_level_scale=2.0", "geometry.mlp_width=16"]
 
 
 def small_run_overrides(pipeline_dir: Path, latent_size: int, system: str, guidance: str, steps: int) -> list[str]:
@@ -35,7 +39,7 @@ def small_run_overrides(pipeline_dir: Path, latent_size: int, system: str, guida
         f"trainer.max_steps={steps}",
         "trainer.checkpoint_every=5",
         "trainer.progress_bar=false",
-        "geometry.resolution=12",
+        *(HASH_GRID_SMALL if system == "prolificdreamer" else ["geometry.resolution=12"]),
         "geometry.bbox_radius=1.0",
         "renderer.step_size=0.04",
         f"data.height={latent_size}",
@@ -82,9 +86,8 @@ def test_short_run_writes_outputs(system, guidance, tiny_pipeline_dir, latent_si
 
 
 def test_hash_grid_geometry_trains_in_a_system(tiny_pipeline_dir, latent_size, tmp_path):
-    over = [o for o in small_run_overrides(tiny_pipeline_dir, latent_size, "dreamfusion", "sds", 6) if not o.startswith("geometry.")]
-    over += ["geometry=hash-grid", "geometry.n_levels=4", "geometry.log2_hashmap_size=10", "geometry.base_resolution=4",
-             "geometry.per_level_scale=2.0", "geometry.mlp_width=16"]
+    over = [o for o in small_run_overrides(tiny_pipeline_dir, latent_size, "dreamfusion", "sds", 6) if not o.startswith("geometry.res")]
+    over += ["geometry=hash-grid", *HASH_GRID_SMALL]
     cfg = compose_cfg(over)
     assert cfg.geometry.type == "hash-grid"
     run(cfg, tmp_path)
@@ -92,6 +95,21 @@ def test_hash_grid_geometry_trains_in_a_system(tiny_pipeline_dir, latent_size, t
     after = final_params(tmp_path)
     assert not torch.equal(after["geometry.encoding.tables.0"], before.encoding.tables[0])  # it trained
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_prolificdreamer_trains_its_lora_and_checkpoints_it(tiny_pipeline_dir, latent_size, tmp_path):
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "prolificdreamer", "vsd", 4) + ["system.optimizer.lr.guidance=0.01"]
+    run(compose_cfg(over), tmp_path)
+    state = torch.load(checkpoint_path(tmp_path), weights_only=False)
+    lora = state["scorelift"]["guidance_state"]["lora"]
+    up = [v for k, v in lora.items() if "lora_B" in k]
+    assert up and any(v.abs().sum() > 0 for v in up)  # lora_B starts at 0: non-zero means it trained
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_vsd_on_latent_renders_fails_clearly(tiny_pipeline_dir, latent_size, tmp_path):
+    with pytest.raises(ConfigError, match="vsd"):
+        run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "vsd", 1)), tmp_path)
 
 
 class CrashAtStep(pl.Callback):

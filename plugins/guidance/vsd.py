@@ -1,0 +1,218 @@
+"""``vsd``: Variational Score Distillation with a LoRA model (ProlificDreamer), per
+docs/score-distillation.md (VSD section).
+
+Two eps estimates at the same z_t = sqrt(ab) z + sqrt(1 - ab) eps:
+- the prior, with CFG (standard convention, scale 7.5) and the view-dependent prompt;
+- the LoRA model: a copy of the prior's UNet with rank-4 LoRA adapters on the attention
+  projections (peft) and a camera embedding (flattened 4x4 camera-to-world through a small MLP,
+  added to the timestep embedding), the view-independent prompt, CFG over camera vs zero camera
+  (scale 1: the camera-conditioned prediction).
+
+    g = (1 - ab) (e_prior_cfg - e_lora),  injected as dL/dz like SDS.
+
+Each call also trains the LoRA model on the detached render: t' ~ U{0 .. T-1}, the standard
+diffusion loss against eps or v (what the prior predicts), the camera zeroed with p = 0.1. That
+loss is added to the returned ``loss``; it reaches only the LoRA and camera parameters (the
+render is detached), and the VSD gradient reaches only the render (both UNet passes for g run
+under no_grad). The system puts ``parameters()`` in its ``guidance`` optimizer group
+(configs/system/prolificdreamer.yaml: lr 1e-4) and saves ``state_dict()`` in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from framework.errors import ConfigError
+from framework.interfaces.guidance import Guidance, GuidanceOutput
+from framework.interfaces.prior import TextConditioning
+from framework.registry import register
+from framework.schedule import check_scheduled, scheduled
+from plugins.guidance import score_math as sm
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class VSDConfig:
+    """guidance_scale / cfg_convention: the prior's CFG (7.5, standard); min_step_percent,
+    max_step_percent: t bounds (scheduled scalars; ProlificDreamer anneals t_max 0.98 -> 0.5);
+    lora_rank; lora_cfg_scale: camera CFG of the LoRA model (1 = camera-conditioned only);
+    camera_drop_prob: p of training the LoRA with a zero camera; grad_clip: clamp of g or null."""
+
+    guidance_scale: float
+    cfg_convention: str
+    min_step_percent: Any
+    max_step_percent: Any
+    lora_rank: int
+    lora_cfg_scale: float
+    camera_drop_prob: float
+    grad_clip: Any
+
+
+class CameraEmbedding(torch.nn.Module):
+    """[B, 4, 4] camera-to-world -> [B, D] added to the UNet's timestep embedding. The last layer
+    starts at zero, so the LoRA model starts as an exact copy of the prior."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, dim), torch.nn.SiLU(), torch.nn.Linear(dim, dim))
+        torch.nn.init.zeros_(self.net[2].weight)
+        torch.nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, c2w: torch.Tensor) -> torch.Tensor:
+        return self.net(c2w.reshape(c2w.shape[0], 16))
+
+
+@register("guidance", "vsd")
+class VSDGuidance(Guidance):
+    Config = VSDConfig
+    supports_latent = False  # the LoRA model learns the distribution of VAE-encoded RGB renders
+
+    def __init__(self, cfg: Any, prior):
+        super().__init__(cfg, prior)
+        c = self.cfg
+        sm.check_cfg_convention(c.cfg_convention)
+        check_scheduled(c.min_step_percent, "guidance.min_step_percent")
+        check_scheduled(c.max_step_percent, "guidance.max_step_percent")
+        if c.lora_rank < 1:
+            raise ConfigError(f"guidance.lora_rank={c.lora_rank} must be at least 1 (ProlificDreamer: 4).")
+        if not 0.0 <= c.camera_drop_prob <= 1.0:
+            raise ConfigError(f"guidance.camera_drop_prob={c.camera_drop_prob} must lie in [0, 1] (0.1).")
+        self.lora_unet = self._make_lora_unet(prior.unet, c.lora_rank)
+        dim = self.lora_unet.time_embedding.linear_2.out_features
+        self.camera_embedding = CameraEmbedding(dim).to(prior.device)
+        self._camera_emb: torch.Tensor | None = None  # set around each LoRA-model call
+        self.lora_unet.time_embedding.register_forward_hook(self._add_camera)
+        self.update_step(0, 1)
+
+    @staticmethod
+    def _make_lora_unet(unet, rank: int):
+        try:
+            from peft import LoraConfig
+        except ImportError as exc:  # peft is a dependency, but say what to do if it is missing
+            raise ConfigError("guidance=vsd needs peft for its LoRA adapters: pip install peft.") from exc
+        lora = copy.deepcopy(unet)
+        lora.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+        for name, p in lora.named_parameters():
+            p.requires_grad_("lora_" in name)
+            if "lora_" in name:
+                p.data = p.data.float()  # adapters train in fp32 even on an fp16 UNet
+        return lora
+
+    def _add_camera(self, module, inputs, output):
+        return output if self._camera_emb is None else output + self._camera_emb.to(output.dtype)
+
+    def update_step(self, step: int, max_steps: int) -> None:
+        c = self.cfg
+        self.t_min, self.t_max = sm.step_range(
+            scheduled(c.min_step_percent, step), scheduled(c.max_step_percent, step), self.prior.num_train_timesteps
+        )
+        self.grad_clip = None if c.grad_clip is None else scheduled(c.grad_clip, step)
+
+    # ------------------------------------------------------------------ the LoRA model
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.lora_unet.parameters() if p.requires_grad]
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return iter(self.lora_parameters() + list(self.camera_embedding.parameters()))
+
+    def state_dict(self) -> dict:
+        lora = {n: p.detach().clone() for n, p in self.lora_unet.named_parameters() if p.requires_grad}
+        return {"lora": lora, "camera": self.camera_embedding.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        params = dict(self.lora_unet.named_parameters())
+        with torch.no_grad():
+            for name, value in state["lora"].items():
+                params[name].copy_(value)
+        self.camera_embedding.load_state_dict(state["camera"])
+
+    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's eps at (z_t [B, C, h, w], t [B]) with embeddings [B, L, D] and cameras [B, 4, 4]."""
+        unet = self.lora_unet
+        self._camera_emb = self.camera_embedding(c2w.float())
+        try:
+            out = unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
+        finally:
+            self._camera_emb = None
+        if self.prior.prediction_type == "v_prediction":
+            ab = sm.per_sample(self.prior.alphas_cumprod[t], z_t.ndim)
+            out = ab.sqrt() * out + (1.0 - ab).sqrt() * z_t.float()
+        return out
+
+    def lora_loss(self, z0: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Diffusion loss of the LoRA model on detached latents z0 [B, C, h, w]; t' ~ U{0..T-1}."""
+        B, dev = z0.shape[0], z0.device
+        t = sm.sample_timesteps(B, 0, self.prior.num_train_timesteps - 1, generator, dev)
+        noise = sm.sample_noise(z0.shape, generator, dev)
+        drop = (torch.rand(B, generator=generator) < self.cfg.camera_drop_prob).to(dev)
+        c2w = torch.where(drop.view(B, 1, 1), torch.zeros_like(c2w), c2w)
+        ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z0.ndim)
+        z_t = ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
+        unet = self.lora_unet
+        self._camera_emb = self.camera_embedding(c2w.float())
+        try:
+            pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
+        finally:
+            self._camera_emb = None
+        target = noise if self.prior.prediction_type == "epsilon" else ab.sqrt() * noise - (1.0 - ab).sqrt() * z0
+        return F.mse_loss(pred, target)
+
+    # ------------------------------------------------------------------ the guidance
+    def vsd_gradient(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, text: TextConditioning, c2w: torch.Tensor) -> torch.Tensor:
+        """g = (1 - ab) (e_prior_cfg - e_lora) [B, C, h, w], computed without any graph."""
+        B, dev = z.shape[0], z.device
+        ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z.ndim)
+        with torch.no_grad():
+            z_t = ab.sqrt() * z.detach() + (1.0 - ab).sqrt() * eps
+            e_c, e_u = self.prior.predict_eps(
+                z_t, t, sm.expand_text(text.cond, B, "cond"), sm.expand_text(text.uncond, B, "uncond")
+            )
+            e_prior = sm.cfg_combine(e_c.float(), e_u.float(), self.cfg.guidance_scale, self.cfg.cfg_convention)
+            emb = sm.expand_text(text.cond_view_independent, B, "cond")
+            e_cam = self.lora_eps(z_t, t, emb, c2w)
+            if self.cfg.lora_cfg_scale == 1.0:
+                e_lora = e_cam  # standard CFG at scale 1 is the camera-conditioned prediction
+            else:
+                e_zero = self.lora_eps(z_t, t, emb, torch.zeros_like(c2w))
+                e_lora = e_zero + self.cfg.lora_cfg_scale * (e_cam - e_zero)
+            g = torch.nan_to_num((1.0 - ab) * (e_prior - e_lora), nan=0.0, posinf=0.0, neginf=0.0)
+            if self.grad_clip is not None:
+                g = g.clamp(-self.grad_clip, self.grad_clip)
+        return g
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        is_latent: bool,
+        text: TextConditioning,
+        generator: torch.Generator,
+        cameras=None,
+    ) -> GuidanceOutput:
+        """image: [B, 3, H, W] RGB in [0, 1]; cameras: the batch's CameraBatch (c2w [B, 4, 4]).
+
+        Draws t, eps (VSD), then t', noise and the camera drop (LoRA) from ``generator``.
+        Returns {"loss" (VSD injection + LoRA loss), "lora_loss", "grad_norm", "t_mean"}.
+        """
+        if cameras is None:
+            raise ValueError("guidance=vsd needs the batch's cameras (its LoRA model is camera-conditioned).")
+        z = sm.render_latents(self.prior, image, is_latent)
+        B, dev = z.shape[0], z.device
+        c2w = cameras.c2w.to(dev)
+        t = sm.sample_timesteps(B, self.t_min, self.t_max, generator, dev)
+        eps = sm.sample_noise(z.shape, generator, dev)
+        g = self.vsd_gradient(z, t, eps, text, c2w)
+        lora_loss = self.lora_loss(z.detach(), sm.expand_text(text.cond_view_independent, B, "cond"), c2w, generator)
+        return {
+            "loss": sm.inject_gradient(z, g) + lora_loss,
+            "lora_loss": lora_loss.detach(),
+            "grad_norm": g.norm().detach(),
+            "t_mean": t.float().mean().detach(),
+        }

@@ -34,6 +34,7 @@ setup(
         "numpy",
         "scikit-image",  # marching cubes for mode=export
         "trimesh",       # mesh files for mode=export
+        "peft",          # LoRA adapters of guidance=vsd
         "pyyaml",
         "tqdm",
     ],

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import framework.resolvers  # noqa: F401  (registers ${slug:...} before Hydra composes)
-from framework.cli import expand_resume, fail, handle_listing
+from framework.cli import expand_resume, fail, handle_listing, with_plugin_searchpath
 from framework.errors import ScoreliftError
 
 
@@ -36,7 +36,7 @@ if __name__ == "__main__":
     if handle_listing(sys.argv[1:]):
         sys.exit(0)
     try:
-        sys.argv = sys.argv[:1] + expand_resume(sys.argv[1:])
+        sys.argv = sys.argv[:1] + with_plugin_searchpath(expand_resume(sys.argv[1:]))
     except ScoreliftError as exc:
         fail(exc)
     main()

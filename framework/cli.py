@@ -50,6 +50,35 @@ def expand_resume(argv: list[str]) -> list[str]:
     return saved + argv + extra
 
 
+def plugin_config_roots() -> list[Path]:
+    """Config folders shipped by third-party plugins, for Hydra's search path.
+
+    A plugin class whose ``config_file`` is ``<root>/<kind>/<name>.yaml`` contributes ``<root>``,
+    so ``<kind>=<name>`` composes its file like a built-in one (docs/plugins.md).
+    """
+    roots: list[Path] = []
+    for kind, entries in registry.available().items():
+        for name, entry in entries.items():
+            own = getattr(entry.cls, "config_file", None)
+            if own is None:
+                continue
+            path = Path(own).resolve()
+            if path.parent.name == kind and path.stem == name and path.parent.parent not in roots:
+                roots.append(path.parent.parent)
+    return roots
+
+
+def with_plugin_searchpath(argv: list[str]) -> list[str]:
+    """argv plus ``hydra.searchpath=[...]`` naming the plugins' config folders (if any, and if the
+    user did not set the search path themselves)."""
+    if any(a.startswith(("hydra.searchpath=", "+hydra.searchpath=")) for a in argv):
+        return argv
+    roots = plugin_config_roots()
+    if not roots:
+        return argv
+    return argv + ["hydra.searchpath=[" + ",".join(f"file://{r}" for r in roots) + "]"]
+
+
 def format_plugin_list() -> str:
     """Every registered plugin by kind, with where it came from."""
     lines = []

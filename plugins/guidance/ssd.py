@@ -37,10 +37,10 @@ class SSDConfig(SDSConfig):
     """SDS's options plus: tau (DDPM index threshold, 0..T), combine (switch | add),
     control_coefficient ("projection" or a fixed number c), rescale (bool)."""
 
-    tau: int = 200
-    combine: str = "switch"
-    control_coefficient: Any = "projection"
-    rescale: bool = True
+    tau: int
+    combine: str
+    control_coefficient: Any
+    rescale: bool
 
 
 def disengaging_scale(scale: float, convention: str) -> float:

@@ -21,7 +21,7 @@ from plugins.guidance.sds import SDSConfig, SDSGuidance
 
 @dataclass
 class NormalizedSDSConfig(SDSConfig):
-    target_rms: float = 1.0  # RMS of each sample's direction after rescaling
+    target_rms: float  # RMS of each sample's direction after rescaling
 
 
 @register("guidance", "normalized-sds")

@@ -1,0 +1,148 @@
+"""Faults and bad input: NaN losses, unwritable outputs, bad prompts, a checkpoint of another
+system, and a run killed with SIGKILL that resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from framework.errors import ConfigError
+from framework.run import checkpoint_path, run
+from plugins.guidance.paas import PAASGuidance
+from tests.test_system import compose_cfg, small_run_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def latent_size(tiny_pipeline_dir):
+    import json
+
+    return json.loads((tiny_pipeline_dir / "unet" / "config.json").read_text())["sample_size"]
+
+
+def nan_on_calls(monkeypatch, bad_calls):
+    """Make PAAS return a NaN loss on the given (0-based) call numbers."""
+    original = PAASGuidance.__call__
+    calls = {"n": 0}
+
+    def patched(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        n = calls["n"]
+        calls["n"] += 1
+        if bad_calls(n):
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(PAASGuidance, "__call__", patched)
+
+
+def logged_column(run_dir: Path, column: str) -> list[float]:
+    with open(run_dir / "logs" / "metrics.csv") as fh:
+        return [float(row[column]) for row in csv.DictReader(fh) if row.get(column)]
+
+
+def test_a_nan_step_is_skipped_and_counted(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch):
+    nan_on_calls(monkeypatch, lambda n: n == 3)
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 8) + ["trainer.log_every_n_steps=1"]
+    run(compose_cfg(over), tmp_path)
+    state = torch.load(checkpoint_path(tmp_path), weights_only=False)
+    assert state["global_step"] == 8  # Lightning counts the skipped step (no optimizer update happened in it)
+    assert state["scorelift"]["nonfinite_total"] == 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert max(logged_column(tmp_path, "train/nonfinite_steps")) == 1.0
+
+
+def test_nan_steps_in_a_row_stop_the_run_with_a_good_checkpoint(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch):
+    nan_on_calls(monkeypatch, lambda n: n >= 6)
+    # no step-dependent schedule (the emptiness boost starts at half of max_steps), so a 6-step
+    # run is comparable with the first 6 steps of this one
+    flat = ["+system.losses.emptiness.boost_factor=1.0"]
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 20) + flat + [
+        "system.max_nonfinite_steps=3", "trainer.checkpoint_every=2"]
+    with pytest.raises(FloatingPointError) as err:
+        run(compose_cfg(over), tmp_path)
+    msg = str(err.value)
+    assert "NaN or Inf for 3 steps in a row" in msg and "last.ckpt" in msg and "max_nonfinite_steps" in msg
+    state = torch.load(checkpoint_path(tmp_path), weights_only=False)
+    assert state["global_step"] == 8  # 6 good steps, then skipped ones (counted, no update) until the stop
+    # the checkpoint holds exactly the last good state: a clean 6-step run's parameters
+    monkeypatch.undo()
+    clean = tmp_path / "clean"
+    run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 6) + flat), clean)
+    good = torch.load(checkpoint_path(clean), weights_only=False)["state_dict"]
+    assert all(torch.equal(state["state_dict"][k], good[k]) for k in good)
+
+
+def test_unwritable_run_dir_fails_at_start(tiny_pipeline_dir, latent_size, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 2)), blocker / "run")
+    assert "is not writable" in str(err.value) and "hydra.run.dir" in str(err.value)
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("prompt, words", [("'   '", ["prompt is empty"]), ("'" + "red " * 80 + "cube'", ["tokens long", "at most"])])
+def test_bad_prompts_fail_before_training(tiny_pipeline_dir, latent_size, tmp_path, prompt, words):
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 2) + [f"prompt={prompt}"]
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(over), tmp_path)
+    for word in words:
+        assert word in str(err.value)
+    assert not checkpoint_path(tmp_path).exists()
+
+
+def test_checkpoint_of_another_system_is_refused(tiny_pipeline_dir, latent_size, tmp_path):
+    df_dir = tmp_path / "df"
+    run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "dreamfusion", "sds", 2)), df_dir)
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 4) + [f"resume={checkpoint_path(df_dir)}"]
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(over), tmp_path / "sjc")
+    assert "written by system 'dreamfusion'" in str(err.value) and "system=dreamfusion" in str(err.value)
+
+
+def launch_args(pipeline: Path, latent_size: int, run_dir: Path, steps: int) -> list[str]:
+    over = small_run_overrides(pipeline, latent_size, "sjc", "paas", steps)
+    over = [o for o in over if not o.startswith("trainer.checkpoint_every")] + ["trainer.checkpoint_every=2"]
+    return [sys.executable, str(REPO / "launch.py"), *over, f"hydra.run.dir={run_dir}"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_pipeline_dir, latent_size, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    steps = 40
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(launch_args(tiny_pipeline_dir, latent_size, straight, steps), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen(launch_args(tiny_pipeline_dir, latent_size, killed, steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = checkpoint_path(killed)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                if torch.load(ckpt, weights_only=False)["global_step"] >= 6:
+                    break
+            except Exception:  # noqa: BLE001  (an atomic write never exposes half a file; be safe)
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; raise `steps`"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["global_step"]  # loadable after the kill
+    assert 6 <= killed_at < steps
+    resumed = subprocess.run([sys.executable, str(REPO / "launch.py"), f"resume={killed}"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(checkpoint_path(straight), weights_only=False)
+    b = torch.load(ckpt, weights_only=False)
+    assert a["global_step"] == b["global_step"] == steps
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

@@ -61,10 +61,42 @@ def register(kind: str, name: str) -> Callable[[T], T]:
                 f"{existing.cls.__module__}.{existing.cls.__qualname__} (from {existing.origin}). "
                 f"Rename it in the plugin's @register({kind!r}, ...) call."
             )
+        _check_required_methods(kind, name, cls, origin)
         _registry[kind][name] = Entry(cls, origin)
         return cls
 
     return decorator
+
+
+# What each kind must implement (the interface's versions raise NotImplementedError).
+REQUIRED_METHODS = {
+    "geometry": ("framework.interfaces.geometry", "Geometry", ("forward",)),
+    "renderer": ("framework.interfaces.renderer", "Renderer", ("forward",)),
+    "background": ("framework.interfaces.background", "Background", ("forward",)),
+    "guidance": ("framework.interfaces.guidance", "Guidance", ("__call__",)),
+    "loss": ("framework.interfaces.loss", "Loss", ("__call__",)),
+    "prior": ("framework.interfaces.prior", "DiffusionPrior", ("encode_text", "condition", "encode_images", "decode_latents", "predict_eps")),
+}
+
+
+def _check_required_methods(kind: str, name: str, cls: type, origin: str) -> None:
+    """PluginError when ``cls`` is not a subclass of its kind's interface or leaves a required
+    method unimplemented: caught at registration, not at the first training step."""
+    if kind not in REQUIRED_METHODS:
+        return
+    module_name, base_name, methods = REQUIRED_METHODS[kind]
+    base = getattr(importlib.import_module(module_name), base_name)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(
+            f"Plugin {origin!r} registers {kind} {name!r} with {getattr(cls, '__qualname__', cls)!r}, which is not a "
+            f"subclass of {module_name}.{base_name}; derive it from that interface (docs/plugins.md)."
+        )
+    missing = [m for m in methods if getattr(cls, m) is getattr(base, m)]
+    if missing:
+        raise PluginError(
+            f"Plugin {origin!r} registers {kind} {name!r} ({cls.__qualname__}) without implementing "
+            f"{', '.join(missing)}; a {kind} must implement {', '.join(methods)} (see {module_name})."
+        )
 
 
 def _import_builtin_plugins() -> None:

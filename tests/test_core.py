@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from framework import registry
+from framework.interfaces.loss import Loss
 from framework.config import parse_config
 from framework.data.cameras import (
     CameraSamplerConfig,
@@ -35,16 +36,40 @@ def test_unknown_kind_is_rejected():
         registry.find("widget", "x")
 
 
+class _ZeroLoss(Loss):
+    def __call__(self, render, cameras):
+        return render.opacity.sum() * 0
+
+
 def test_register_conflict_names_both():
     @registry.register("loss", "test-conflict-a")
-    class A:
+    class A(_ZeroLoss):
         pass
 
-    with pytest.raises(PluginError, match="already taken"):
+    with pytest.raises(PluginError) as err:
 
         @registry.register("loss", "test-conflict-a")
-        class B:
+        class B(_ZeroLoss):
             pass
+
+    assert "already taken" in str(err.value) and "A" in str(err.value) and "Rename it" in str(err.value)
+
+
+def test_register_rejects_a_missing_method_or_a_foreign_class():
+    with pytest.raises(PluginError) as err:
+
+        @registry.register("loss", "test-no-call")
+        class NoCall(Loss):
+            pass
+
+    assert "without implementing __call__" in str(err.value) and "'test-no-call'" in str(err.value)
+    with pytest.raises(PluginError, match="not a subclass of framework.interfaces.geometry.Geometry"):
+
+        @registry.register("geometry", "test-foreign")
+        class Foreign:
+            pass
+
+    assert "test-no-call" not in registry.available("loss")["loss"]
 
 
 def test_builtin_plugins_are_discovered():
@@ -158,3 +183,17 @@ def test_inverted_camera_range_is_rejected():
         check_sampler_config(CameraSamplerConfig(elevation_range=[60.0, -10.0]))
     with pytest.raises(ConfigError, match="distance_range"):
         check_sampler_config(CameraSamplerConfig(distance_range=[0.0, 1.0]))
+
+
+def test_a_broken_entry_point_is_reported_and_the_rest_works(monkeypatch):
+    import importlib.metadata
+
+    registry.discover()
+    ep = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group=None: [ep])
+    monkeypatch.setattr(registry, "_load_failures", [])
+    registry._import_entry_points()
+    (failure,) = registry.load_failures()
+    assert "'broken'" in failure and "no_such_module_xyz" in failure and "ModuleNotFoundError" in failure
+    assert "uninstall" in failure and "built-in plugins still work" in failure
+    assert "sds" in registry.available("guidance")["guidance"]

@@ -57,6 +57,20 @@ def test_directory_without_unet_names_the_path(tiny_pipeline_dir, tmp_path):
     assert str(broken) in str(err.value)
 
 
+@pytest.mark.parametrize("damage", ["config", "weights"])
+def test_corrupt_directory_names_the_path_and_the_cause(tiny_pipeline_dir, tmp_path, damage):
+    broken = pipeline_variant(tiny_pipeline_dir, tmp_path / "corrupt", {})
+    if damage == "config":
+        (broken / "unet" / "config.json").write_text("{not json")
+    else:
+        weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    with pytest.raises(PriorLoadError) as err:
+        load_prior(broken)
+    msg = str(err.value)
+    assert str(broken) in msg and "diffusers failed with" in msg
+
+
 def test_directory_without_model_index_or_weights(tiny_pipeline_dir, tmp_path):
     no_index = pipeline_variant(tiny_pipeline_dir, tmp_path / "no-index", {})
     (no_index / "model_index.json").unlink()

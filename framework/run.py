@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from framework import builders, registry
+from framework.config import parse_config
 from framework.errors import ConfigError
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
@@ -117,10 +119,28 @@ def load_weights(system, ckpt: Path) -> int:
     return int(state.get("global_step", 0))
 
 
+@dataclass
+class TrainerConfig:
+    max_steps: int
+    log_every_n_steps: int
+    checkpoint_every: int
+    progress_bar: bool
+
+
+def check_trainer(cfg: DictConfig) -> TrainerConfig:
+    """The trainer section, type-checked before anything is loaded or written."""
+    trainer = parse_config(TrainerConfig, cfg.trainer, "trainer")
+    for key in ("max_steps", "log_every_n_steps", "checkpoint_every"):
+        if getattr(trainer, key) < 1:
+            raise ConfigError(f"trainer.{key}={getattr(trainer, key)} must be a positive number of steps.")
+    return trainer
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh (mode=export) into ``run_dir``."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
+    check_trainer(cfg)
     check_writable(run_dir)
     device = pick_device(cfg.device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

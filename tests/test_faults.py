@@ -146,3 +146,16 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_pipeline_dir, lat
     b = torch.load(ckpt, weights_only=False)
     assert a["global_step"] == b["global_step"] == steps
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("trainer.max_steps=abc", ["trainer key 'max_steps'", "int"]),
+    ("trainer.checkpoint_every=0", ["trainer.checkpoint_every=0", "positive"]),
+])
+def test_bad_trainer_values_fail_before_anything_is_written(tiny_pipeline_dir, latent_size, tmp_path, override, words):
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 2) + [override]
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(over), tmp_path / "run")
+    for word in words:
+        assert word in str(err.value)
+    assert not (tmp_path / "run").exists()

@@ -39,3 +39,13 @@ class Geometry(BaseModulePart):
     def normals(self, points: torch.Tensor) -> torch.Tensor | None:
         """[N, 3] -> [N, 3] unit normals (minus the density gradient), or None if not provided."""
         return None
+
+    def central_difference_normals(self, points: torch.Tensor, h: float) -> torch.Tensor:
+        """[N, 3] -> [N, 3] minus the normalised central-difference gradient of ``density`` with
+        step ``h`` (6 density lookups per point; differentiable). Zero where the field is flat."""
+        offsets = torch.eye(3, dtype=points.dtype, device=points.device) * h  # [3, 3]
+        probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)  # [N, 6, 3]
+        d = self.density(probes.reshape(-1, 3)).reshape(-1, 6)
+        grad = (d[:, :3] - d[:, 3:]) / (2.0 * h)  # [N, 3]
+        # eps bounds d(normal)/d(gradient) by 1/eps where the field is nearly flat.
+        return torch.nn.functional.normalize(-grad, dim=-1, eps=1e-6)

@@ -209,9 +209,4 @@ class HashGrid(Geometry):
     def normals(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N, 3] unit normals: minus the central-difference density gradient, step
         half the finest level's cell (a smaller step sees one cell's linear piece only)."""
-        h = 0.5 * 2 * self.cfg.bbox_radius / self.encoding.resolutions[-1]
-        offsets = torch.eye(3, dtype=points.dtype, device=points.device) * h
-        probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)
-        d = self.density(probes.reshape(-1, 3)).reshape(-1, 6)
-        grad = (d[:, :3] - d[:, 3:]) / (2.0 * h)
-        return F.normalize(-grad, dim=-1, eps=1e-6)
+        return self.central_difference_normals(points, self.cfg.bbox_radius / self.encoding.resolutions[-1])

@@ -165,13 +165,7 @@ class VoxelGrid(Geometry):
         gradient vanishes (empty or uniform regions) the normal is the zero vector.
         Differentiable with respect to the grid (DreamFusion's orientation loss needs that).
         """
-        h = 0.5 * self.voxel_size
-        offsets = torch.eye(3, dtype=points.dtype, device=points.device) * h  # [3, 3]
-        probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)  # [N, 6, 3]
-        d = self.density(probes.reshape(-1, 3)).reshape(-1, 6)
-        grad = (d[:, :3] - d[:, 3:]) / (2.0 * h)  # [N, 3]
-        # eps bounds d(normal)/d(gradient) by 1/eps where the field is nearly flat.
-        return F.normalize(-grad, dim=-1, eps=1e-6)
+        return self.central_difference_normals(points, 0.5 * self.voxel_size)
 
     def extra_repr(self) -> str:
         c = self.cfg

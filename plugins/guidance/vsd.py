@@ -134,14 +134,19 @@ class VSDGuidance(Guidance):
                 params[name].copy_(value)
         self.camera_embedding.load_state_dict(state["camera"])
 
-    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-        """The LoRA model's eps at (z_t [B, C, h, w], t [B]) with embeddings [B, L, D] and cameras [B, 4, 4]."""
+    def lora_forward(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's raw prediction (eps or v, fp32) at (z_t [B, C, h, w], t [B]) with
+        embeddings [B, L, D] and cameras [B, 4, 4] (the camera embedding rides on the time embedding)."""
         unet = self.lora_unet
         self._camera_emb = self.camera_embedding(c2w.float())
         try:
-            out = unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
+            return unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
         finally:
             self._camera_emb = None
+
+    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's eps (v-prediction converted) [B, C, h, w]."""
+        out = self.lora_forward(z_t, t, emb, c2w)
         if self.prior.prediction_type == "v_prediction":
             ab = sm.per_sample(self.prior.alphas_cumprod[t], z_t.ndim)
             out = ab.sqrt() * out + (1.0 - ab).sqrt() * z_t.float()
@@ -156,12 +161,7 @@ class VSDGuidance(Guidance):
         c2w = torch.where(drop.view(B, 1, 1), torch.zeros_like(c2w), c2w)
         ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z0.ndim)
         z_t = ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
-        unet = self.lora_unet
-        self._camera_emb = self.camera_embedding(c2w.float())
-        try:
-            pred = unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
-        finally:
-            self._camera_emb = None
+        pred = self.lora_forward(z_t, t, emb, c2w)
         target = noise if self.prior.prediction_type == "epsilon" else ab.sqrt() * noise - (1.0 - ab).sqrt() * z0
         return F.mse_loss(pred, target)
 

@@ -153,12 +153,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     system = build_system(cfg, device)
 
     if cfg.mode == "export":
-        step = load_weights(system, ckpt)
-        log.info("Exporting the mesh of %s at step %d", run_dir, step)
+        log.info("Exporting the mesh of %s at step %d", run_dir, load_weights(system, ckpt))
         return {"mesh": export_mesh(system, cfg.export, run_dir)}
     if cfg.mode == "test":
-        step = load_weights(system, ckpt)
-        log.info("Re-rendering %s at step %d", run_dir, step)
+        log.info("Re-rendering %s at step %d", run_dir, load_weights(system, ckpt))
     else:
         trainer = make_trainer(cfg, run_dir, device)
         data = torch.utils.data.DataLoader(StepIndices(), batch_size=None)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.errors import ConfigError
+from framework.schedule import check_scheduled, scheduled
 
 CFG_CONVENTIONS = ("standard", "threestudio")
 
@@ -123,3 +124,19 @@ def render_latents(prior, image: torch.Tensor, is_latent: bool) -> torch.Tensor:
             )
         return image.float()
     return prior.encode_images(image)
+
+
+def check_step_schedules(cfg) -> None:
+    """Validate the scheduled scalars SDS-family guidances share: min_step_percent,
+    max_step_percent and grad_clip (null allowed)."""
+    check_scheduled(cfg.min_step_percent, "guidance.min_step_percent")
+    check_scheduled(cfg.max_step_percent, "guidance.max_step_percent")
+    if cfg.grad_clip is not None:
+        check_scheduled(cfg.grad_clip, "guidance.grad_clip")
+
+
+def scheduled_step_state(cfg, step: int, num_train_timesteps: int) -> tuple[int, int, float | None]:
+    """(t_min, t_max, grad_clip) of an SDS-family config at training step ``step``."""
+    t_min, t_max = step_range(scheduled(cfg.min_step_percent, step), scheduled(cfg.max_step_percent, step), num_train_timesteps)
+    return t_min, t_max, None if cfg.grad_clip is None else scheduled(cfg.grad_clip, step)
+

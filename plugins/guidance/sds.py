@@ -18,7 +18,6 @@ from framework.errors import ConfigError
 from framework.interfaces.guidance import Guidance, GuidanceOutput
 from framework.interfaces.prior import DiffusionPrior, TextConditioning
 from framework.registry import register
-from framework.schedule import check_scheduled, scheduled
 from plugins.guidance import score_math as sm
 
 WEIGHTINGS = ("sds", "uniform")
@@ -52,18 +51,11 @@ class SDSGuidance(Guidance):
         sm.check_cfg_convention(c.cfg_convention)
         if c.weighting not in WEIGHTINGS:
             raise ConfigError(f"guidance.weighting={c.weighting!r} is not known; use one of {', '.join(WEIGHTINGS)}.")
-        check_scheduled(c.min_step_percent, "guidance.min_step_percent")
-        check_scheduled(c.max_step_percent, "guidance.max_step_percent")
-        if c.grad_clip is not None:
-            check_scheduled(c.grad_clip, "guidance.grad_clip")
+        sm.check_step_schedules(c)
         self.update_step(0, 1)
 
     def update_step(self, step: int, max_steps: int) -> None:
-        c = self.cfg
-        self.t_min, self.t_max = sm.step_range(
-            scheduled(c.min_step_percent, step), scheduled(c.max_step_percent, step), self.prior.num_train_timesteps
-        )
-        self.grad_clip = None if c.grad_clip is None else scheduled(c.grad_clip, step)
+        self.t_min, self.t_max, self.grad_clip = sm.scheduled_step_state(self.cfg, step, self.prior.num_train_timesteps)
 
     def direction(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The estimator before weighting: e_cfg - eps (all [B, C, h, w]; t: [B]). SSD overrides it."""

@@ -31,7 +31,6 @@ from framework.errors import ConfigError
 from framework.interfaces.guidance import Guidance, GuidanceOutput
 from framework.interfaces.prior import TextConditioning
 from framework.registry import register
-from framework.schedule import check_scheduled, scheduled
 from plugins.guidance import score_math as sm
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -77,8 +76,7 @@ class VSDGuidance(Guidance):
         super().__init__(cfg, prior)
         c = self.cfg
         sm.check_cfg_convention(c.cfg_convention)
-        check_scheduled(c.min_step_percent, "guidance.min_step_percent")
-        check_scheduled(c.max_step_percent, "guidance.max_step_percent")
+        sm.check_step_schedules(c)
         if c.lora_rank < 1:
             raise ConfigError(f"guidance.lora_rank={c.lora_rank} must be at least 1 (ProlificDreamer: 4).")
         if not 0.0 <= c.camera_drop_prob <= 1.0:
@@ -108,11 +106,7 @@ class VSDGuidance(Guidance):
         return output if self._camera_emb is None else output + self._camera_emb.to(output.dtype)
 
     def update_step(self, step: int, max_steps: int) -> None:
-        c = self.cfg
-        self.t_min, self.t_max = sm.step_range(
-            scheduled(c.min_step_percent, step), scheduled(c.max_step_percent, step), self.prior.num_train_timesteps
-        )
-        self.grad_clip = None if c.grad_clip is None else scheduled(c.grad_clip, step)
+        self.t_min, self.t_max, self.grad_clip = sm.scheduled_step_state(self.cfg, step, self.prior.num_train_timesteps)
 
     # ------------------------------------------------------------------ the LoRA model
     def lora_parameters(self) -> list[torch.nn.Parameter]:

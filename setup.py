@@ -18,7 +18,7 @@ setup(
         "configs": ["*.yaml", "*/*.yaml"],
         "plugins": ["priors/shapes_prior/*", "priors/shapes_prior/*/*"],
     },
-    py_modules=["launch"],
+    py_modules=["launch", "benchmark"],
     install_requires=[
         # torch is pinned by the install instructions (pip install torch==2.13.0 first): a bare
         # requirement here would let pip pull a multi-GB CUDA build on machines without a GPU.
@@ -35,6 +35,8 @@ setup(
         "scikit-image",  # marching cubes for mode=export
         "trimesh",       # mesh files for mode=export
         "peft",          # LoRA adapters of guidance=vsd
+        "matplotlib",    # the benchmark's figures
+        "pillow",        # the benchmark's contact sheet
         "pyyaml",
         "tqdm",
     ],

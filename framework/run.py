@@ -19,6 +19,7 @@ from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
 from framework.outputs.mesh import export_mesh
 from framework.outputs.progress import StepProgressBar
+from framework.outputs.quality_curve import QualityCurve
 from framework.outputs.timing import StepTimer
 from framework.run_info import write_run_info
 
@@ -89,13 +90,15 @@ def build_system(cfg: DictConfig, device: torch.device):
 def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device) -> pl.Trainer:
     from pytorch_lightning.loggers import CSVLogger
 
+    timer = StepTimer(run_dir)  # first, so its step times exclude the checkpoint and image writes
     return pl.Trainer(
         max_steps=cfg.trainer.max_steps,
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
         callbacks=[
-            StepTimer(run_dir),  # first, so its step times exclude the checkpoint and image writes
+            timer,
+            QualityCurve(run_dir, cfg.trainer.eval_every, timer),
             AtomicCheckpoint(checkpoint_path(run_dir), cfg.trainer.checkpoint_every),
             ValidationImages(run_dir),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),
@@ -125,6 +128,7 @@ class TrainerConfig:
     log_every_n_steps: int
     checkpoint_every: int
     progress_bar: bool
+    eval_every: int  # shapes-world metrics every this many steps into eval_curve.csv (0: off)
 
 
 def check_trainer(cfg: DictConfig) -> TrainerConfig:
@@ -133,6 +137,8 @@ def check_trainer(cfg: DictConfig) -> TrainerConfig:
     for key in ("max_steps", "log_every_n_steps", "checkpoint_every"):
         if getattr(trainer, key) < 1:
             raise ConfigError(f"trainer.{key}={getattr(trainer, key)} must be a positive number of steps.")
+    if trainer.eval_every < 0:
+        raise ConfigError(f"trainer.eval_every={trainer.eval_every} must be 0 (off) or a positive number of steps.")
     return trainer
 
 

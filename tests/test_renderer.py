@@ -163,34 +163,41 @@ def test_auto_backend_is_torch_on_cpu():
         resolve_backend("cuda-only", torch.device("cpu"))
 
 
-def test_pure_path_agrees_with_nerfacc():
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: nerfacc's CUDA kernels cannot run"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pure_path_agrees_with_nerfacc(device):
+    """On CUDA this runs nerfacc's compiled packed-scan kernels; on the CPU its batched torch path."""
     if not nerfacc_available():
         print("SKIP: nerfacc is not importable, so there is nothing to compare the pure path against")
         pytest.skip("nerfacc not importable")
     gen = torch.Generator().manual_seed(0)
     n, S, C = 50, 40, 4
-    sigma = (torch.rand(n, S, generator=gen, dtype=torch.float64) * 5).requires_grad_()
-    delta = torch.rand(n, S, generator=gen, dtype=torch.float64) * 0.1
+    dtype = torch.float64 if device == "cpu" else torch.float32  # nerfacc's kernels are float32
+    sigma = (torch.rand(n, S, generator=gen, dtype=dtype) * 5).to(device).requires_grad_()
+    delta = (torch.rand(n, S, generator=gen, dtype=dtype) * 0.1).to(device)
     t = torch.cumsum(delta, dim=-1)
-    feats_dense = torch.randn(n, S, C, generator=gen, dtype=torch.float64)
-    keep = torch.rand(n, S, generator=gen) > 0.2
+    feats_dense = torch.randn(n, S, C, generator=gen, dtype=dtype).to(device)
+    keep = (torch.rand(n, S, generator=gen) > 0.2).to(device)
     ri, si = keep.nonzero(as_tuple=True)
     feats = feats_dense[ri, si].requires_grad_()
     a = composite_torch(sigma, delta, t, feats, ri, si)
     b = composite_nerfacc(sigma, delta, t, feats, ri, si)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y)
-    la = sum((x * torch.linspace(0, 1, x.numel(), dtype=x.dtype).reshape(x.shape)).sum() for x in a)
-    lb = sum((x * torch.linspace(0, 1, x.numel(), dtype=x.dtype).reshape(x.shape)).sum() for x in b)
+    la = sum((x * torch.linspace(0, 1, x.numel(), dtype=x.dtype, device=device).reshape(x.shape)).sum() for x in a)
+    lb = sum((x * torch.linspace(0, 1, x.numel(), dtype=x.dtype, device=device).reshape(x.shape)).sum() for x in b)
     ga = torch.autograd.grad(la, (sigma, feats))
     gb = torch.autograd.grad(lb, (sigma, feats))
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y)
-    # And the whole renderer with backend=nerfacc on the CPU (its batched functions run there).
-    g = grid(density_init=1.0)
+    # And the whole renderer with backend=nerfacc.
+    g = grid(density_init=1.0).to(device)
     o, d = camera_rays()
-    rt = renderer(step_size=0.05, backend="torch")(g, solid(), o, d)
-    rn = renderer(step_size=0.05, backend="nerfacc")(g, solid(), o, d)
+    o, d = o.to(device), d.to(device)
+    rt = renderer(step_size=0.05, backend="torch")(g, solid().to(device), o, d)
+    rn = renderer(step_size=0.05, backend="nerfacc")(g, solid().to(device), o, d)
     for x, y in [(rt.color, rn.color), (rt.opacity, rn.opacity), (rt.depth, rn.depth), (rt.weights, rn.weights)]:
         torch.testing.assert_close(x, y)
 

@@ -18,14 +18,16 @@ EVAL_RESOLUTION = 64  # the shapes world's evaluation images are 64 x 64
 
 
 def write_turntable(system, run_dir: Path) -> dict[str, Path]:
-    """turntable.mp4 (all frames) and grid.png (8 evenly spaced frames)."""
+    """turntable.mp4 (all frames), grid.png (8 evenly spaced frames, 4 x 2) and
+    turntable_strip.png (the same 8 frames in one row, for the benchmark's contact sheet)."""
     v = system.cfg.views
     rgb, _ = system.render_images(system.view_cameras(v.n_frames))
     video = write_video(run_dir / "turntable.mp4", rgb, fps=v.fps)
     step = max(1, v.n_frames // 8)
-    grid = run_dir / "grid.png"
+    grid, strip = run_dir / "grid.png", run_dir / "turntable_strip.png"
     write_png(grid, make_grid(rgb[::step][:8], n_cols=4))
-    return {"video": video, "grid": grid}
+    write_png(strip, make_grid(rgb[::step][:8], n_cols=8))
+    return {"video": video, "grid": grid, "strip": strip}
 
 
 def render_evaluation_views(system) -> tuple[torch.Tensor, torch.Tensor]:

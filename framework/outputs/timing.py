@@ -2,7 +2,9 @@
 
 The benchmark and the GPU figures read this file: median seconds per optimizer step (the first
 ``warmup`` steps excluded: they pay for CUDA context, cuDNN autotuning and allocator growth),
-wall time, and peak memory (CUDA max allocated on a GPU run, the process's max RSS otherwise).
+wall time, peak memory (CUDA max allocated on a GPU run, the process's max RSS otherwise) and the
+final loss (mean total loss of the last ``FINAL_LOSS_STEPS`` steps: one step's loss is a single noisy
+draw of t and noise).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+FINAL_LOSS_STEPS = 50
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     """(bytes, what was measured): CUDA max allocated on ``device``, else this process's max RSS."""
@@ -34,6 +37,7 @@ class StepTimer(pl.Callback):
         self.path = Path(run_dir) / "timing.json"
         self.warmup = warmup
         self.step_seconds: list[float] = []
+        self.step_losses: list[float] = []
         self._start: float | None = None
         self._fit_start: float | None = None
 
@@ -55,6 +59,9 @@ class StepTimer(pl.Callback):
         self._sync(pl_module)
         if self._start is not None:
             self.step_seconds.append(time.perf_counter() - self._start)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.step_losses.append(float(loss))
 
     def summary(self, device: torch.device) -> dict:
         timed = self.step_seconds[self.warmup:] or self.step_seconds
@@ -64,8 +71,10 @@ class StepTimer(pl.Callback):
             "median_s_per_it": statistics.median(timed) if timed else None,
             "mean_s_per_it": statistics.fmean(timed) if timed else None,
             "train_wall_s": time.perf_counter() - self._fit_start if self._fit_start else None,
+            "train_steps_s": sum(self.step_seconds),  # the optimizer steps alone, warm-up included
             "peak_memory_bytes": peak,
             "peak_memory_kind": kind,
+            "final_loss": statistics.fmean(self.step_losses[-FINAL_LOSS_STEPS:]) if self.step_losses else None,
             "device": str(device),
         }
 

@@ -55,14 +55,24 @@ def composite_torch(sigma, delta, t, feats, ray_idx, sample_idx) -> Composited:
 
 
 def composite_nerfacc(sigma, delta, t, feats, ray_idx, sample_idx) -> Composited:
-    """The same as :func:`composite_torch` through nerfacc 0.5: ``render_weight_from_density``
-    on the batched [N, S] samples, ``accumulate_along_rays`` batched for opacity and depth and
-    packed (``ray_indices``) for the features."""
+    """The same as :func:`composite_torch` through nerfacc 0.5's ``render_weight_from_density``.
+
+    On CUDA the samples go in packed (``ray_indices``), which runs nerfacc's compiled scan
+    kernels; on the CPU they go in batched [N, S], where nerfacc computes with plain torch ops
+    (its kernels are CUDA-only). Opacity and depth are batched sums, features accumulate packed.
+    """
     import nerfacc  # lazy: optional dependency
 
+    n, s = sigma.shape
     t_starts = t - 0.5 * delta  # only t_ends - t_starts = delta enters the weights
-    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_starts + delta, sigma)
-    n = sigma.shape[0]
+    if sigma.is_cuda:
+        rays = torch.arange(n, device=sigma.device).repeat_interleave(s)
+        packed, _, _ = nerfacc.render_weight_from_density(
+            t_starts.reshape(-1), (t_starts + delta).reshape(-1), sigma.reshape(-1), ray_indices=rays, n_rays=n
+        )
+        weights = packed.view(n, s)
+    else:
+        weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_starts + delta, sigma)
     color = nerfacc.accumulate_along_rays(weights[ray_idx, sample_idx], feats, ray_indices=ray_idx, n_rays=n)
     opacity = nerfacc.accumulate_along_rays(weights, None)
     depth = nerfacc.accumulate_along_rays(weights, t[..., None])

@@ -1,0 +1,2 @@
+"""The benchmark: methods x prompts x seeds at one step budget, run as resumable launch.py cells,
+reported as results.csv, report.md, PNG figures and a self-contained report.html (benchmark.py)."""

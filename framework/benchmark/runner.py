@@ -1,0 +1,146 @@
+"""Running a benchmark's cells: each one a ``launch.py`` process, several at once, resumable.
+
+Layout under the output folder:
+    cells/<method>/<prompt-slug>/s<seed>/run/        the launch.py run directory
+    cells/<method>/<prompt-slug>/s<seed>/stdout.log  its output
+    cells/<method>/<prompt-slug>/s<seed>/cell.json   written last, only when the run succeeded
+
+A cell with a ``cell.json`` whose fingerprint matches is finished and is not run again; any other
+cell starts from scratch (a half-finished run is deleted, so its timing is never a mix of two
+processes). GPU utilisation is sampled with nvidia-smi while cells run, where nvidia-smi exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from framework.benchmark.spec import Cell
+from framework.resolvers import REPO_ROOT
+
+LAUNCH = REPO_ROOT / "launch.py"
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.key
+
+
+def is_finished(out: Path, cell: Cell) -> bool:
+    marker = cell_dir(out, cell) / "cell.json"
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("fingerprint") == cell.fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def run_cell(out: Path, cell: Cell, env: dict) -> dict:
+    """Run one cell to completion in its own process; returns its cell.json content (status ok
+    or failed). Output goes to the cell's stdout.log."""
+    folder = cell_dir(out, cell)
+    if folder.exists():
+        shutil.rmtree(folder)  # stale or unfinished: start clean
+    folder.mkdir(parents=True)
+    cmd = [
+        sys.executable, str(LAUNCH), *cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}",
+        f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false",
+    ]
+    start = time.perf_counter()
+    with open(folder / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    record = {
+        "method": cell.method, "prompt": cell.prompt, "seed": cell.seed, "fingerprint": cell.fingerprint,
+        "command": cmd[1:], "returncode": proc.returncode, "cell_wall_s": round(time.perf_counter() - start, 2),
+        "status": "ok" if proc.returncode == 0 else "failed",
+    }
+    if proc.returncode == 0:
+        tmp = folder / "cell.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(folder / "cell.json")
+    else:
+        (folder / "failed.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+class GpuSampler:
+    """Samples GPU utilisation (%) and memory (MiB) every ``period`` s into gpu_util.csv."""
+
+    def __init__(self, path: Path, period: float = 1.0):
+        self.path, self.period = path, period
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+        new = not self.path.is_file()
+        with open(self.path, "a") as fh:
+            if new:
+                fh.write("time,gpu,utilization_pct,memory_mib\n")
+            while not self._stop.wait(self.period):
+                try:
+                    lines = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+                except (OSError, subprocess.SubprocessError):
+                    return
+                for line in lines:
+                    fh.write(f"{time.time():.1f},{line.replace(' ', '')}\n")
+                fh.flush()
+
+
+def warm_evaluation_cache(prompts: list[str]) -> None:
+    """Render the shapes world's ground truth once, here, so that concurrent cells only read the
+    cache file instead of all rendering (and writing) it at once."""
+    from framework.shapes_world.world import parse_prompt
+
+    if any(parse_prompt(p) for p in prompts):
+        from framework.shapes_world.evaluate import evaluation_truth
+
+        evaluation_truth()
+
+
+def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, log=print) -> list[dict]:
+    """Run every unfinished cell, ``workers`` at a time; returns the records of the cells run now."""
+    todo = [c for c in cells if not is_finished(out, c)]
+    log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {workers} worker(s).")
+    if not todo:
+        return []
+    warm_evaluation_cache(sorted({c.prompt for c in todo}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
+           "PYTHONUNBUFFERED": "1"}
+    done: list[dict] = []
+    lock = threading.Lock()
+
+    def one(cell: Cell) -> dict:
+        record = run_cell(out, cell, env)
+        with lock:
+            done.append(record)
+            metrics = cell_dir(out, cell) / "run" / "metrics.json"
+            result = ""
+            if record["status"] == "ok" and metrics.is_file():
+                m = json.loads(metrics.read_text())
+                result = f"IoU {m['iou']:.3f} id {m['identification']:.2f} "
+            status = "" if record["status"] == "ok" else f"FAILED (exit {record['returncode']}, see {cell_dir(out, cell) / 'stdout.log'}) "
+            log(f"[{len(done)}/{len(todo)}] {cell.method} | {cell.prompt} | seed {cell.seed}: {status}{result}({record['cell_wall_s']:.0f} s)")
+        return record
+
+    with GpuSampler(out / "gpu_util.csv"), ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(one, todo))
+    return done

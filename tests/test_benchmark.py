@@ -1,0 +1,159 @@
+"""The benchmark end to end on its CI preset (2 prompts x 4 methods x 4 steps, CPU-sized), then
+resume, determinism, selection and bad input. The numbers of 4-step runs say nothing about the
+methods; what is checked is that every cell runs, is measured and reported, and repeats exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework.benchmark import spec as spec_mod
+from framework.benchmark.collect import summarize
+from framework.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"benchmark.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "ci"
+    proc = bench("ci", "--out", str(out), "--workers", "2", "--threads-per-run", "1")
+    return out, proc
+
+
+def test_ci_preset_runs_every_cell_and_reports(ci_run):
+    out, proc = ci_run
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], r["prompt"]) for r in rows] == [
+        (m, p) for p in ("a red cube", "a blue sphere") for m in ("paas", "sds", "ssd", "vsd")
+    ]
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert 0.0 <= float(r["iou"]) <= 1.0 and 0.0 <= float(r["identification"]) <= 1.0
+        assert float(r["median_s_per_it"]) > 0 and float(r["train_steps_s"]) > 0
+        assert float(r["cell_wall_s"]) > float(r["train_steps_s"])
+        assert float(r["peak_memory_mb"]) > 100 and r["peak_memory_kind"] == "cpu_max_rss"
+        assert r["final_loss"] not in ("", "nan")
+    # quality every 2 steps: steps 0, 2, 4 for each of the 8 cells
+    curves = read_csv(out / "curves.csv")
+    assert len(curves) == 8 * 3
+    assert sorted({int(c["step"]) for c in curves}) == [0, 2, 4]
+    times = [float(c["train_s"]) for c in curves if c["method"] == "sds" and c["prompt"] == "a red cube"]
+    assert times[0] == 0.0 and times[0] < times[1] < times[2]
+    for name in ("quality_vs_step.png", "quality_vs_time.png", "method_bars.png", "contact_sheet.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = (out / "report.md").read_text()
+    assert "| method | IoU | identification |" in md and "| vsd |" in md
+    assert "python benchmark.py ci --out" in md and "torch 2.13.0" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 + 8  # 4 figures + a poster per turntable
+    assert page.count("<video") + page.count("data:image/gif") == 8  # one turntable per method x prompt
+    assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", page)  # self-contained: nothing to fetch
+    info = json.loads((out / "benchmark_info.json").read_text())
+    assert info["cells_run"] == 8 and info["preset"] == "ci"
+    assert "8/8 cells finished" in proc.stdout
+
+
+def test_rerun_resumes_without_running_finished_cells(ci_run):
+    out, _ = ci_run
+    before = read_csv(out / "results.csv")
+    marker = out / "cells" / "sds" / "a_red_cube" / "s0" / "cell.json"
+    stamp = marker.stat().st_mtime_ns
+    proc = bench("ci", "--out", str(out), "--workers", "2")
+    assert "8 of 8 cells already finished; running 0" in proc.stdout
+    assert marker.stat().st_mtime_ns == stamp
+    assert read_csv(out / "results.csv") == before
+    # a cell whose run was lost (no cell.json) runs again, from scratch
+    (out / "cells" / "ssd" / "a_blue_sphere" / "s0" / "cell.json").unlink()
+    proc = bench("ci", "--out", str(out), "--methods", "ssd", "--prompts", "a blue sphere")
+    assert "0 of 1 cells already finished; running 1" in proc.stdout
+
+
+def test_same_seed_same_numbers(ci_run, tmp_path):
+    """A second benchmark of two cells reproduces the first's quality, curves and final loss exactly."""
+    out, _ = ci_run
+    bench("ci", "--out", str(tmp_path), "--methods", "sds,vsd", "--prompts", "a red cube", "--threads-per-run", "1")
+    keys = ("iou", "colour_error", "identification", "final_loss")
+    first = {r["method"]: r for r in read_csv(out / "results.csv") if r["prompt"] == "a red cube"}
+    for r in read_csv(tmp_path / "results.csv"):
+        assert {k: r[k] for k in keys} == {k: first[r["method"]][k] for k in keys}
+        assert float(r["final_loss"]) != 0.0
+    strip = lambda rows: [{k: v for k, v in c.items() if k != "train_s"} for c in rows if c["prompt"] == "a red cube" and c["method"] in ("sds", "vsd")]  # noqa: E731
+    assert strip(read_csv(tmp_path / "curves.csv")) == strip(read_csv(out / "curves.csv"))
+
+
+def test_summary_spread_over_seeds():
+    rows = [
+        {"method": "m", "prompt": p, "seed": s, "status": "ok", "iou": iou, "colour_error": 0.1, "identification": 1.0,
+         "median_s_per_it": 0.5, "train_steps_s": 5.0, "cell_wall_s": 9.0, "peak_memory_mb": 10.0, "final_loss": 1.0}
+        for (p, s, iou) in [("a", 0, 0.2), ("b", 0, 0.4), ("a", 1, 0.6), ("b", 1, 0.8)]
+    ]
+    (s,) = summarize(rows, ["m"], [0, 1])
+    assert s["iou_per_seed"] == pytest.approx([0.3, 0.7])
+    assert s["iou"] == pytest.approx(0.5)
+    assert s["iou_std"] == pytest.approx(((0.2**2 + 0.2**2) / 1) ** 0.5)  # sample std of 0.3 and 0.7
+
+
+def test_bad_input_is_reported_clearly(tmp_path):
+    proc = bench("nosuch", "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "Benchmark preset 'nosuch' not found" in proc.stderr and "ci" in proc.stderr
+    proc = bench("ci", "--out", str(tmp_path), "--methods", "sds,xyz", check=False)
+    assert proc.returncode == 2 and "['xyz'] not in preset 'ci'" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: [a red cube]\nseeds: [0]\nsteps: 2\nmethods: {sds: [guidance=sds, seed=3]}\n")
+    with pytest.raises(ConfigError, match=re.escape("'seed=3' is set by the benchmark itself")):
+        spec_mod.load_spec(str(bad))
+    bad.write_text("prompts: [a red cube]\nseed: [0]\nsteps: 2\nmethods: {}\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['seed'\], missing keys \['seeds'\]"):
+        spec_mod.load_spec(str(bad))
+
+
+def test_full_preset_covers_every_shape_and_colour():
+    from framework.shapes_world.world import COLOURS, SHAPES, parse_prompt
+
+    spec = spec_mod.load_spec("full")
+    parsed = [parse_prompt(p) for p in spec.prompts]
+    assert None not in parsed and len(set(parsed)) == len(parsed) >= 12
+    assert {c for c, _ in parsed} == set(COLOURS) and {s for _, s in parsed} == set(SHAPES)
+    assert len(spec.seeds) >= 3 and set(spec.methods) == {"paas", "sds", "ssd", "vsd"}
+    cells = spec_mod.expand(spec)
+    assert len(cells) == len(spec.prompts) * len(spec.seeds) * 4
+    assert all(f"trainer.max_steps={spec.steps}" in c.overrides for c in cells)  # one budget for all
+
+
+def test_prompt_without_ground_truth_reports_cost_and_turntables(tmp_path):
+    """As on real Stable Diffusion: no metrics, but time, memory, contact sheet and videos."""
+    preset = tmp_path / "nogt.yaml"
+    preset.write_text(
+        "prompts: [a DSLR photo of a hamburger]\nseeds: [0]\nsteps: 3\neval_every: 1\n"
+        "common: [prior=tiny-random, system.views.n_frames=8]\n"
+        "methods: {sds: [system=dreamfusion, guidance=sds], paas: [system=sjc, guidance=paas, data.height=16, data.width=16]}\n"
+    )
+    out = tmp_path / "out"
+    bench(str(preset), "--out", str(out), "--workers", "2", "--threads-per-run", "1")
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(r["iou"] == "" and float(r["median_s_per_it"]) > 0 and float(r["peak_memory_mb"]) > 0 for r in rows)
+    assert read_csv(out / "curves.csv") == []  # no ground truth, no quality curve
+    assert (out / "contact_sheet.png").is_file() and not (out / "quality_vs_step.png").exists()
+    md = (out / "report.md").read_text()
+    assert re.search(r"\| sds \| – \| – \| – \| [0-9.]+ \|", md)
+    assert (out / "report.html").read_text().count("<video") + (out / "report.html").read_text().count("image/gif") == 2

@@ -1,9 +1,10 @@
 """``hash-grid`` geometry: a multi-resolution hash encoding with small density and feature MLPs.
 
 Encoding (Instant-NGP). Level l (0..L-1) is a grid of resolution ``N_l = floor(N_min * b^l)``
-points per axis over the box, b the growth factor. A point's 8 surrounding grid corners index
-the level's table of T entries x F features: directly (x + N y + N^2 z) while the level's
-N_l^3 corners fit in T, else by the spatial hash (x * 1) xor (y * 2654435761) xor
+cells per axis over the box (n = N_l + 1 grid points), b the growth factor; a point x in the
+unit box lies in cell ``clamp(floor(x N_l), 0, N_l - 1)``. Its 8 surrounding grid corners index
+the level's table of T entries x F features: directly (x + n y + n^2 z) while the level's
+n^3 corners fit in T, else by the spatial hash (x * 1) xor (y * 2654435761) xor
 (z * 805459861) mod T. Corner features are blended trilinearly; the L x F values concatenate.
 Table entries start uniform in [-1e-4, 1e-4] (the reference implementation's init).
 
@@ -14,12 +15,29 @@ to start from) and ``features = act(mlp_f(enc))`` (sigmoid for RGB, none for lat
 Progressive levels (optional): only the first ``start_levels`` levels are active at step 0, one
 more every ``update_steps`` steps; inactive levels are multiplied by 0 (Magic3D / threestudio).
 
-This pure-PyTorch encoder is the reference and the fallback; tinycudann (if importable on CUDA)
-is the fast backend for the same encoding and is imported only when chosen.
+Backends (config ``backend``), all on the same parameters (identical state_dict):
+
+* ``torch``: this module's pure-PyTorch encoder (``HashEncoding.forward_torch``), any device.
+  It is the reference.
+* ``triton``: ``hash_encoding_triton.py``, Triton kernels for exactly the same function (equal to
+  float32 rounding), CUDA only (or CPU tensors under ``TRITON_INTERPRET=1``); table gradients
+  only, no gradient with respect to the points.
+* ``tcnn``: ``hash_encoding_tcnn.py``, tinycudann's HashGrid on CUDA. tcnn's formula differs
+  from ours (grid resolution ceil(N_min b^l) vs floor(N_min b^l) + 1 points per axis, a half-cell
+  offset, padded dense tables; see that module), so it evaluates a DIFFERENT function of the
+  same tables. Only used when asked for explicitly.
+* ``auto``: decided per call from the points: Triton when they are float32 CUDA tensors that
+  do not require grad and Triton imports, else PyTorch (CPU points always use PyTorch). auto
+  never picks tcnn, because that would change the model's function from machine to machine.
+
+An explicit ``triton`` / ``tcnn`` is checked at construction (package importable, a CUDA GPU
+present) and again per call (CUDA points); failures are ConfigErrors naming what is missing.
+Triton and tinycudann are imported only when used, never at module import.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -52,28 +70,90 @@ class HashGridConfig:
     blob_std: float  # radius where the bias crosses 0 (0.5)
     start_levels: int | None  # progressive levels: active at step 0 (None: all)
     update_steps: int  # one more level every this many steps
-    backend: str  # auto | torch | tcnn
+    backend: str  # auto | torch | triton | tcnn (see the module docstring)
     init_seed: int
+
+
+BACKENDS = ("auto", "torch", "triton", "tcnn")
+BACKEND_HELP = (
+    "auto (Triton on CUDA when it imports, else PyTorch), torch (pure PyTorch, any device), "
+    "triton (Triton kernels, same encoding, CUDA only) or tcnn (tinycudann's own HashGrid formula, CUDA only)"
+)
+_IMPORTS: dict[str, str | None] = {}  # module -> None when it imports, else the error text
 
 
 def level_resolutions(base: int, scale: float, n_levels: int) -> list[int]:
     return [int(math.floor(base * scale**level)) for level in range(n_levels)]
 
 
-class HashEncoding(torch.nn.Module):
-    """[N, 3] points in [0, 1]^3 -> [N, L * F] features (pure PyTorch)."""
+def _import_error(module: str) -> str | None:
+    """Import ``module`` once (only when a backend needs it); None if it works, else why not."""
+    if module not in _IMPORTS:
+        try:
+            importlib.import_module(module)
+            _IMPORTS[module] = None
+        except Exception as err:  # tinycudann raises EnvironmentError without CUDA
+            _IMPORTS[module] = f"{type(err).__name__}: {err}"
+    return _IMPORTS[module]
 
-    def __init__(self, n_levels: int, features_per_level: int, log2_size: int, base: int, scale: float, seed: int):
+
+def _triton_interpreter() -> bool:
+    from plugins.geometry.hash_encoding_triton import interpreter_mode
+
+    return interpreter_mode()
+
+
+def check_backend(backend: str) -> str:
+    """Validate a ``backend`` value at construction; explicit triton / tcnn must be able to run here."""
+    where = "geometry (hash-grid)"
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where} backend={backend!r} is not one of {', '.join(BACKENDS)}: {BACKEND_HELP}.")
+    problems = []
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            problems.append("the triton package is not installed (pip install triton; CUDA builds of PyTorch ship it)")
+        if not torch.cuda.is_available() and not _triton_interpreter():
+            problems.append("no CUDA GPU is available (torch.cuda.is_available() is False)")
+    elif backend == "tcnn":
+        if not torch.cuda.is_available():
+            problems.append("no CUDA GPU is available (torch.cuda.is_available() is False)")
+        if importlib.util.find_spec("tinycudann") is None:
+            problems.append("the tinycudann package is not installed (it builds from NVlabs/tiny-cuda-nn, bindings/torch)")
+        elif torch.cuda.is_available() and _import_error("tinycudann"):
+            problems.append(f"tinycudann does not import ({_import_error('tinycudann')})")
+    if problems:
+        raise ConfigError(
+            f"{where} backend={backend!r} cannot run here: {'; and '.join(problems)}. The allowed values are "
+            f"{', '.join(BACKENDS)}: {BACKEND_HELP}; use backend=auto or backend=torch on this machine."
+        )
+    return backend
+
+
+class HashEncoding(torch.nn.Module):
+    """[N, 3] points in [0, 1]^3 -> [N, L * F] features; ``forward_torch`` is the reference and
+    ``forward`` dispatches to the backend (see the module docstring). The parameters are the same
+    for every backend: only the L tables (``tables.0`` ... ``tables.{L-1}``)."""
+
+    def __init__(
+        self, n_levels: int, features_per_level: int, log2_size: int, base: int, scale: float, seed: int,
+        backend: str = "torch",
+    ):
         super().__init__()
         self.resolutions = level_resolutions(base, scale, n_levels)
         self.table_size = 2**log2_size
         self.features_per_level = features_per_level
+        self.log2_size = log2_size
+        self.base_resolution = base
+        self.per_level_scale = scale
+        self.seed = seed
+        self.backend = check_backend(backend)
         sizes = [min(self.table_size, (n + 1) ** 3) for n in self.resolutions]
         gen = torch.Generator().manual_seed(seed)
         self.tables = torch.nn.ParameterList(
             [torch.nn.Parameter((torch.rand(s, features_per_level, generator=gen) * 2 - 1) * 1e-4) for s in sizes]
         )
         self.register_buffer("level_mask", torch.ones(n_levels), persistent=False)
+        self._tcnn: dict[str, object] = {}  # device -> TcnnHashEncoding (a plain dict: no state_dict entries)
 
     @property
     def output_dim(self) -> int:
@@ -90,7 +170,61 @@ class HashEncoding(torch.nn.Module):
         h = h ^ (corners[..., 2] * PRIMES[2])
         return h % size
 
+    def active_backend(self, unit_points: torch.Tensor) -> str:
+        """The backend ``forward`` uses for these points: torch, triton or tcnn."""
+        where = f"geometry (hash-grid) backend={self.backend!r}"
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "auto":
+            usable = (
+                unit_points.is_cuda
+                and unit_points.dtype == torch.float32
+                and all(t.dtype == torch.float32 for t in self.tables)
+                and not (torch.is_grad_enabled() and unit_points.requires_grad)
+            )
+            return "triton" if usable and _import_error("triton") is None else "torch"
+        if self.backend == "triton":
+            if not unit_points.is_cuda and not _triton_interpreter():
+                raise ConfigError(
+                    f"{where} got points on {unit_points.device}: the Triton kernels run on CUDA tensors only. Move the "
+                    f"geometry to the GPU, or use backend=auto (Triton on CUDA, PyTorch elsewhere) or backend=torch."
+                )
+            err = _import_error("triton")
+            if err:
+                raise ConfigError(f"{where}: triton does not import ({err}); use backend=auto or backend=torch.")
+            return "triton"
+        if not unit_points.is_cuda:
+            raise ConfigError(
+                f"{where} got points on {unit_points.device}: tinycudann runs on CUDA tensors only (its formula on the "
+                f"CPU is plugins.geometry.hash_encoding_tcnn.tcnn_reference_encoding). Move the geometry to the GPU."
+            )
+        return "tcnn"
+
     def forward(self, unit_points: torch.Tensor) -> torch.Tensor:
+        backend = self.active_backend(unit_points)
+        if backend == "triton":
+            from plugins.geometry.hash_encoding_triton import triton_hash_encoding
+
+            return triton_hash_encoding(unit_points, list(self.tables), self.resolutions, self.level_mask)
+        if backend == "tcnn":
+            return self.tcnn_adapter(unit_points.device)(unit_points, list(self.tables), self.level_mask)
+        return self.forward_torch(unit_points)
+
+    def tcnn_adapter(self, device: torch.device):
+        """The tinycudann encoder for ``device``, built on first use."""
+        key = str(device)
+        if key not in self._tcnn:
+            from plugins.geometry.hash_encoding_tcnn import TcnnGridSpec, TcnnHashEncoding
+
+            spec = TcnnGridSpec(
+                len(self.resolutions), self.features_per_level, self.log2_size, self.base_resolution, self.per_level_scale
+            )
+            sizes = [t.shape[0] for t in self.tables]
+            self._tcnn[key] = TcnnHashEncoding(spec, self.resolutions, sizes, device, seed=self.seed)
+        return self._tcnn[key]
+
+    def forward_torch(self, unit_points: torch.Tensor) -> torch.Tensor:
+        """The reference encoder in pure PyTorch (any device, differentiable in points and tables)."""
         out = []
         offsets = CORNERS.to(unit_points.device)
         for level, res in enumerate(self.resolutions):
@@ -131,7 +265,8 @@ class HashGrid(Geometry):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.init_seed)
             self.encoding = HashEncoding(
-                c.n_levels, c.features_per_level, c.log2_hashmap_size, c.base_resolution, c.per_level_scale, c.init_seed
+                c.n_levels, c.features_per_level, c.log2_hashmap_size, c.base_resolution, c.per_level_scale, c.init_seed,
+                backend=c.backend,
             )
             self.density_head = mlp(self.encoding.output_dim, 1, c.mlp_width, c.mlp_layers)
             self.feature_head = mlp(self.encoding.output_dim, c.n_features, c.mlp_width, c.mlp_layers)
@@ -158,13 +293,7 @@ class HashGrid(Geometry):
             )
         if c.start_levels is not None and not 1 <= c.start_levels <= c.n_levels:
             raise ConfigError(f"geometry (hash-grid) start_levels={c.start_levels} must lie in 1..n_levels={c.n_levels}.")
-        if c.backend not in ("auto", "torch", "tcnn"):
-            raise ConfigError(f"geometry (hash-grid) backend={c.backend!r} is not one of auto, torch, tcnn.")
-        if c.backend == "tcnn":
-            raise ConfigError(
-                "geometry (hash-grid) backend='tcnn' is not available in this build: the pure-PyTorch "
-                "encoder is the only one so far; use backend=auto or torch."
-            )
+        check_backend(c.backend)
 
     def update_step(self, step: int, max_steps: int) -> None:
         """Progressive levels: start_levels active at step 0, one more every update_steps."""

@@ -28,11 +28,18 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
+    """HEAD's hash, with "+dirty" when the working tree differs from it (as on a copied tree)."""
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not head:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
         )
-        return out.stdout.strip() or None
+        return head + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -85,6 +85,10 @@ def test_rerun_resumes_without_running_finished_cells(ci_run):
     (out / "cells" / "ssd" / "a_blue_sphere" / "s0" / "cell.json").unlink()
     proc = bench("ci", "--out", str(out), "--methods", "ssd", "--prompts", "a blue sphere")
     assert "0 of 1 cells already finished; running 1" in proc.stdout
+    assert len(read_csv(out / "results.csv")) == 1  # the report covers the cells asked for...
+    bench("ci", "--out", str(out), "--report-only")  # ...and --report-only brings back the whole table
+    rows = read_csv(out / "results.csv")
+    assert [(r["method"], r["prompt"], r["status"]) for r in rows] == [(r["method"], r["prompt"], "ok") for r in before]
 
 
 def test_same_seed_same_numbers(ci_run, tmp_path):

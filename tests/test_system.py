@@ -108,8 +108,19 @@ def test_prolificdreamer_trains_its_lora_and_checkpoints_it(tiny_pipeline_dir, l
 
 
 def test_vsd_on_latent_renders_fails_clearly(tiny_pipeline_dir, latent_size, tmp_path):
-    with pytest.raises(ConfigError, match="vsd"):
+    with pytest.raises(ConfigError, match=r"guidance=vsd needs RGB renders, but this system renders 4-channel latents.*system=dreamfusion or system=prolificdreamer"):
         run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "vsd", 1)), tmp_path)
+    assert not checkpoint_path(tmp_path).exists()
+
+
+# The valid pairs that the other tests here and tests/test_benchmark.py do not already train.
+@pytest.mark.parametrize("system,guidance", [
+    ("sjc", "sds"), ("sjc", "ssd"), ("dreamfusion", "paas"), ("prolificdreamer", "sds"), ("prolificdreamer", "paas"),
+])
+def test_every_valid_pair_trains(system, guidance, tiny_pipeline_dir, latent_size, tmp_path):
+    """SDS / SSD on latent renders, PAAS on RGB renders (VAE-encoded), any guidance on the hash grid."""
+    run(compose_cfg(small_run_overrides(tiny_pipeline_dir, latent_size, system, guidance, 2)), tmp_path)
+    assert torch.load(checkpoint_path(tmp_path), weights_only=False)["global_step"] == 2
 
 
 class CrashAtStep(pl.Callback):

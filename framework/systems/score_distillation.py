@@ -118,12 +118,21 @@ class ScoreDistillationSystem(pl.LightningModule):
                     f"data.width={size} (or render RGB)."
                 )
             if not self.guidance.supports_latent:
-                raise ConfigError(f"Guidance {cfg['guidance']['type']!r} needs RGB renders; use a geometry with 3 features.")
+                raise ConfigError(
+                    f"guidance={cfg['guidance']['type']} needs RGB renders, but this system renders "
+                    f"{g.n_features}-channel latents (geometry.feature_activation=none). Use it with "
+                    f"system=dreamfusion or system=prolificdreamer, or render RGB here with "
+                    f"geometry.n_features=3 geometry.feature_activation=sigmoid background.n_features=3. "
+                    f"Valid combinations: README, 'Methods and valid combinations'."
+                )
         else:
             if g.n_features != 3:
                 raise ConfigError(f"RGB geometry must have 3 features, got geometry.n_features={g.n_features}.")
             if not self.guidance.supports_rgb:
-                raise ConfigError(f"Guidance {cfg['guidance']['type']!r} needs latent renders; use system=sjc.")
+                raise ConfigError(
+                    f"guidance={cfg['guidance']['type']} needs latent renders, but this system renders RGB; "
+                    f"use system=sjc (latent voxel grid). Valid combinations: README, 'Methods and valid combinations'."
+                )
         expected = {loss_key("guidance")} | {loss_key(n) for n in self.cfg.losses}
         extra = set(self.cfg.loss_weights) - expected
         missing = expected - set(self.cfg.loss_weights)

@@ -55,7 +55,7 @@ def quality_curves(curves: dict, methods: list[str], path: Path, x: str) -> Path
         if key != "colour_error":
             ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=9)
-    fig.suptitle("quality vs " + ("step" if x == "step" else "wall time") + " (mean over prompts; band: min-max over seeds)", fontsize=10)
+    fig.suptitle("quality vs " + ("step" if x == "step" else "training time") + " (mean over prompts; band: min-max over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

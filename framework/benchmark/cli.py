@@ -59,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seeds", help="comma-separated seeds instead of the preset's")
     ap.add_argument("--prompts", help="comma-separated prompts instead of the preset's")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra launch.py overrides for every cell")
+    ap.add_argument("--mps", action="store_true",
+                    help="run the cells under NVIDIA's Multi-Process Service so their kernels share the GPU at once")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
     return ap.parse_args(argv)
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = spec_mod.expand(spec, args.set)
         threads = args.threads_per_run or max(1, (os.cpu_count() or 1) // args.workers)
         start = time.perf_counter()
-        ran = [] if args.report_only else runner.run_cells(out, cells, args.workers, threads)
+        ran, mps = ([], "off") if args.report_only else runner.run_cells(out, cells, args.workers, threads, args.mps)
         info = {
             "preset": spec.name,
             "command": "python benchmark.py " + " ".join(shlex.quote(a) for a in argv),
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "cells_run": len(ran),
             "workers": args.workers,
             "threads_per_run": threads,
+            "mps": mps,
         }
         if args.report_only and (out / "benchmark_info.json").is_file():
             info = {**json.loads((out / "benchmark_info.json").read_text()), "report_rewritten": info["finished"]}

@@ -89,7 +89,8 @@ def info_lines(info: dict, gpu: dict | None) -> list[str]:
         f"Machine: {info.get('machine', '?')}",
         f"Versions: {', '.join(f'{k} {v}' for k, v in info.get('versions', {}).items())}",
         f"Git commit: {info.get('git_commit', '?')}; finished {info.get('finished', '?')}; "
-        f"wall time of the last invocation {_fmt(info.get('wall_s'), 0)} s (cells run then: {info.get('cells_run', '?')}).",
+        f"wall time of the last invocation {_fmt(info.get('wall_s'), 0)} s (cells run then: {info.get('cells_run', '?')}, "
+        f"{info.get('workers', '?')} at a time, MPS {info.get('mps', 'off')}).",
     ]
     if gpu:
         lines.append(f"GPU utilisation while cells ran (nvidia-smi, {gpu['samples']} samples): mean {gpu['mean_pct']:.0f} %, "

@@ -8,6 +8,11 @@ Layout under the output folder:
 A cell with a ``cell.json`` whose fingerprint matches is finished and is not run again; any other
 cell starts from scratch (a half-finished run is deleted, so its timing is never a mix of two
 processes). GPU utilisation is sampled with nvidia-smi while cells run, where nvidia-smi exists.
+
+Cells sharing one GPU as separate processes time-slice it: one process's kernels run at a time.
+The shapes prior's steps are many small kernels, so with ``mps=True`` the runner starts NVIDIA's
+Multi-Process Service daemon for the cells (if ``nvidia-cuda-mps-control`` exists), which lets
+kernels of different processes run on the GPU at the same time, and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -105,6 +110,43 @@ class GpuSampler:
                 fh.flush()
 
 
+class MpsDaemon:
+    """Start an MPS control daemon with private pipe / log folders; ``env`` is what the cells need
+    to reach it (empty when MPS is off or could not start, and the cells then time-slice)."""
+
+    def __init__(self, wanted: bool, log=print):
+        self.wanted, self.log = wanted, log
+        self.env: dict[str, str] = {}
+        self.status = "off"
+        self._exe = shutil.which("nvidia-cuda-mps-control")
+        self._root = Path(f"/tmp/scorelift-mps-{os.getpid()}")  # short: the pipe is a unix socket path
+
+    def __enter__(self):
+        if not self.wanted:
+            return self
+        if self._exe is None:
+            self.status = "unavailable (no nvidia-cuda-mps-control)"
+            self.log(f"MPS was asked for but is {self.status}: the cells will time-slice the GPU.")
+            return self
+        env = {"CUDA_MPS_PIPE_DIRECTORY": str(self._root / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(self._root / "log")}
+        for folder in env.values():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([self._exe, "-d"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            self.status = f"failed to start (exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]})"
+            self.log(f"MPS {self.status}: the cells will time-slice the GPU.")
+            return self
+        self.env, self.status = env, "on"
+        self.log(f"MPS daemon started (pipe {env['CUDA_MPS_PIPE_DIRECTORY']}).")
+        return self
+
+    def __exit__(self, *exc):
+        if self.env:
+            subprocess.run([self._exe], input="quit\n", env={**os.environ, **self.env}, text=True,
+                           capture_output=True, timeout=60)
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
 def warm_evaluation_cache(prompts: list[str]) -> None:
     """Render the shapes world's ground truth once, here, so that concurrent cells only read the
     cache file instead of all rendering (and writing) it at once."""
@@ -116,12 +158,14 @@ def warm_evaluation_cache(prompts: list[str]) -> None:
         evaluation_truth()
 
 
-def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, log=print) -> list[dict]:
-    """Run every unfinished cell, ``workers`` at a time; returns the records of the cells run now."""
+def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, mps: bool = False,
+              log=print) -> tuple[list[dict], str]:
+    """Run every unfinished cell, ``workers`` at a time; returns the records of the cells run now
+    and the MPS status ("off", "on", or why it is not on)."""
     todo = [c for c in cells if not is_finished(out, c)]
     log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {workers} worker(s).")
     if not todo:
-        return []
+        return [], "off"
     warm_evaluation_cache(sorted({c.prompt for c in todo}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
            "PYTHONUNBUFFERED": "1"}
@@ -141,6 +185,7 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, 
             log(f"[{len(done)}/{len(todo)}] {cell.method} | {cell.prompt} | seed {cell.seed}: {status}{result}({record['cell_wall_s']:.0f} s)")
         return record
 
-    with GpuSampler(out / "gpu_util.csv"), ThreadPoolExecutor(max(1, workers)) as pool:
+    with MpsDaemon(mps, log) as daemon, GpuSampler(out / "gpu_util.csv"), ThreadPoolExecutor(max(1, workers)) as pool:
+        env.update(daemon.env)
         list(pool.map(one, todo))
-    return done
+    return done, daemon.status

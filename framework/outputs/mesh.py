@@ -23,12 +23,16 @@ from framework.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FORMATS = ("glb", "obj", "ply")
-# "auto" threshold: half-way between the median density (the empty space, most of the box) and
-# the 99.9th percentile (the object's near-peak). A score-distilled object is a soft blob whose
-# peak density varies from run to run, so an absolute level that suits one run is empty or a
-# filled box in another; the half-way level lands on the object's boundary.
-AUTO_FRACTION = 0.5
-AUTO_QUANTILE = 0.999
+# "auto" threshold: the density level whose iso-surface has the silhouettes of the rendered object.
+# A score-distilled object is a soft blob: its density falls off over several voxels, and its peak
+# varies from run to run, so no fixed level (nor a fixed fraction of the peak) lands on the surface
+# the renders show. What the renders (and the shapes world's IoU) define as the object is where
+# opacity passes 0.5. So, seen from AUTO_VIEWS cameras around the box, each candidate level's
+# silhouette (rays whose largest density along them exceeds the level) is compared with the
+# opacity > 0.5 mask of the same density field, and the level of best IoU is taken.
+AUTO_VIEWS = 8
+AUTO_RESOLUTION = 64
+AUTO_CANDIDATES = 96
 
 
 @dataclass
@@ -66,11 +70,65 @@ def sample_density(geometry, resolution: int, chunk: int = 262_144) -> tuple[np.
     return density.reshape(resolution, resolution, resolution).cpu().numpy(), lo.cpu().numpy(), spacing
 
 
-def pick_threshold(density: np.ndarray, threshold: float | str) -> float:
-    if threshold != "auto":
-        return float(threshold)
-    floor, peak = float(np.median(density)), float(np.quantile(density, AUTO_QUANTILE))
-    return floor + AUTO_FRACTION * (peak - floor)
+def silhouette_cameras(lo: np.ndarray, hi: np.ndarray, n: int = AUTO_VIEWS, resolution: int = AUTO_RESOLUTION):
+    """n cameras around the box's centre at elevations alternating 15 / 45 deg, framing the whole box."""
+    from framework.data.cameras import make_cameras
+
+    radius = float(np.linalg.norm(hi - lo) / 2)  # the box's circumscribed sphere
+    fovy = 40.0
+    distance = 1.1 * radius / np.sin(np.radians(fovy / 2))
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    elevation = torch.tensor([15.0 if k % 2 == 0 else 45.0 for k in range(n)])
+    cams = make_cameras(elevation, azimuth, distance, fovy, resolution)
+    return cams, torch.as_tensor((lo + hi) / 2, dtype=torch.float32)
+
+
+@torch.no_grad()
+def ray_profiles(density: np.ndarray, lo: np.ndarray, spacing: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of the silhouette cameras: the largest density along the ray and the opacity
+    1 - exp(-integral of density), both [V, H, W], from the lattice density (trilinear)."""
+    hi = lo + spacing * (np.array(density.shape) - 1)
+    cams, centre = silhouette_cameras(lo, hi)
+    rays_o, rays_d = cams.rays()  # [V, H, W, 3]
+    rays_o = rays_o + centre
+    radius = float(np.linalg.norm(hi - lo) / 2)
+    dist = (rays_o - centre).norm(dim=-1, keepdim=True)  # [V, H, W, 1]
+    step = float(spacing.min()) / 2
+    n_samples = int(np.ceil(2 * radius / step)) + 1
+    t = (dist - radius) + step * torch.arange(n_samples, dtype=torch.float32)  # [V, H, W, S]
+    points = rays_o[..., None, :] + t[..., None] * rays_d[..., None, :]  # [V, H, W, S, 3]
+    lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    grid = (points - lo_t) / (hi_t - lo_t) * 2 - 1  # [-1, 1] over the lattice
+    volume = torch.as_tensor(density, dtype=torch.float32).permute(2, 1, 0)[None, None]  # [1, 1, z, y, x]
+    V, H, W, S, _ = points.shape
+    values = torch.nn.functional.grid_sample(
+        volume, grid.reshape(1, V * H * W, S, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=True
+    ).reshape(V, H, W, S)
+    return values.amax(-1), 1.0 - torch.exp(-values.sum(-1) * step)
+
+
+def fit_threshold(density: np.ndarray, lo: np.ndarray, spacing: np.ndarray) -> float:
+    """The level whose silhouettes best match the opacity > 0.5 masks (see AUTO_VIEWS above)."""
+    peak, opacity = ray_profiles(density, lo, spacing)
+    target = opacity > 0.5
+    if not target.any():
+        raise ConfigError(
+            "export.threshold=auto found nothing to export: no ray through the density reaches opacity 0.5 "
+            f"(largest density {float(density.max()):.4g}). The run may be empty; pass a numeric export.threshold."
+        )
+    floor, top = float(np.median(density)), float(density.max())
+    # log-spaced above the empty space's level: the opacity-0.5 surface of a soft blob lies far down
+    # its flank (a few percent of the peak), where a linear grid of levels is too coarse
+    levels = floor + (top - floor) * torch.logspace(-3, 0, AUTO_CANDIDATES + 1)[:-1]
+    masks = peak[None] > levels[:, None, None, None]  # [K, V, H, W]
+    inter = (masks & target).flatten(1).sum(-1).float()
+    union = (masks | target).flatten(1).sum(-1).float()
+    iou = inter / union.clamp_min(1.0)
+    return float(levels[int(iou.argmax())])
+
+
+def pick_threshold(density: np.ndarray, threshold: float | str, lo: np.ndarray, spacing: np.ndarray) -> float:
+    return fit_threshold(density, lo, spacing) if threshold == "auto" else float(threshold)
 
 
 @torch.no_grad()
@@ -97,7 +155,7 @@ def extract_mesh(system, cfg: MeshExportConfig):
     from skimage.measure import marching_cubes
 
     density, lo, spacing = sample_density(system.geometry, cfg.resolution)
-    level = pick_threshold(density, cfg.threshold)
+    level = pick_threshold(density, cfg.threshold, lo, spacing)
     if not density.min() < level < density.max():
         raise ConfigError(
             f"export.threshold={level:.4g} does not cut the density (range {density.min():.4g} to "

@@ -18,17 +18,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import framework.resolvers  # noqa: F401  (registers ${slug:...} before Hydra composes)
-from framework.cli import expand_resume, fail, handle_listing, with_plugin_searchpath
+from framework.cli import RunDirGuard, check_command_line, expand_resume, fail, handle_listing, with_plugin_searchpath
 from framework.errors import ScoreliftError
+
+# Set before main() runs: undoes Hydra's writes (and the run's) if the run fails before training.
+guard = RunDirGuard(None)
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     from framework.run import run
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run(cfg, run_dir)
     except ScoreliftError as exc:
+        guard.undo(run_dir)
         fail(exc)
 
 
@@ -36,7 +41,11 @@ if __name__ == "__main__":
     if handle_listing(sys.argv[1:]):
         sys.exit(0)
     try:
-        sys.argv = sys.argv[:1] + with_plugin_searchpath(expand_resume(sys.argv[1:]))
+        # Compose and check everything that needs no model weights before Hydra creates the run
+        # directory: bad input fails with one paragraph and nothing written.
+        checked = check_command_line(with_plugin_searchpath(expand_resume(sys.argv[1:])))
     except ScoreliftError as exc:
         fail(exc)
+    sys.argv = sys.argv[:1] + checked.argv
+    guard = RunDirGuard(checked.run_dir)
     main()

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from framework.errors import ConfigError
+import framework.resolvers  # noqa: F401,E402  (configs use ${step_fraction:...}; parsed configs resolve here)
 
 C = TypeVar("C")
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import builders, registry
 from framework.config import parse_config
-from framework.errors import ConfigError
+from framework.errors import ConfigError, PluginError
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
 from framework.outputs.mesh import export_mesh
@@ -39,7 +39,10 @@ class StepIndices(torch.utils.data.IterableDataset):
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:<index>.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} was asked for, but CUDA is not available here; use device=cpu or device=auto.")
     return device
@@ -142,11 +145,171 @@ def check_trainer(cfg: DictConfig) -> TrainerConfig:
     return trainer
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh (mode=export) into ``run_dir``."""
+def check_prompt(prompt) -> str:
+    """The prompt, stripped; ConfigError if it is not text or is empty (any prior)."""
+    if isinstance(prompt, (int, float)) and not isinstance(prompt, bool):
+        prompt = str(prompt)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(
+            f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
+        )
+    return prompt.strip()
+
+
+def checkpoint_system(ckpt: Path) -> str | None:
+    """The system name a scorelift checkpoint was written by (None if it does not say), read
+    without loading its tensors."""
+    try:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # not a zip-format file: mmap cannot map it, read it whole
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (a truncated or foreign file: say which and why)
+        raise ConfigError(
+            f"The checkpoint {str(ckpt)!r} cannot be read ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0]}); pass another run directory or .ckpt file to resume=."
+        ) from None
+    meta = state.get("scorelift", {}) if isinstance(state, dict) else {}
+    return meta.get("system")
+
+
+def check_resume(cfg: DictConfig, run_dir: Path | None) -> None:
+    """mode and resume agree, the checkpoint exists, and it was written by this run's system."""
+    if not cfg.resume:
+        if cfg.mode in ("test", "export"):
+            what = "re-renders" if cfg.mode == "test" else "exports the mesh of"
+            raise ConfigError(f"mode={cfg.mode} {what} a finished run: pass resume=<run dir or .ckpt>.")
+        return
+    given = Path(str(cfg.resume)).expanduser()
+    if not given.exists():
+        raise ConfigError(
+            f"resume={cfg.resume!r} does not exist. Pass a run directory (e.g. outputs/sjc-paas/a_red_cube@...) "
+            f"or a checkpoint file inside one."
+        )
+    ckpt = resume_checkpoint(cfg, run_dir if run_dir is not None else given)
+    written_by = checkpoint_system(ckpt)
+    name = OmegaConf.select(cfg, "system.name")
+    if written_by not in (None, name):
+        raise ConfigError(
+            f"The checkpoint was written by system {written_by!r}, but this run is system "
+            f"{name!r}; resume it with system={written_by}."
+        )
+
+
+def find_plugin(kind: str, name, key: str):
+    """The class of plugin ``name`` of ``kind``; the error names the config key that chose it."""
+    if not isinstance(name, str) or not name:
+        choices = ", ".join(registry.available(kind)[kind]) or "(none)"
+        raise ConfigError(f"{key}={name!r} must name a {kind} plugin; the registered ones are: {choices}.")
+    try:
+        return registry.find(kind, name)
+    except PluginError:
+        choices = ", ".join(registry.available(kind)[kind]) or "(none)"
+        raise ConfigError(
+            f"{key}={name!r} names no registered {kind} plugin; the registered ones are: {choices} "
+            f"(python launch.py --list shows them with where they come from)."
+        ) from None
+
+
+def check_part(kind: str, node, key: str):
+    """Parse the config of the part at ``key`` against its plugin's Config; returns (class, config)."""
+    node = builders.plain(node) if isinstance(node, DictConfig) or node is None else node
+    if not isinstance(node, dict):
+        raise ConfigError(f"The config of {key} must be a mapping of keys to values, got {node!r}.")
+    cls = find_plugin(kind, node.get("type"), f"{key}.type")
+    config_cls = getattr(cls, "Config", None)
+    merged = builders.merged_config(kind, node["type"], node)
+    parsed = parse_config(config_cls, merged, f"{key} ({node['type']})") if config_cls is not None else merged
+    return cls, parsed
+
+
+def render_kind(geometry_cls, geometry_node) -> str | None:
+    """"latent" or "rgb" for a geometry plugin whose module maps feature_activation to a kind
+    (FEATURE_KINDS, as the built-in ones do); None when that cannot be told without building it."""
+    import sys
+
+    kinds = getattr(sys.modules.get(geometry_cls.__module__), "FEATURE_KINDS", None)
+    activation = builders.plain(geometry_node).get("feature_activation")
+    if isinstance(kinds, dict) and activation in kinds:
+        return kinds[activation]
+    return None
+
+
+def check_resolution(cfg: DictConfig, kind: str | None, facts: dict) -> None:
+    """The render size against what the prior takes: latent renders must be the prior's latent
+    size; RGB renders are resized to its (square) pixel size, so they must be square."""
+    height, width = int(cfg.data.height), int(cfg.data.width)
+    if kind == "latent":
+        size = facts.get("latent_size")
+        if size is not None and (height, width) != (size, size):
+            raise ConfigError(
+                f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
+                f"data.width is {height}x{width}; set data.height={size} data.width={size} (or render RGB)."
+            )
+    elif kind == "rgb" and height != width:
+        pixels = facts.get("pixel_size")
+        takes = f"{pixels}x{pixels}" if pixels else "square"
+        raise ConfigError(
+            f"data.height x data.width is {height}x{width}, but the prior's VAE takes {takes} images and "
+            f"a non-square render would be stretched to a square; set data.width={height} (renders of "
+            f"any square size are resized to the prior's)."
+        )
+
+
+def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
+    """Every check that needs no model weights, before anything is loaded or written: mode, seed,
+    device, prompt, trainer, cameras, resume, each part's config and the prior's model (layout,
+    tokenizer limit, image sizes). ConfigError / PluginError / PriorLoadError name the key."""
+    from framework.data.cameras import CameraSamplerConfig, check_sampler_config
+
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r} must be a whole number (e.g. seed=3).")
+    pick_device(cfg.device)
+    prompt = check_prompt(cfg.prompt)
     check_trainer(cfg)
+    check_sampler_config(parse_config(CameraSamplerConfig, cfg.data, "data"))
+    if cfg.mode == "export":
+        from framework.outputs.mesh import check_export_config
+
+        try:
+            check_export_config(cfg.export)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(
+                f"The export section has a value of the wrong type ({exc}); see configs/config.yaml."
+            ) from None
+    check_resume(cfg, run_dir)
+    for path in cfg.plugins.paths:
+        registry.load_plugin_file(path)
+
+    from framework.schedule import check_scheduled
+    from framework.systems.score_distillation import ScoreDistillationSystem, SystemConfig
+
+    system_cls = find_plugin("system", OmegaConf.select(cfg, "system.type"), "system.type")
+    if issubclass(system_cls, ScoreDistillationSystem):
+        system = parse_config(SystemConfig, cfg.system, "system")
+        for name, opts in system.losses.items():
+            check_part("loss", {**(opts or {}), "type": name}, f"system.losses.{name}")
+        for key, value in system.loss_weights.items():
+            check_scheduled(value, f"system.loss_weights.{key}")
+    geometry_cls, _ = check_part("geometry", cfg.geometry, "geometry")
+    check_part("background", cfg.background, "background")
+    check_part("renderer", cfg.renderer, "renderer")
+    check_part("guidance", cfg.guidance, "guidance")
+    prior_cls, _ = check_part("prior", cfg.prior, "prior")
+    facts = {}
+    inspect = getattr(prior_cls, "check_inputs", None)
+    if inspect is not None:
+        facts = inspect(builders.merged_config("prior", cfg.prior.type, cfg.prior), prompt) or {}
+    check_resolution(cfg, render_kind(geometry_cls, cfg.geometry), facts)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh (mode=export) into ``run_dir``."""
+    check_inputs(cfg, run_dir)
     check_writable(run_dir)
     device = pick_device(cfg.device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -1,5 +1,9 @@
 """Faults and bad input: NaN losses, unwritable outputs, bad prompts, a checkpoint of another
-system, and a run killed with SIGKILL that resumes to the uninterrupted result."""
+system, and a run killed with SIGKILL that resumes to the uninterrupted result.
+
+The bad-input tests here call ``run()`` directly (its own checks guard programmatic use: they fail
+before the run directory is made); tests/test_bad_input.py covers the same inputs and the rest of
+issue 6 item 8 through launch.py, where nothing at all may be written."""
 
 from __future__ import annotations
 
@@ -95,10 +99,10 @@ def test_unwritable_run_dir_fails_at_start(tiny_pipeline_dir, latent_size, tmp_p
 def test_bad_prompts_fail_before_training(tiny_pipeline_dir, latent_size, tmp_path, prompt, words):
     over = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 2) + [f"prompt={prompt}"]
     with pytest.raises(ConfigError) as err:
-        run(compose_cfg(over), tmp_path)
+        run(compose_cfg(over), tmp_path / "run")
     for word in words:
         assert word in str(err.value)
-    assert not checkpoint_path(tmp_path).exists()
+    assert not (tmp_path / "run").exists()  # checked before the run directory is made
 
 
 def test_checkpoint_of_another_system_is_refused(tiny_pipeline_dir, latent_size, tmp_path):
@@ -108,6 +112,7 @@ def test_checkpoint_of_another_system_is_refused(tiny_pipeline_dir, latent_size,
     with pytest.raises(ConfigError) as err:
         run(compose_cfg(over), tmp_path / "sjc")
     assert "written by system 'dreamfusion'" in str(err.value) and "system=dreamfusion" in str(err.value)
+    assert not (tmp_path / "sjc").exists()  # refused before anything is written
 
 
 def launch_args(pipeline: Path, latent_size: int, run_dir: Path, steps: int) -> list[str]:

@@ -161,11 +161,20 @@ def check_sampler_config(cfg: CameraSamplerConfig) -> None:
         if len(rng) != 2:
             raise ConfigError(f"data.{name} must be [low, high], got {rng}.")
         if rng[0] > rng[1]:
-            raise ConfigError(f"data.{name}={list(rng)} is inverted: the low end must not exceed the high end.")
+            raise ConfigError(
+                f"data.{name}={list(rng)} is inverted: the low end must not exceed the high end "
+                f"(write data.{name}=[{rng[1]}, {rng[0]}])."
+            )
     if cfg.distance_range[0] <= 0:
-        raise ConfigError(f"data.distance_range={list(cfg.distance_range)} must be positive.")
+        raise ConfigError(
+            f"data.distance_range={list(cfg.distance_range)} must be positive: it is the camera's distance "
+            f"from the object's centre."
+        )
     if not (0 < cfg.fovy_range[0] and cfg.fovy_range[1] < 180):
-        raise ConfigError(f"data.fovy_range={list(cfg.fovy_range)} must lie in (0, 180) degrees.")
+        raise ConfigError(
+            f"data.fovy_range={list(cfg.fovy_range)} must lie in (0, 180) degrees, both ends strictly "
+            f"between 0 and 180 (a vertical field of view)."
+        )
     if not (-90 <= cfg.elevation_range[0] and cfg.elevation_range[1] <= 90):
         raise ConfigError(f"data.elevation_range={list(cfg.elevation_range)} must lie in [-90, 90] degrees.")
     if cfg.batch_size < 1 or cfg.height < 1 or cfg.width < 1:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from framework.config import parse_config
 from framework.errors import ConfigError, PriorLoadError
 from framework.interfaces.prior import DiffusionPrior, TextConditioning
 from framework.registry import register
@@ -130,6 +131,120 @@ def check_view_templates(templates: dict[str, str]) -> None:
         )
 
 
+def prompt_length_error(
+    prompt: str, n: int, limit: int, view: str | None = None, template: str | None = None
+) -> ConfigError:
+    if view is None:
+        return ConfigError(
+            f"The prompt {prompt!r} is {n} tokens long (start and end tokens included), but the "
+            f"prior's tokenizer takes at most {limit}; shorten the prompt."
+        )
+    return ConfigError(
+        f"The prompt {prompt!r} with the {view} view words of prior.view_templates.{view} ({template!r}) is "
+        f"{n} tokens long (start and end tokens included), but the prior's tokenizer takes at most {limit}; "
+        f"shorten the prompt (or the view templates)."
+    )
+
+
+def check_prompt_length(tokenizer, prompt: str, templates: dict[str, str]) -> None:
+    """ConfigError if ``prompt`` alone or with any view's words exceeds the tokenizer's limit."""
+    limit = int(tokenizer.model_max_length)
+    n = len(tokenizer(prompt, truncation=False).input_ids)
+    if n > limit:
+        raise prompt_length_error(prompt, n, limit)
+    for view, template in templates.items():
+        n = len(tokenizer(template.format(prompt=prompt), truncation=False).input_ids)
+        if n > limit:
+            raise prompt_length_error(prompt, n, limit, view, template)
+
+
+def read_json(path: Path, model: str) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise load_error(model, f"{str(path)!r} is not a readable JSON file ({type(exc).__name__}: {exc})") from None
+
+
+def check_safetensors(path: Path, model: str) -> None:
+    """A safetensors file whose header promises more bytes than the file holds is a truncated
+    download: say so before diffusers fails on it (reads the header only)."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        raise load_error(model, f"{str(path)!r} is not a valid safetensors file (truncated or corrupt)") from None
+    if 8 + header_len + end > size:
+        raise load_error(
+            model, f"{str(path)!r} is truncated ({size} bytes of {8 + header_len + end}); download it again"
+        )
+
+
+def locate_pipeline(model: str, local_files_only: bool) -> Path | None:
+    """The local directory ``model`` names (a path, or a hub id's cached snapshot); None for a hub
+    id that may be downloaded at load time. PriorLoadError for a hub id that is not cached offline."""
+    local = Path(model).expanduser()
+    if local.exists() or looks_like_path(model):
+        return local
+    if not local_files_only:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001  (LocalEntryNotFoundError, a malformed id, ...)
+        raise load_error(
+            model,
+            "it is not a local directory, it is not in the local Hugging Face cache, and nothing is "
+            "downloaded (offline: `prior.local_files_only` is true)",
+        ) from None
+
+
+def inspect_pipeline(path: Path, model: str) -> dict:
+    """Check a pipeline directory without loading weights: layout, readable configs, whole
+    safetensors files. Returns its latent_channels, latent_size and pixel_size."""
+    check_pipeline_dir(path, model)
+    read_json(path / "model_index.json", model)
+    unet = read_json(path / "unet" / "config.json", model)
+    vae = read_json(path / "vae" / "config.json", model)
+    read_json(path / "text_encoder" / "config.json", model)
+    read_json(path / "scheduler" / "scheduler_config.json", model)
+    for part in ("unet", "vae", "text_encoder"):
+        for weights in sorted((path / part).glob("*.safetensors")):
+            check_safetensors(weights, model)
+    try:
+        latent_size = int(unet["sample_size"])
+        latent_channels = int(unet["in_channels"])
+        pixel_size = latent_size * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise load_error(model, f"its unet/ or vae/ config.json lacks a usable {exc}") from None
+    return {"latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
+
+
+def load_tokenizer(path: Path, model: str):
+    """The pipeline's tokenizer alone (milliseconds), to check prompt lengths before the weights load."""
+    import transformers
+
+    index = read_json(path / "model_index.json", model)
+    entry = index.get("tokenizer")
+    name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else "AutoTokenizer"
+    cls = getattr(transformers, str(name), None) or transformers.AutoTokenizer
+    try:
+        return cls.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise load_error(model, f"its tokenizer/ cannot be loaded ({type(exc).__name__}: {first_line})") from None
+
+
 @register("prior", "stable-diffusion")
 class StableDiffusionPrior(DiffusionPrior):
     """A frozen Stable-Diffusion-format latent diffusion model.
@@ -145,6 +260,24 @@ class StableDiffusionPrior(DiffusionPrior):
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         super().__init__(cfg)
         self._load(self.cfg.model, self.cfg.local_files_only, torch.device(device))
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, prompt: str) -> dict:
+        """Every check of this prior that needs no weights, run before a run writes anything: the
+        options, the model directory (layout, configs, whole weight files; a hub id must be cached
+        when offline) and ``prompt`` against the tokenizer's limit (with each view's words).
+        Returns what the run's render size is checked against: latent_channels, latent_size and
+        pixel_size (empty for a hub id that will be downloaded)."""
+        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
+        check_view_templates(c.view_templates)
+        if c.dtype != "auto":
+            resolve_dtype(c.dtype, torch.device("cpu"))
+        path = locate_pipeline(c.model, c.local_files_only)
+        if path is None:
+            return {}
+        facts = inspect_pipeline(path, c.model)
+        check_prompt_length(load_tokenizer(path, c.model), prompt, c.view_templates)
+        return facts
 
     # ------------------------------------------------------------------ loading
     def _load(self, model: str, local_files_only: bool, device: torch.device) -> None:
@@ -223,18 +356,16 @@ class StableDiffusionPrior(DiffusionPrior):
         limit = int(self.tokenizer.model_max_length)
         n = self.token_count(prompt)
         if n > limit:
-            raise ConfigError(
-                f"The prompt {prompt!r} is {n} tokens long (start and end tokens included), but the "
-                f"prior's tokenizer takes at most {limit}; shorten the prompt."
-            )
+            raise prompt_length_error(prompt, n, limit)
 
     def validate_prompt(self, prompt: str) -> None:
-        """ConfigError for an empty prompt or one longer than the tokenizer's limit."""
+        """ConfigError for an empty prompt or one longer than the tokenizer's limit, alone or
+        with any view's words (so it fails here, not at the first training step)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError(
                 f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
             )
-        self._check_length(prompt.strip())
+        check_prompt_length(self.tokenizer, prompt.strip(), self.cfg.view_templates)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """N prompts -> [N, L, D] embeddings in the UNet's dtype on ``device``.

@@ -1,0 +1,267 @@
+"""Bad input on launch.py's command line (issue 6, item 8): each case exits with code 2 and one
+paragraph naming the offending value and what is allowed, and writes nothing: no run directory,
+no .hydra/, no launch.log, no outputs folder. A resume with a bad override leaves the run it
+names byte-identical.
+
+launch.py starts in about 7 s here (imports), so the cases run in one subprocess that executes
+launch.py as ``__main__`` once per case (runpy: the same code path as ``python launch.py``).
+A finished tiny run made by a real ``python launch.py`` (the normal short run) is resumed with bad
+overrides, then once with a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import pipeline_variant
+from tests.test_system import small_run_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+LATENT = 8  # the conftest tiny pipeline: 8 x 8 latents, 16 x 16 pixels
+SHAPES_LIMIT = 16  # the shapes prior's tokenizer takes 16 tokens
+
+# Runs launch.py as __main__ for each case of a JSON list; writes {id: result} to a JSON file.
+DRIVER = r"""
+import contextlib, hashlib, io, json, runpy, sys
+from pathlib import Path
+
+def snapshot(folder):
+    if not folder:
+        return None
+    root = Path(folder)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+cases, out_file, launch = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], sys.argv[3]
+results = {}
+for case in cases:
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    before = snapshot(case.get("watch"))
+    sys.argv = [launch, *case["args"]]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(launch, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:
+            code, _ = "exception", print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    results[case["id"]] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                           "before": before, "after": snapshot(case.get("watch"))}
+Path(out_file).write_text(json.dumps(results))
+"""
+
+
+def env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def launch(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env(),
+                          capture_output=True, text=True, **kw)
+
+
+def tiny_prior(pipeline: Path) -> list[str]:
+    return ["prior=stable-diffusion", f"prior.model={pipeline}"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_pipeline_dir, tmp_path_factory) -> Path:
+    """A normal short run (sjc + paas on the tiny pipeline, 2 steps) through `python launch.py`."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    done = launch([*small_run_overrides(tiny_pipeline_dir, LATENT, "sjc", "paas", 2), "system.views.n_frames=2",
+                   f"hydra.run.dir={run_dir}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
+    """(id, extra args, words the message must hold); each case writes (if at all) under root/<id>."""
+    broken_json = pipeline_variant(pipeline, root / "models" / "broken-json", {})
+    (broken_json / "unet" / "config.json").write_text("{not json")
+    truncated = pipeline_variant(pipeline, root / "models" / "truncated", {})
+    weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    no_ckpt = root / "models" / "no-ckpt"
+    (no_ckpt / ".hydra").mkdir(parents=True)
+    (no_ckpt / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    tiny = tiny_prior(pipeline)
+    twelve_words = " ".join(["a", "red", "cube"] * 4 + ["a"])  # 13 words: 15 tokens, 18 with ", overhead view"
+    w = str(finished)
+    spec = [
+        # unknown system, guidance, geometry, renderer (and prior) names
+        ("system-name", ["system=nosuch"], ["system=nosuch", "'system'", "dreamfusion, prolificdreamer, sjc"]),
+        ("guidance-name", ["guidance=nosuch"], ["guidance=nosuch", "paas, sds, ssd, vsd"]),
+        ("geometry-name", ["geometry=nosuch"], ["geometry=nosuch", "hash-grid, voxel-grid"]),
+        ("renderer-name", ["renderer=nosuch"], ["renderer=nosuch", "volume"]),
+        ("prior-name", ["prior=nosuch"], ["prior=nosuch", "shapes, stable-diffusion, tiny-random"]),
+        ("guidance-type", ["guidance.type=nosuch"], ["guidance.type='nosuch'", "paas, sds, ssd, vsd"]),
+        ("system-type", ["system.type=nosuch"], ["system.type='nosuch'", "score-distillation"]),
+        ("not-a-group", ["loss=nosuch"], ["loss=nosuch", "geometry", "guidance", "system"]),
+        # unknown config keys
+        ("key-root", ["foo=1"], ["'foo'", "prompt, seed"]),
+        ("key-data", ["data.foo=1"], ["'data.foo'", "elevation_range"]),
+        ("key-guidance", ["guidance.nosuch_key=1"], ["'guidance.nosuch_key'", "guidance_scale"]),
+        ("key-added-root", ["+foo=1"], ["'foo'", "prompt, seed"]),
+        ("key-added-data", ["+data.foo=1"], ["'foo'", "data", "elevation_range"]),
+        # wrong value types
+        ("type-trainer", ["trainer.max_steps=abc"], ["'max_steps'", "'abc'", "int"]),
+        ("type-data", ["data.height=abc"], ["'height'", "'abc'", "int"]),
+        ("type-guidance", ["guidance.guidance_scale=abc"], ["'guidance_scale'", "'abc'", "float"]),
+        ("type-seed", ["seed=abc"], ["seed='abc'", "whole number"]),
+        ("type-section", ["data=5"], ["data", "mapping", "5"]),
+        ("type-mode", ["mode=nosuch"], ["mode='nosuch'", "train, test, export"]),
+        ("type-syntax", ["seed=[1"], ["'seed=[1'", "cannot be parsed"]),
+        # prompts
+        ("prompt-empty", ["prompt=''"], ["prompt is empty", "''"]),
+        ("prompt-blank", ["prompt='   '"], ["prompt is empty", "'   '"]),
+        ("prompt-long", ["prompt='" + "red " * 20 + "cube'"], ["23 tokens long", f"at most {SHAPES_LIMIT}"]),
+        ("prompt-long-views", [f"prompt='{twelve_words}'"], ["view words of prior.view_templates.front", f"at most {SHAPES_LIMIT}"]),
+        ("prompt-long-tiny", [*tiny, "prompt='" + "red " * 80 + "cube'"], ["83 tokens long", "at most 77"]),
+        # missing or corrupt model directory
+        ("model-missing", ["prior=stable-diffusion", f"prior.model={root / 'nowhere'}"],
+         [str(root / "nowhere"), "does not exist", "model_index.json"]),
+        ("model-hub-offline", ["prior=stable-diffusion", "prior.model=nobody-here/no-such-model"],
+         ["'nobody-here/no-such-model'", "Hugging Face cache", "local_files_only"]),
+        ("model-bad-json", ["prior=stable-diffusion", f"prior.model={broken_json}"],
+         [str(broken_json / "unet" / "config.json"), "JSON"]),
+        ("model-truncated", ["prior=stable-diffusion", f"prior.model={truncated}"],
+         [str(weights), "truncated"]),
+        # a render resolution the prior cannot take
+        ("res-latent", ["system=sjc", *tiny, "data.height=9", "data.width=9"],
+         ["latent size 8x8", "9x9", "data.height=8 data.width=8"]),
+        ("res-non-square", ["data.width=32"], ["64x32", "64x64", "square", "data.width=64"]),
+        # inverted or impossible camera ranges
+        ("cam-elevation", ["data.elevation_range=[60,-10]"], ["data.elevation_range=[60.0, -10.0]", "inverted"]),
+        ("cam-distance", ["data.distance_range=[2,1]"], ["data.distance_range=[2.0, 1.0]", "inverted"]),
+        ("cam-distance-zero", ["data.distance_range=[0,1]"], ["data.distance_range=[0.0, 1.0]", "positive"]),
+        ("cam-fovy", ["data.fovy_range=[10,200]"], ["data.fovy_range=[10.0, 200.0]", "(0, 180)"]),
+        # resume and mode
+        ("resume-missing", [f"resume={root / 'no-run'}"], [str(root / "no-run"), "does not exist"]),
+        ("resume-no-ckpt", [f"resume={no_ckpt}"], ["no checkpoint", "last.ckpt"]),
+        ("test-without-resume", ["mode=test"], ["mode=test", "resume="]),
+        # sweeps and --cfg are checked too
+        ("multirun", ["-m", "seed=0,1", "prompt=''"], ["prompt is empty"]),
+        ("cfg-job-bad", ["--cfg", "job", "system=nosuch"], ["system=nosuch", "dreamfusion"]),
+    ]
+    cases = []
+    for cid, args, words in spec:
+        out = root / cid
+        flags = {"-m": 1, "--cfg": 2}.get(args[0], 0)  # flags go first: argparse takes one run of overrides
+        cases.append({"id": cid, "args": [*args[:flags], "trainer.max_steps=2", "device=cpu", f"output_root={out}",
+                                          *args[flags:]], "words": words, "dir": str(out)})
+    # a resume with a bad override must leave the run it names as it was
+    for cid, args, words in [
+        ("resume-foreign-system", ["system=dreamfusion"], ["written by system 'sjc'", "system=sjc"]),
+        ("resume-foreign-ckpt", ["system=dreamfusion"], ["written by system 'sjc'"]),
+        ("resume-bad-type", ["data.height=abc"], ["'height'", "'abc'"]),
+        ("resume-bad-name", ["guidance=nosuch"], ["guidance=nosuch", "paas"]),
+        ("resume-bad-key", ["nosuch=1"], ["'nosuch'"]),
+        ("resume-bad-prompt", ["prompt=''"], ["prompt is empty"]),
+        ("resume-bad-camera", ["data.distance_range=[2,1]"], ["inverted"]),
+        ("resume-bad-resolution", ["data.height=9", "data.width=9"], ["latent size 8x8"]),
+        ("resume-bad-trainer", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
+    ]:
+        target = str(finished / "checkpoints" / "last.ckpt") if cid == "resume-foreign-ckpt" else w
+        cases.append({"id": cid, "args": [f"resume={target}", *args], "words": words, "watch": w})
+    # an error only the run itself finds (the solid background's colour has 3 values for 4
+    # channels): Hydra's fresh run directory is removed again
+    cases.append({"id": "in-run", "args": [*small_run_overrides(pipeline, LATENT, "dreamfusion", "sds", 2),
+                                           "background.n_features=4", f"output_root={root / 'in-run'}"],
+                  "words": ["n_features=4"], "dir": str(root / "in-run")})
+    # what must still work, last (the good resume trains on)
+    cases.append({"id": "cfg-job", "args": ["--cfg", "job", f"output_root={root / 'cfg-job'}"], "dir": str(root / "cfg-job")})
+    cases.append({"id": "help", "args": ["--help"]})
+    cases.append({"id": "resume-good", "args": [f"resume={w}", "trainer.max_steps=3"], "watch": w})
+    return cases
+
+
+@pytest.fixture(scope="module")
+def results(tiny_pipeline_dir, finished_run, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bad")
+    cases = case_list(root, tiny_pipeline_dir, finished_run)
+    (root / "cases.json").write_text(json.dumps(cases))
+    out_file = root / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(root / "cases.json"), str(out_file), str(REPO / "launch.py")],
+        cwd=REPO, env=dict(env(), HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf")), capture_output=True, text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(out_file.read_text())
+    return {c["id"]: {**c, **found[c["id"]]} for c in cases}
+
+
+BAD = [
+    "system-name", "guidance-name", "geometry-name", "renderer-name", "prior-name", "guidance-type", "system-type",
+    "not-a-group", "key-root", "key-data", "key-guidance", "key-added-root", "key-added-data", "type-trainer",
+    "type-data", "type-guidance", "type-seed", "type-section", "type-mode", "type-syntax", "prompt-empty",
+    "prompt-blank", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
+    "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
+    "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",
+    "cfg-job-bad",
+]
+BAD_RESUMES = [
+    "resume-foreign-system", "resume-foreign-ckpt", "resume-bad-type", "resume-bad-name", "resume-bad-key",
+    "resume-bad-prompt", "resume-bad-camera", "resume-bad-resolution", "resume-bad-trainer",
+]
+
+
+def error_paragraph(result: dict) -> str:
+    """The one 'scorelift: error:' line, which must end the output (a paragraph, no traceback)."""
+    lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("scorelift: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result["stderr"][-3000:]
+    assert "Traceback" not in result["stderr"]
+    return errors[0]
+
+
+@pytest.mark.parametrize("cid", BAD)
+def test_bad_input_fails_clearly_and_writes_nothing(results, cid):
+    result = results[cid]
+    assert result["code"] == 2, result["stderr"][-3000:]
+    message = error_paragraph(result)
+    for word in result["words"]:
+        assert word in message, (word, message)
+    assert not Path(result["dir"]).exists(), sorted(str(p) for p in Path(result["dir"]).rglob("*"))
+
+
+@pytest.mark.parametrize("cid", BAD_RESUMES)
+def test_bad_resume_leaves_the_run_byte_identical(results, finished_run, cid):
+    result = results[cid]
+    assert result["code"] == 2, result["stderr"][-3000:]
+    message = error_paragraph(result)
+    for word in result["words"]:
+        assert word in message, (word, message)
+    assert result["before"] and result["after"] == result["before"]
+
+
+def test_the_normal_run_and_its_files(finished_run):
+    for name in ("checkpoints/last.ckpt", "config.yaml", ".hydra/overrides.yaml", "launch.log"):
+        assert (finished_run / name).is_file(), name
+
+
+def test_cfg_job_help_and_a_good_resume_still_work(results, finished_run):
+    shown = results["cfg-job"]
+    assert shown["code"] == 0 and "prompt: a red cube" in shown["stdout"], shown["stderr"][-2000:]
+    assert not Path(shown["dir"]).exists()
+    assert results["help"]["code"] == 0 and "powered by Hydra" in results["help"]["stdout"]
+    good = results["resume-good"]
+    assert good["code"] == 0, good["stderr"][-3000:]
+    assert torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_a_failure_after_the_start_check_is_undone(results):
+    """What the start-up check cannot see fails in the run, and still leaves nothing behind."""
+    result = results["in-run"]
+    assert result["code"] == 2, result["stderr"][-3000:]
+    assert "n_features=4" in error_paragraph(result)
+    assert not Path(result["dir"]).exists(), sorted(str(p) for p in Path(result["dir"]).rglob("*"))

@@ -140,9 +140,11 @@ def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, laten
     base = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 10)
     straight_a, straight_b, resumed = tmp_path / "a", tmp_path / "b", tmp_path / "r"
     run(compose_cfg(base), straight_a)
-    run(compose_cfg(base), straight_b)
+    run(compose_cfg(base + ["trainer.eval_every=3"]), straight_b)  # measuring quality must not change training
     a, b = final_params(straight_a), final_params(straight_b)
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed must give bit-identical parameters"
+    steps = [int(line.split(",")[0]) for line in (straight_b / "eval_curve.csv").read_text().splitlines()[1:]]
+    assert steps == [0, 3, 6, 9, 10] and not (straight_a / "eval_curve.csv").exists()
 
     # the same 10-step run, crashed after step 7: its last checkpoint is step 5's
     original = run_module.make_trainer

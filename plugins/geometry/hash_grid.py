@@ -50,8 +50,6 @@ from framework.registry import register
 
 PRIMES = (1, 2654435761, 805459861)
 FEATURE_KINDS = {"none": "latent", "sigmoid": "rgb"}
-# the 8 cube corners as (dx, dy, dz) offsets: [8, 3]
-CORNERS = torch.tensor([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)])
 
 
 @dataclass
@@ -160,15 +158,16 @@ class HashEncoding(torch.nn.Module):
         return len(self.resolutions) * self.features_per_level
 
     def corner_index(self, corners: torch.Tensor, level: int) -> torch.Tensor:
-        """[N, 8, 3] integer corners -> [N, 8] table rows (dense while it fits, hashed after)."""
+        """[..., 3] integer corners -> [...] table rows (dense while it fits, hashed after)."""
+        return self.axis_rows(corners[..., 0], corners[..., 1], corners[..., 2], level)
+
+    def axis_rows(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, level: int) -> torch.Tensor:
+        """Table rows of integer grid coordinates given per axis (any broadcastable shapes)."""
         n = self.resolutions[level] + 1  # grid points per axis
         size = self.tables[level].shape[0]
         if n**3 <= size:
-            return corners[..., 0] + n * corners[..., 1] + n * n * corners[..., 2]
-        h = corners[..., 0] * PRIMES[0]
-        h = h ^ (corners[..., 1] * PRIMES[1])
-        h = h ^ (corners[..., 2] * PRIMES[2])
-        return h % size
+            return x + n * y + n * n * z
+        return ((x * PRIMES[0]) ^ (y * PRIMES[1]) ^ (z * PRIMES[2])) % size
 
     def active_backend(self, unit_points: torch.Tensor) -> str:
         """The backend ``forward`` uses for these points: torch, triton or tcnn."""
@@ -224,18 +223,27 @@ class HashEncoding(torch.nn.Module):
         return self._tcnn[key]
 
     def forward_torch(self, unit_points: torch.Tensor) -> torch.Tensor:
-        """The reference encoder in pure PyTorch (any device, differentiable in points and tables)."""
+        """The reference encoder in pure PyTorch (any device, differentiable in points and tables).
+
+        The 8 corners' rows and trilinear weights are separable per axis, so they are built from
+        [N, 2] per-axis values broadcast to [N, 2, 2, 2] (z, y, x: corner index x + 2y + 4z, as
+        in the Triton kernels) rather than from [N, 8, 3] corner coordinates: the same numbers
+        (the weight products keep the order (w_x w_y) w_z) with a third of the integer work.
+        """
         out = []
-        offsets = CORNERS.to(unit_points.device)
+        step = torch.tensor([0, 1], device=unit_points.device)
+        n_points = unit_points.shape[0]
         for level, res in enumerate(self.resolutions):
             pos = unit_points * res
             base = pos.floor().clamp(0, res - 1)
             frac = pos - base  # [N, 3] in [0, 1]
-            corners = base.long()[:, None, :] + offsets  # [N, 8, 3]
-            rows = self.corner_index(corners, level)  # [N, 8]
-            weights = torch.where(offsets.bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # [N, 8]
-            feats = self.tables[level][rows]  # [N, 8, F]
-            out.append((weights[..., None] * feats).sum(1) * self.level_mask[level])
+            lo = base.long()
+            ix, iy, iz = (lo[:, k, None] + step for k in range(3))  # [N, 2] each
+            rows = self.axis_rows(ix[:, None, None, :], iy[:, None, :, None], iz[:, :, None, None], level)
+            wx, wy, wz = (torch.stack([1 - frac[:, k], frac[:, k]], dim=-1) for k in range(3))  # [N, 2] each
+            weights = (wx[:, None, None, :] * wy[:, None, :, None]) * wz[:, :, None, None]  # [N, 2, 2, 2]
+            feats = self.tables[level][rows.reshape(n_points, 8)]  # [N, 8, F]
+            out.append((weights.reshape(n_points, 8, 1) * feats).sum(1) * self.level_mask[level])
         return torch.cat(out, dim=-1)
 
 

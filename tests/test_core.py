@@ -197,3 +197,20 @@ def test_a_broken_entry_point_is_reported_and_the_rest_works(monkeypatch):
     assert "'broken'" in failure and "no_such_module_xyz" in failure and "ModuleNotFoundError" in failure
     assert "uninstall" in failure and "built-in plugins still work" in failure
     assert "sds" in registry.available("guidance")["guidance"]
+
+
+def test_video_falls_back_to_a_small_gif_without_ffmpeg(tmp_path, monkeypatch):
+    """Without imageio-ffmpeg (as on machines with no ffmpeg wheel) a GIF at the frames' own size."""
+    import sys
+
+    import imageio.v3 as iio
+
+    from framework.outputs.images import write_video
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes `import imageio_ffmpeg` fail
+    frames = torch.linspace(0, 1, 6)[:, None, None, None].expand(6, 3, 16, 16)
+    path = write_video(tmp_path / "turntable.mp4", frames, fps=10)
+    assert path == tmp_path / "turntable.gif" and not (tmp_path / "turntable.mp4").exists()
+    gif = iio.imread(path, index=None)
+    assert gif.shape == (6, 16, 16, 3)
+    assert abs(int(gif[3, 0, 0, 0]) - round(0.6 * 255)) <= 1

@@ -142,6 +142,7 @@ table { border-collapse: collapse; margin: 12px 0 24px; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th:first-child, td:first-child, td:nth-child(2) { text-align: left; }
 table.videos td { text-align: center; padding: 2px; }
+table.videos img, table.videos video { image-rendering: pixelated; }
 img.figure { max-width: 100%; border: 1px solid #eee; margin: 8px 0 20px; }
 code { background: #f4f4f4; padding: 1px 4px; }
 """

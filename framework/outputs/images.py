@@ -40,16 +40,14 @@ def write_png(path: str | Path, image: torch.Tensor) -> None:
 
 
 def write_video(path: str | Path, frames: torch.Tensor, fps: int = 20) -> Path:
-    """frames: [N, 3, H, W] in [0, 1] -> H.264 mp4 (imageio-ffmpeg). Frames are upscaled to at
-    least 256 pixels by nearest neighbour so small renders stay visible in players. Without
-    imageio-ffmpeg a GIF is written next to ``path`` instead; returns the path written."""
+    """frames: [N, 3, H, W] in [0, 1] -> H.264 mp4 (imageio-ffmpeg), upscaled to at least 256
+    pixels by nearest neighbour so small renders stay visible in players. Without imageio-ffmpeg
+    a GIF is written next to ``path`` instead, at the frames' own size (a GIF's size grows with
+    its pixels, and viewers scale it anyway); returns the path written."""
     import imageio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scale = max(1, math.ceil(256 / frames.shape[-1]))
-    if scale > 1:
-        frames = torch.nn.functional.interpolate(frames.float(), scale_factor=scale, mode="nearest")
     try:
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
@@ -57,6 +55,9 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: int = 20) -> Path:
         log.warning("imageio-ffmpeg is not installed: writing %s instead of an mp4.", gif)
         imageio.mimsave(gif, list(to_uint8(frames)), duration=1000 / fps, loop=0)
         return gif
+    scale = max(1, math.ceil(256 / frames.shape[-1]))
+    if scale > 1:
+        frames = torch.nn.functional.interpolate(frames.float(), scale_factor=scale, mode="nearest")
     # H.264 needs even sizes; macro_block_size=1 keeps imageio from resizing with a warning.
     with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
         for frame in to_uint8(frames):

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     print(f"Report: {out / 'report.html'} and {out / 'report.md'} ({len(cells) - len(failed)}/{len(cells)} cells finished).")
     for s in result["summary"]:
+        if not s["finished"]:
+            print(f"  {s['method']:<10} no finished cells")
+            continue
         print(f"  {s['method']:<10} IoU {s['iou']:.3f} ± {s['iou_std']:.3f}  identification {s['identification']:.3f} "
               f"± {s['identification_std']:.3f}  colour error {s['colour_error']:.3f}  {s['median_s_per_it']:.4f} s/it")
     return 1 if failed else 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from framework.benchmark.collect import QUALITY
 
 LABELS = {"iou": "IoU (higher is better)", "identification": "identification (higher is better)",
           "colour_error": "colour error (lower is better)"}

@@ -35,7 +35,7 @@ def _pm(summary: dict, key: str) -> str:
     return f"{summary[key]:.3f} ± {summary[f'{key}_std']:.3f}"
 
 
-def summary_table(summary: list[dict], n_seeds: int) -> tuple[list[str], list[list[str]]]:
+def summary_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["method", "IoU", "identification", "colour error", "median s/it", "step time per run (s)", "wall time per run (s)",
               "peak memory (MiB)", "final loss", "cells"]
     rows = [
@@ -175,7 +175,7 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
     figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png")
 
     gpu = gpu_summary(out / "gpu_util.csv")
-    s_header, s_rows = summary_table(summary, len(spec.seeds))
+    s_header, s_rows = summary_table(summary)
     p_header, p_rows = prompt_table(table)
     failed = [r for r in rows if r["status"] != "ok"]
     title = f"scorelift benchmark `{spec.name}`"

@@ -168,9 +168,8 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
     first_seed = spec.seeds[0]
     strips = {
         (c.method, c.prompt): cell_dir(out, c) / "run" / "turntable_strip.png"
-        for c in cells
-        if c.seed == first_seed and (cell_dir(out, c) / "run" / "turntable_strip.png").is_file()
-        and rows[cells.index(c)]["status"] == "ok"
+        for c, row in zip(cells, rows)
+        if c.seed == first_seed and row["status"] == "ok" and (cell_dir(out, c) / "run" / "turntable_strip.png").is_file()
     }
     figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png")
 

@@ -29,7 +29,7 @@ class QualityCurve(pl.Callback):
         self.every = every
         self.timer = timer
         self.target: tuple[str, str] | None = None
-        self._losses: list[float] = []
+        self._first_loss = 0  # index into timer.step_losses of the first step since the last row
 
     def on_train_start(self, trainer, system) -> None:
         from framework.shapes_world.world import parse_prompt
@@ -52,9 +52,6 @@ class QualityCurve(pl.Callback):
     def on_train_batch_end(self, trainer, system, outputs, batch, batch_idx) -> None:
         if self.target is None:
             return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self._losses.append(float(loss))
         step = int(trainer.global_step)
         if step % self.every == 0 or step >= trainer.max_steps:
             self._write(system, step)
@@ -64,8 +61,10 @@ class QualityCurve(pl.Callback):
 
         rgb, alpha = render_evaluation_views(system)
         m = evaluate_views(rgb, alpha, *self.target)
-        loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
-        self._losses = []
+        # the StepTimer (which runs before this callback) already holds every step's loss
+        losses = self.timer.step_losses[self._first_loss:]
+        self._first_loss = len(self.timer.step_losses)
+        loss = sum(losses) / len(losses) if losses else math.nan
         row = {
             "step": step,
             "train_s": round(sum(self.timer.step_seconds), 4),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from framework.benchmark import runner
 from framework.benchmark import spec as spec_mod
 from framework.benchmark.collect import summarize
 from framework.errors import ConfigError
@@ -161,3 +162,25 @@ def test_prompt_without_ground_truth_reports_cost_and_turntables(tmp_path):
     md = (out / "report.md").read_text()
     assert re.search(r"\| sds \| – \| – \| – \| [0-9.]+ \|", md)
     assert (out / "report.html").read_text().count("<video") + (out / "report.html").read_text().count("image/gif") == 2
+
+
+def test_slowest_cells_start_first(tmp_path):
+    """Longest-first order: the preset's relative_cost until cells are measured, then their times."""
+    spec = spec_mod.load_spec("ci")
+    spec.seeds = [0, 1]
+    spec.relative_cost = {"vsd": 2.5}
+    cells = spec_mod.expand(spec)
+    order = runner.schedule(cells, tmp_path, spec.relative_cost)
+    assert [c.method for c in order[:4]] == ["vsd"] * 4
+    assert order[4:] == [c for c in cells if c.method != "vsd"]  # ties keep the preset's order
+    # measured: paas cells took 30 s, sds 10 s (one unit of hint = median of 30 and 10 = 20 s), so
+    # unmeasured vsd counts 2.5 x 20 = 50 s and unmeasured ssd 20 s: vsd, paas, ssd, sds.
+    for method, wall in [("paas", 30.0), ("sds", 10.0)]:
+        folder = tmp_path / "cells" / method / "x" / "s0"
+        folder.mkdir(parents=True)
+        (folder / "cell.json").write_text(json.dumps({"method": method, "cell_wall_s": wall}))
+    order = runner.schedule(cells, tmp_path, spec.relative_cost)
+    assert [c.method for c in order[::4]] == ["vsd", "paas", "ssd", "sds"]
+    with pytest.raises(ConfigError, match="relative_cost xyz: 2.0 must name one of the preset's methods"):
+        spec.relative_cost = {"xyz": 2.0}
+        spec_mod.check_spec(spec)

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = spec_mod.expand(spec, args.set)
         threads = args.threads_per_run or max(1, (os.cpu_count() or 1) // args.workers)
         start = time.perf_counter()
-        ran, mps = ([], "off") if args.report_only else runner.run_cells(out, cells, args.workers, threads, args.mps)
+        ran, mps = ([], "off") if args.report_only else runner.run_cells(
+            out, cells, args.workers, threads, args.mps, relative_cost=spec.relative_cost)
         info = {
             "preset": spec.name,
             "command": "python benchmark.py " + " ".join(shlex.quote(a) for a in argv),

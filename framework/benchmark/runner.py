@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +46,36 @@ def is_finished(out: Path, cell: Cell) -> bool:
         return json.loads(marker.read_text()).get("fingerprint") == cell.fingerprint
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def measured_costs(out: Path) -> dict[str, float]:
+    """method -> median wall time (s) of its cells already finished under ``out``."""
+    times: dict[str, list[float]] = {}
+    for marker in (out / "cells").glob("*/*/*/cell.json"):
+        try:
+            record = json.loads(marker.read_text())
+            times.setdefault(record["method"], []).append(float(record["cell_wall_s"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return {method: statistics.median(ts) for method, ts in times.items()}
+
+
+def schedule(cells: list[Cell], out: Path, relative_cost: dict[str, float]) -> list[Cell]:
+    """``cells`` with the slowest started first (longest-processing-time order), so that a slow
+    cell does not start last and run alone while the other workers idle; ties keep preset order.
+
+    A method's cost is the median wall time of its cells finished in ``out`` (earlier seeds of a
+    resumed run); a method not yet measured gets the preset's ``relative_cost`` (default 1) times
+    the measured methods' median time per unit of hint, or the bare hint when nothing is measured.
+    """
+    measured = measured_costs(out)
+    per_unit = [t / relative_cost.get(m, 1.0) for m, t in measured.items()]
+    scale = statistics.median(per_unit) if per_unit else 1.0
+
+    def cost(cell: Cell) -> float:
+        return measured.get(cell.method, relative_cost.get(cell.method, 1.0) * scale)
+
+    return sorted(cells, key=cost, reverse=True)  # sorted() is stable
 
 
 def run_cell(out: Path, cell: Cell, env: dict) -> dict:
@@ -159,10 +190,10 @@ def warm_evaluation_cache(prompts: list[str]) -> None:
 
 
 def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, mps: bool = False,
-              log=print) -> tuple[list[dict], str]:
-    """Run every unfinished cell, ``workers`` at a time; returns the records of the cells run now
-    and the MPS status ("off", "on", or why it is not on)."""
-    todo = [c for c in cells if not is_finished(out, c)]
+              log=print, relative_cost: dict[str, float] | None = None) -> tuple[list[dict], str]:
+    """Run every unfinished cell, ``workers`` at a time, slowest first (see ``schedule``); returns
+    the records of the cells run now and the MPS status ("off", "on", or why it is not on)."""
+    todo = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
     log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {workers} worker(s).")
     if not todo:
         return [], "off"

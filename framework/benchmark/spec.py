@@ -18,7 +18,7 @@ from framework.errors import ConfigError
 from framework.resolvers import REPO_ROOT, slugify
 
 PRESET_DIR = REPO_ROOT / "benchmarks" / "presets"
-KEYS = {"description", "prompts", "seeds", "steps", "eval_every", "common", "methods"}
+KEYS = {"description", "prompts", "seeds", "steps", "eval_every", "common", "methods", "relative_cost"}
 
 
 @dataclass
@@ -31,6 +31,9 @@ class BenchmarkSpec:
     eval_every: int  # shapes-world metrics every this many steps (0: final metrics only, no curve)
     common: list[str]  # launch.py overrides of every cell
     methods: dict[str, list[str]]  # method name -> its launch.py overrides
+    # method -> its cells' expected run time relative to the others (default 1), used only to start
+    # the slowest cells first; measured times of finished cells replace it (runner.schedule).
+    relative_cost: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         eval_every=int(raw.get("eval_every", 0)),
         common=[str(o) for o in raw.get("common", [])],
         methods={str(k): [str(o) for o in v] for k, v in raw["methods"].items()},
+        relative_cost={str(k): float(v) for k, v in (raw.get("relative_cost") or {}).items()},
     )
     check_spec(spec)
     return spec
@@ -96,6 +100,12 @@ def check_spec(spec: BenchmarkSpec) -> None:
         raise ConfigError(
             f"Benchmark {spec.name!r}: steps={spec.steps} must be >= 1 and eval_every={spec.eval_every} >= 0."
         )
+    for method, cost in spec.relative_cost.items():
+        if method not in spec.methods or not cost > 0:
+            raise ConfigError(
+                f"Benchmark {spec.name!r}: relative_cost {method}: {cost} must name one of the preset's methods "
+                f"({', '.join(spec.methods)}) and give it a positive number (its cells' run time relative to the others)."
+            )
     owned = ("prompt=", "seed=", "trainer.max_steps=", "hydra.run.dir=")
     for name, overrides in [("common", spec.common), *spec.methods.items()]:
         for o in overrides:
@@ -114,6 +124,7 @@ def select(spec: BenchmarkSpec, methods: str | None, seeds: str | None, prompts:
         if bad:
             raise ConfigError(f"--methods {bad} not in preset {spec.name!r}; its methods: {', '.join(spec.methods)}.")
         spec.methods = {m: spec.methods[m] for m in names}
+        spec.relative_cost = {m: c for m, c in spec.relative_cost.items() if m in spec.methods}
     if seeds:
         try:
             spec.seeds = [int(s) for s in seeds.split(",")]

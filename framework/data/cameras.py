@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from framework.errors import ConfigError
+from framework.transfer import to_device
 
 
 @dataclass
@@ -44,11 +45,11 @@ class CameraBatch:
     def to(self, device) -> "CameraBatch":
         return replace(
             self,
-            c2w=self.c2w.to(device),
-            fovy=self.fovy.to(device),
-            elevation=self.elevation.to(device),
-            azimuth=self.azimuth.to(device),
-            distance=self.distance.to(device),
+            c2w=to_device(self.c2w, device),
+            fovy=to_device(self.fovy, device),
+            elevation=to_device(self.elevation, device),
+            azimuth=to_device(self.azimuth, device),
+            distance=to_device(self.distance, device),
         )
 
     def with_resolution(self, height: int, width: int | None = None) -> "CameraBatch":

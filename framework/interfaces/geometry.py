@@ -32,6 +32,16 @@ class Geometry(BaseModulePart):
         """points: [N, 3] world coordinates -> GeometryOutput with N entries."""
         raise NotImplementedError
 
+    def host_bbox(self) -> torch.Tensor:
+        """``bbox`` [2, 3] as a CPU tensor, copied on first use: the renderer reads the box's size
+        every step, and reading a CUDA tensor's values would synchronise the GPU each time. The box
+        comes from the config and is never trained, so the copy stays valid."""
+        cached = self.__dict__.get("_host_bbox")
+        if cached is None:
+            cached = self.bbox.detach().cpu()
+            self.__dict__["_host_bbox"] = cached
+        return cached
+
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N] density only (mesh export, occupancy); defaults to ``forward``."""
         return self.forward(points).density

@@ -181,10 +181,12 @@ class ScoreDistillationSystem(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
         self.update_parts(step)
-        cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS)).to(self.device)
+        cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS))
+        view_names = cameras.view_names()  # read on the CPU: on the GPU each angle would be a sync
+        cameras = cameras.to(self.device)
         out = self.render(cameras, step_generator(self.seed, step, STREAM_RENDER))
         image = out.color.permute(0, 3, 1, 2)
-        text = self.prior.condition(self.prompt, cameras.view_names())
+        text = self.prior.condition(self.prompt, view_names)
         guidance_out = self.guidance(image, self.is_latent, text, step_generator(self.seed, step, STREAM_GUIDANCE), cameras)
 
         terms = {"guidance": guidance_out["loss"]}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from framework.errors import ConfigError
 from framework.schedule import check_scheduled, scheduled
+from framework.transfer import to_device
 
 CFG_CONVENTIONS = ("standard", "threestudio")
 
@@ -83,14 +84,14 @@ def sample_timesteps(
     batch_size: int, t_min: int, t_max: int, generator: torch.Generator, device: torch.device | str
 ) -> torch.Tensor:
     """[B] integer timesteps uniform on {t_min, ..., t_max} (inclusive), drawn on the CPU."""
-    return torch.randint(t_min, t_max + 1, (batch_size,), generator=generator).to(device)
+    return to_device(torch.randint(t_min, t_max + 1, (batch_size,), generator=generator), device)
 
 
 def sample_noise(
     shape: torch.Size | tuple[int, ...], generator: torch.Generator, device: torch.device | str
 ) -> torch.Tensor:
     """Standard normal float32 noise of ``shape``, drawn on the CPU then moved to ``device``."""
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
+    return to_device(torch.randn(tuple(shape), generator=generator, dtype=torch.float32), device)
 
 
 def per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from framework.errors import ConfigError
 from framework.interfaces.guidance import Guidance, GuidanceOutput
 from framework.interfaces.prior import TextConditioning
 from framework.registry import register
+from framework.transfer import to_device
 from plugins.guidance import score_math as sm
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -151,7 +152,7 @@ class VSDGuidance(Guidance):
         B, dev = z0.shape[0], z0.device
         t = sm.sample_timesteps(B, 0, self.prior.num_train_timesteps - 1, generator, dev)
         noise = sm.sample_noise(z0.shape, generator, dev)
-        drop = (torch.rand(B, generator=generator) < self.cfg.camera_drop_prob).to(dev)
+        drop = to_device(torch.rand(B, generator=generator) < self.cfg.camera_drop_prob, dev)
         c2w = torch.where(drop.view(B, 1, 1), torch.zeros_like(c2w), c2w)
         ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z0.ndim)
         z_t = ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise

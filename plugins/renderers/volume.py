@@ -28,6 +28,7 @@ from framework.interfaces.background import Background
 from framework.interfaces.geometry import Geometry
 from framework.interfaces.renderer import RenderOutput, Renderer
 from framework.registry import register
+from framework.transfer import to_device
 from plugins.renderers.compositing import BACKENDS, composite, resolve_backend
 
 
@@ -92,7 +93,7 @@ class VolumeRenderer(Renderer):
 
     def samples_per_ray(self, geometry: Geometry) -> int:
         """S, the last dimension of ``weights``, for this geometry's box."""
-        return self.cfg.num_samples or sample_count(geometry.bbox, self.cfg.step_size)
+        return self.cfg.num_samples or sample_count(geometry.host_bbox(), self.cfg.step_size)
 
     def _intervals(self, t_near, t_far, S: int, jitter: torch.Tensor | None):
         """t_near, t_far: [N] -> (t, delta): [N, S] sample distances and interval lengths."""
@@ -132,7 +133,7 @@ class VolumeRenderer(Renderer):
         jitter = None
         if self.training and generator is not None:
             # Drawn for all rays at once, so the result does not depend on chunk_size.
-            jitter = torch.rand((N, S), generator=generator, dtype=d.dtype).to(d.device)
+            jitter = to_device(torch.rand((N, S), generator=generator, dtype=d.dtype), d.device)
 
         chunk = self.cfg.chunk_size or N
         parts = []

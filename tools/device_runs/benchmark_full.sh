@@ -1,7 +1,7 @@
 #!/bin/bash
 # The full benchmark preset on the lent H100, one slice of seeds per device call (each call is at
 # most 10 minutes; the cells of all slices are merged here with --report-only):
-#   bash tools/device_runs/benchmark_full.sh <seeds, e.g. 0> <workers, e.g. 24> [more benchmark.py args, e.g. --mps]
+#   bash tools/device_runs/benchmark_full.sh <seeds, e.g. 0> <workers, e.g. 16> [more benchmark.py args, e.g. --mps]
 # Carry .whl (diffusers, hydra, omegaconf, antlr4). Brings back $OUT/cells_<seeds>.tgz: every cell's
 # cell.json, stdout tail, metrics, timing, eval curve, turntable (GIF: no ffmpeg there) and strip,
 # plus the slice's gpu_util.csv and benchmark_info.json. Unpack into the output folder here, then

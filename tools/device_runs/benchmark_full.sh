@@ -13,8 +13,10 @@ out=/tmp/bench_full
 timeout 540 python3 benchmark.py full --out $out --seeds "$seeds" --workers "$workers" "$@" 2>&1 | tee $OUT/bench_$seeds.log | tail -5
 cd $out || exit 1
 mv gpu_util.csv gpu_util_s$seeds.csv 2>/dev/null; cp benchmark_info.json benchmark_info_s$seeds.json 2>/dev/null
-for f in cells/*/*/*/stdout.log; do tail -n 30 "$f" > "$f.tail"; done
-find cells -name cell.json -o -name failed.json -o -name stdout.log.tail -o -name metrics.json -o -name timing.json \
+for f in cells/*/*/*/stdout.log; do [ -f "$f.tail" ] || tail -n 30 "$f" > "$f.tail"; done
+# only this slice's seeds: on a machine still warm from an earlier slice, /tmp/bench_full holds those too
+paths=(); for s in ${seeds//,/ }; do paths+=(cells/*/*/s$s); done
+find "${paths[@]}" -name cell.json -o -name failed.json -o -name stdout.log.tail -o -name metrics.json -o -name timing.json \
   -o -name eval_curve.csv -o -name turntable.gif -o -name turntable.mp4 -o -name turntable_strip.png -o -name run_info.json \
   | tar czf $OUT/cells_$seeds.tgz -T - gpu_util_s$seeds.csv benchmark_info_s$seeds.json
 ls -la $OUT

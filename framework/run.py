@@ -112,7 +112,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device) -> pl.Tra
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        deterministic=False,
+        deterministic=bool(cfg.deterministic),  # also cudnn.benchmark off and cuBLAS's fixed workspace
         default_root_dir=str(run_dir),
     )
 
@@ -267,6 +267,8 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be a whole number (e.g. seed=3).")
     pick_device(cfg.device)
+    if not isinstance(cfg.deterministic, bool):
+        raise ConfigError(f"deterministic={cfg.deterministic!r} must be true or false.")
     prompt = check_prompt(cfg.prompt)
     check_trainer(cfg)
     check_sampler_config(parse_config(CameraSamplerConfig, cfg.data, "data"))
@@ -319,6 +321,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.mode in ("test", "export") and ckpt is None:
         what = "re-renders" if cfg.mode == "test" else "exports the mesh of"
         raise ConfigError(f"mode={cfg.mode} {what} a finished run: pass resume=<run dir or .ckpt>.")
+    if cfg.deterministic:
+        # cuBLAS reads this when its first handle is made, which may happen while the prior is built
+        # (before Lightning, which sets it too, starts).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     system = build_system(cfg, device)
 
     if cfg.mode == "export":

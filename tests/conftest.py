@@ -88,3 +88,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """PyTorch's deterministic algorithms on for one test (as ``deterministic=true`` runs have
+    them), then the previous setting back."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

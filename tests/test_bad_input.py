@@ -117,6 +117,7 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
         ("type-data", ["data.height=abc"], ["'height'", "'abc'", "int"]),
         ("type-guidance", ["guidance.guidance_scale=abc"], ["'guidance_scale'", "'abc'", "float"]),
         ("type-seed", ["seed=abc"], ["seed='abc'", "whole number"]),
+        ("type-deterministic", ["deterministic=sometimes"], ["deterministic='sometimes'", "true or false"]),
         ("type-section", ["data=5"], ["data", "mapping", "5"]),
         ("type-mode", ["mode=nosuch"], ["mode='nosuch'", "train, test, export"]),
         ("type-syntax", ["seed=[1"], ["'seed=[1'", "cannot be parsed"]),

@@ -184,3 +184,25 @@ def test_slowest_cells_start_first(tmp_path):
     with pytest.raises(ConfigError, match="relative_cost xyz: 2.0 must name one of the preset's methods"):
         spec.relative_cost = {"xyz": 2.0}
         spec_mod.check_spec(spec)
+
+
+def test_gif_turntable_is_embedded_as_animated_webp(tmp_path):
+    """Runs without ffmpeg write GIF turntables; the report embeds them as (smaller) animated WebP
+    with every frame kept."""
+    import base64
+    import io
+
+    import imageio
+    import numpy as np
+    from PIL import Image
+
+    from framework.benchmark.report import _gif_uri
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    gif = tmp_path / "turntable.gif"
+    imageio.mimsave(gif, frames, duration=60, loop=0)
+    uri = _gif_uri(gif)
+    assert uri.startswith("data:image/webp;base64,")
+    webp = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert webp.format == "WEBP" and webp.n_frames == 5 and webp.size == (32, 32)

@@ -299,3 +299,11 @@ def test_config_errors():
         renderer(step_size=0.0)
     with pytest.raises(ConfigError, match="'cuda'"):
         renderer(backend="cuda")
+
+
+def test_auto_backend_is_torch_under_deterministic_algorithms(deterministic_algorithms):
+    """nerfacc's kernels are not covered by PyTorch's deterministic mode: auto keeps the torch path
+    on CUDA then (resolve_backend only looks at the device type, so this runs without a GPU)."""
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    torch.use_deterministic_algorithms(False)
+    assert resolve_backend("auto", torch.device("cuda")) == ("nerfacc" if nerfacc_available() else "torch")

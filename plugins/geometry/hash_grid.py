@@ -27,8 +27,9 @@ Backends (config ``backend``), all on the same parameters (identical state_dict)
   offset, padded dense tables; see that module), so it evaluates a DIFFERENT function of the
   same tables. Only used when asked for explicitly.
 * ``auto``: decided per call from the points: Triton when they are float32 CUDA tensors that
-  do not require grad and Triton imports, else PyTorch (CPU points always use PyTorch). auto
-  never picks tcnn, because that would change the model's function from machine to machine.
+  do not require grad and Triton imports, else PyTorch (CPU points always use PyTorch; so do
+  runs under PyTorch's deterministic algorithms, since the Triton backward adds with atomics).
+  auto never picks tcnn, because that would change the model's function from machine to machine.
 
 An explicit ``triton`` / ``tcnn`` is checked at construction (package importable, a CUDA GPU
 present) and again per call (CUDA points); failures are ConfigErrors naming what is missing.
@@ -180,6 +181,7 @@ class HashEncoding(torch.nn.Module):
                 and unit_points.dtype == torch.float32
                 and all(t.dtype == torch.float32 for t in self.tables)
                 and not (torch.is_grad_enabled() and unit_points.requires_grad)
+                and not torch.are_deterministic_algorithms_enabled()
             )
             return "triton" if usable and _import_error("triton") is None else "torch"
         if self.backend == "triton":

@@ -9,6 +9,11 @@ tensor dimension, z the third-to-last.
 Density. ``sigma = softplus(g * exp(d_scale) + density_shift)`` with the raw grid value ``g``
 and a learnable scalar ``d_scale`` (SJC; ``density_shift`` is -1 in the authors' runs).
 Points outside the box have density exactly 0.
+
+Determinism. grid_sample's backward on CUDA adds into the grid gradient with atomics, so two runs
+differ in the last bits. With PyTorch's deterministic algorithms on (``deterministic=true``) the
+lookup goes through ``trilinear_gather`` instead: the same interpolation from eight gathers, whose
+backward PyTorch then accumulates in a fixed order.
 """
 
 from __future__ import annotations
@@ -39,6 +44,34 @@ class VoxelGridConfig:
     feature_init_std: float  # features start as N(0, std^2); 0 starts them at zero
     init_seed: int  # seed of the feature initialisation (independent of the global RNG)
     learn_density_scale: bool = True  # SJC learns d_scale; False keeps it at 0 (see the config file)
+
+
+def trilinear_gather(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """grid: [1, C, D, H, W]; coords: [N, 3] (x, y, z) in [-1, 1] -> [N, C]: the value of
+    ``F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)``
+    (equal to float rounding), computed from the 8 corner values of each point's cell."""
+    _, C, D, H, W = grid.shape
+    sizes = torch.tensor([W, H, D], device=coords.device)  # per coordinate (x, y, z)
+    # align_corners=True: -1 and +1 are the first and last grid points; border: clamp inside.
+    pos = ((coords.to(grid.dtype) + 1.0) * 0.5 * (sizes - 1).to(grid.dtype)).clamp(min=0.0)
+    pos = torch.minimum(pos, (sizes - 1).to(grid.dtype))  # [N, 3]
+    lo = torch.minimum(pos.floor().long(), (sizes - 2).clamp(min=0))  # cell corner, [N, 3]
+    frac = pos - lo.to(grid.dtype)  # [N, 3] in [0, 1]
+    values = grid.reshape(C, D * H * W).t()  # [D*H*W, C]
+    out = torch.zeros(coords.shape[0], C, dtype=grid.dtype, device=grid.device)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                x = (lo[:, 0] + dx).clamp(max=W - 1)
+                y = (lo[:, 1] + dy).clamp(max=H - 1)
+                z = (lo[:, 2] + dz).clamp(max=D - 1)
+                w = (
+                    (frac[:, 0] if dx else 1.0 - frac[:, 0])
+                    * (frac[:, 1] if dy else 1.0 - frac[:, 1])
+                    * (frac[:, 2] if dz else 1.0 - frac[:, 2])
+                )
+                out = out + w[:, None] * values[(z * H + y) * W + x]
+    return out
 
 
 @register("geometry", "voxel-grid")
@@ -121,6 +154,8 @@ class VoxelGrid(Geometry):
         ``padding_mode='border'`` keeps points just outside finite (their density is zeroed
         by the caller) instead of blending toward a zero padding inside the last half voxel.
         """
+        if torch.are_deterministic_algorithms_enabled():
+            return trilinear_gather(grid, coords)
         n = coords.shape[0]
         out = F.grid_sample(
             grid, coords.reshape(1, n, 1, 1, 3).to(grid.dtype), mode="bilinear", padding_mode="border", align_corners=True

@@ -88,14 +88,17 @@ def nerfacc_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> "nerfacc" on CUDA when nerfacc imports, else "torch"; explicit names are checked."""
+    """``auto`` -> "nerfacc" on CUDA when nerfacc imports, else "torch" (also under PyTorch's
+    deterministic algorithms, whose fixed-order implementations cover the torch path only);
+    explicit names are checked."""
     if backend not in BACKENDS:
         raise ConfigError(
             f"renderer backend={backend!r} is not one of {', '.join(BACKENDS)}. Use 'auto' to pick "
             f"nerfacc on CUDA when it is installed and the pure-PyTorch path otherwise."
         )
     if backend == "auto":
-        return "nerfacc" if torch.device(device).type == "cuda" and nerfacc_available() else "torch"
+        wanted = torch.device(device).type == "cuda" and not torch.are_deterministic_algorithms_enabled()
+        return "nerfacc" if wanted and nerfacc_available() else "torch"
     if backend == "nerfacc" and not nerfacc_available():
         raise ConfigError(
             "renderer backend='nerfacc' was requested but `import nerfacc` fails. Install nerfacc "

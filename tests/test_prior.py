@@ -286,3 +286,20 @@ def test_half_precision_unet_returns_float32(tiny_pipeline_dir, tiny_prior):
     assert rgb.grad.dtype == torch.float32 and torch.isfinite(rgb.grad).all()
     with pytest.raises(ConfigError, match="prior.dtype"):
         load_prior(tiny_pipeline_dir, dtype="float8")
+
+
+@pytest.mark.parametrize("size", [(7, 5), (16, 16), (3, 2)])
+def test_deterministic_resize_equals_interpolate(size, deterministic_algorithms):
+    """The matrix form of bilinear resizing (deterministic runs; F.interpolate's CUDA backward is
+    not deterministic) equals F.interpolate(align_corners=False), up and down, value and gradient."""
+    from plugins.priors.resize import resize_bilinear
+
+    x = torch.randn(2, 3, 6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+    ours = resize_bilinear(x, size)
+    torch.use_deterministic_algorithms(False)
+    reference = F.interpolate(x, size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    w = torch.randn(ours.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((reference * w).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)

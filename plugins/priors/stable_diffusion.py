@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from framework.config import parse_config
 from framework.errors import ConfigError, PriorLoadError
 from framework.interfaces.prior import DiffusionPrior, TextConditioning
 from framework.registry import register
+from plugins.priors.resize import resize_bilinear
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +462,7 @@ class StableDiffusionPrior(DiffusionPrior):
             raise ValueError(f"encode_images expects [B, 3, H, W] RGB, got shape {tuple(rgb.shape)}.")
         x = rgb.float()
         if x.shape[-2:] != (self.pixel_size, self.pixel_size):
-            x = F.interpolate(x, (self.pixel_size, self.pixel_size), mode="bilinear", align_corners=False)
+            x = resize_bilinear(x, (self.pixel_size, self.pixel_size))
         x = (2.0 * x - 1.0).to(self.vae.dtype)
         z = self.vae.encode(x).latent_dist.mean.float()
         return (z - self.vae_shift) * self.vae_scale

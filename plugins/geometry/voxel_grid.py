@@ -51,24 +51,25 @@ def trilinear_gather(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     ``F.grid_sample(grid, coords, mode="bilinear", padding_mode="border", align_corners=True)``
     (equal to float rounding), computed from the 8 corner values of each point's cell."""
     _, C, D, H, W = grid.shape
-    sizes = torch.tensor([W, H, D], device=coords.device)  # per coordinate (x, y, z)
-    # align_corners=True: -1 and +1 are the first and last grid points; border: clamp inside.
-    pos = ((coords.to(grid.dtype) + 1.0) * 0.5 * (sizes - 1).to(grid.dtype)).clamp(min=0.0)
-    pos = torch.minimum(pos, (sizes - 1).to(grid.dtype))  # [N, 3]
-    lo = torch.minimum(pos.floor().long(), (sizes - 2).clamp(min=0))  # cell corner, [N, 3]
-    frac = pos - lo.to(grid.dtype)  # [N, 3] in [0, 1]
+    lo, frac = [], []  # per axis x, y, z: [N] cell corner index and [N] fraction in [0, 1]
+    for axis, n in enumerate((W, H, D)):
+        # align_corners=True: -1 and +1 are the first and last grid points; border: clamp inside.
+        pos = ((coords[:, axis].to(grid.dtype) + 1.0) * (0.5 * (n - 1))).clamp(0.0, n - 1)
+        corner = pos.floor().long().clamp(max=max(n - 2, 0))
+        lo.append(corner)
+        frac.append(pos - corner.to(grid.dtype))
     values = grid.reshape(C, D * H * W).t()  # [D*H*W, C]
     out = torch.zeros(coords.shape[0], C, dtype=grid.dtype, device=grid.device)
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
-                x = (lo[:, 0] + dx).clamp(max=W - 1)
-                y = (lo[:, 1] + dy).clamp(max=H - 1)
-                z = (lo[:, 2] + dz).clamp(max=D - 1)
+                x = (lo[0] + dx).clamp(max=W - 1)
+                y = (lo[1] + dy).clamp(max=H - 1)
+                z = (lo[2] + dz).clamp(max=D - 1)
                 w = (
-                    (frac[:, 0] if dx else 1.0 - frac[:, 0])
-                    * (frac[:, 1] if dy else 1.0 - frac[:, 1])
-                    * (frac[:, 2] if dz else 1.0 - frac[:, 2])
+                    (frac[0] if dx else 1.0 - frac[0])
+                    * (frac[1] if dy else 1.0 - frac[1])
+                    * (frac[2] if dz else 1.0 - frac[2])
                 )
                 out = out + w[:, None] * values[(z * H + y) * W + x]
     return out

@@ -1,14 +1,27 @@
 #!/bin/bash
-# GPU determinism check in one device call (H100, ~3 min): determinism_probe.yaml's 6 cells run
+# GPU determinism check in one device call (H100, ~5 min): determinism_probe.yaml's 8 cells run
 # twice with deterministic=true (every number must repeat exactly) and once without (for the cost).
-# Carry .whl. Results: $OUT/det.tgz (results.csv, curves.csv, benchmark_info.json, timing.json per arm).
+# Carry .whl. Results: $OUT/det.tgz (results.csv, curves.csv, benchmark_info.json, warnings.txt and the log per arm).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 R=$OUT/r; mkdir -p $R
 for arm in det_a det_b default; do
   extra=(--set deterministic=true); [ $arm = default ] && extra=()
-  timeout 100 python3 benchmark.py tools/device_runs/determinism_probe.yaml --out /tmp/$arm --workers 6 --mps "${extra[@]}" > $R/$arm.log 2>&1
+  timeout 170 python3 benchmark.py tools/device_runs/determinism_probe.yaml --out /tmp/$arm --workers 8 --mps "${extra[@]}" > $R/$arm.log 2>&1; rc=$?
   mkdir -p $R/$arm; cp /tmp/$arm/{results.csv,curves.csv,benchmark_info.json} $R/$arm/ 2>/dev/null
+  echo "== $arm: exit $rc"; tail -n 4 $R/$arm.log
   grep -h -i "error\|warn" /tmp/$arm/cells/*/*/*/stdout.log | sort | uniq -c | head -20 > $R/$arm/warnings.txt
 done
+python3 - $R <<'PY'
+# Compare the two deterministic arms on every quality number (timings are expected to differ).
+import csv, sys
+root = sys.argv[1]
+def rows(arm, name, keys):
+    return {tuple(r[k] for k in keys): r for r in csv.DictReader(open(f"{root}/{arm}/{name}"))}
+for name, keys, cols in [("results.csv", ("method", "prompt", "seed"), ("status", "iou", "colour_error", "identification", "final_loss")),
+                         ("curves.csv", ("method", "prompt", "seed", "step"), ("iou", "colour_error", "identification", "loss"))]:
+    a, b = rows("det_a", name, keys), rows("det_b", name, keys)
+    diff = [k for k in a if k not in b or any(a[k][c] != b[k][c] for c in cols)]
+    print(name, "rows", len(a), len(b), "differing", len(diff), diff[:5])
+PY
 cd $OUT && tar czf det.tgz r && rm -rf r

@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU determinism check in one device call (H100, ~5 min): determinism_probe.yaml's 8 cells run
+# GPU determinism check in one device call (H100, ~7 min): determinism_probe.yaml's 8 cells run
 # twice with deterministic=true (every number must repeat exactly) and once without (for the cost).
 # Carry .whl. Results: $OUT/det.tgz (results.csv, curves.csv, benchmark_info.json, warnings.txt and the log per arm).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -7,9 +7,18 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 R=$OUT/r; mkdir -p $R
 for arm in det_a det_b default; do
   extra=(--set deterministic=true); [ $arm = default ] && extra=()
-  timeout 170 python3 benchmark.py tools/device_runs/determinism_probe.yaml --out /tmp/$arm --workers 8 --mps "${extra[@]}" > $R/$arm.log 2>&1; rc=$?
+  timeout 190 python3 benchmark.py tools/device_runs/determinism_probe.yaml --out /tmp/$arm --workers 8 --mps "${extra[@]}" > $R/$arm.log 2>&1; rc=$?
   mkdir -p $R/$arm; cp /tmp/$arm/{results.csv,curves.csv,benchmark_info.json} $R/$arm/ 2>/dev/null
   echo "== $arm: exit $rc"; tail -n 4 $R/$arm.log
+  python3 - /tmp/$arm > $R/$arm/weights_sha256.txt <<'PY'
+# One digest per cell over every tensor of its final checkpoint's weights, in key order.
+import glob, hashlib, sys, torch
+for ckpt in sorted(glob.glob(f"{sys.argv[1]}/cells/*/*/*/run/checkpoints/last.ckpt")):
+    state, digest = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"], hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode()); digest.update(state[key].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    print(digest.hexdigest(), ckpt.split("/cells/")[1])
+PY
   grep -h -i "error\|warn" /tmp/$arm/cells/*/*/*/stdout.log | sort | uniq -c | head -20 > $R/$arm/warnings.txt
 done
 python3 - $R <<'PY'
@@ -24,4 +33,5 @@ for name, keys, cols in [("results.csv", ("method", "prompt", "seed"), ("status"
     diff = [k for k in a if k not in b or any(a[k][c] != b[k][c] for c in cols)]
     print(name, "rows", len(a), len(b), "differing", len(diff), diff[:5])
 PY
+for arm in det_b default; do echo "weights: det_a vs $arm: $(diff $R/det_a/weights_sha256.txt $R/$arm/weights_sha256.txt | grep -c '^<') of $(wc -l < $R/det_a/weights_sha256.txt) cells differ"; done
 cd $OUT && tar czf det.tgz r && rm -rf r

@@ -206,3 +206,14 @@ def test_gif_turntable_is_embedded_as_animated_webp(tmp_path):
     assert uri.startswith("data:image/webp;base64,")
     webp = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert webp.format == "WEBP" and webp.n_frames == 5 and webp.size == (32, 32)
+
+
+def test_wall_time_of_a_benchmark_run_in_slices_is_their_sum():
+    from framework.benchmark.report import info_lines
+
+    info = {"cells_run": 144, "workers": 16, "mps": "on", "wall_s": 1174.4,
+            "slices": [{"seeds": "0", "wall_s": 375.4}, {"seeds": "1", "wall_s": 397.1}, {"seeds": "2", "wall_s": 401.9}]}
+    line = info_lines(info, None)[-1]
+    assert "wall time 1174 s in 3 invocations (seeds 0: 375 s, seeds 1: 397 s, seeds 2: 402 s; 144 cells, 16 at a time, MPS on)." in line
+    del info["slices"]
+    assert "wall time of the last invocation 1174 s (cells run then: 144, 16 at a time, MPS on)." in info_lines(info, None)[-1]

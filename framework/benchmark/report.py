@@ -83,14 +83,26 @@ def gpu_summary(path: Path) -> dict | None:
             "max_pct": values[-1]}
 
 
+def _wall_time(info: dict) -> str:
+    """The run's wall time. A benchmark run in several invocations (one per seed slice, when a
+    machine limits how long one command may run) lists them under ``slices``: the total is their sum."""
+    at_once = f"{info.get('workers', '?')} at a time, MPS {info.get('mps', 'off')}"
+    slices = info.get("slices")
+    if slices:
+        parts = ", ".join(f"seeds {part['seeds']}: {_fmt(part['wall_s'], 0)} s" for part in slices)
+        total = sum(part["wall_s"] for part in slices)
+        return (f"wall time {_fmt(total, 0)} s in {len(slices)} invocations ({parts}; "
+                f"{info.get('cells_run', '?')} cells, {at_once}).")
+    return (f"wall time of the last invocation {_fmt(info.get('wall_s'), 0)} s "
+            f"(cells run then: {info.get('cells_run', '?')}, {at_once}).")
+
+
 def info_lines(info: dict, gpu: dict | None) -> list[str]:
     lines = [
         f"Command: `{info.get('command', '?')}`",
         f"Machine: {info.get('machine', '?')}",
         f"Versions: {', '.join(f'{k} {v}' for k, v in info.get('versions', {}).items())}",
-        f"Git commit: {info.get('git_commit', '?')}; finished {info.get('finished', '?')}; "
-        f"wall time of the last invocation {_fmt(info.get('wall_s'), 0)} s (cells run then: {info.get('cells_run', '?')}, "
-        f"{info.get('workers', '?')} at a time, MPS {info.get('mps', 'off')}).",
+        f"Git commit: {info.get('git_commit', '?')}; finished {info.get('finished', '?')}; {_wall_time(info)}",
     ]
     if gpu:
         lines.append(f"GPU utilisation while cells ran (nvidia-smi, {gpu['samples']} samples): mean {gpu['mean_pct']:.0f} %, "

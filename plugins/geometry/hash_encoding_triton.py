@@ -65,7 +65,7 @@ def _kernels():
     Triton resolves the names a kernel uses (``tl``, the helper) through the module's
     globals, not through closures.
     """
-    global _KERNELS, triton, tl, _level_cells, _corner_row
+    global _KERNELS, triton, tl, _level_cells, _corner_row, _block_setup
     if _KERNELS is not None:
         return _KERNELS
     import triton
@@ -110,24 +110,30 @@ def _kernels():
         return tl.where(dense != 0, dense_row, hashed_row), wx * wy * wz
 
     @triton.jit
+    def _block_setup(pts_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, lmask_ptr, n_points,
+                     F: tl.constexpr, FP: tl.constexpr, BLOCK_N: tl.constexpr):
+        """What the forward and backward kernels share for their block of BLOCK_N points at one
+        level (grid axis 1): the level, the point indices [BLOCK_N], the feature lanes [FP] and the
+        [BLOCK_N, FP] load/store mask, the level's constants (first row, table size, dense flag,
+        level mask), each point's base cell and fractions, and n = N_l + 1 corners per axis."""
+        level = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        pmask = offs < n_points
+        res = tl.load(res_ptr + level)
+        feat = tl.arange(0, FP)
+        m2 = pmask[:, None] & (feat[None, :] < F)
+        bx, by, bz, fx, fy, fz = _level_cells(pts_ptr, offs, pmask, res)
+        return (level, offs, feat, m2, tl.load(off_ptr + level), tl.load(size_ptr + level), tl.load(dense_ptr + level),
+                tl.load(lmask_ptr + level), bx, by, bz, fx, fy, fz, res.to(tl.int64) + 1)
+
+    @triton.jit
     def _hash_fwd(
         pts_ptr, tab_ptr, out_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, lmask_ptr, n_points,
         OUT_COLS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        level = tl.program_id(1)
-        offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        pmask = offs < n_points
-        res = tl.load(res_ptr + level)
-        row0 = tl.load(off_ptr + level)
-        size = tl.load(size_ptr + level)
-        dense = tl.load(dense_ptr + level)
-        lmask = tl.load(lmask_ptr + level)
-        feat = tl.arange(0, FP)
-        m2 = pmask[:, None] & (feat[None, :] < F)
+        level, offs, feat, m2, row0, size, dense, lmask, bx, by, bz, fx, fy, fz, n = _block_setup(
+            pts_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, lmask_ptr, n_points, F, FP, BLOCK_N)
         acc = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
-        bx, by, bz, fx, fy, fz = _level_cells(pts_ptr, offs, pmask, res)
-        n = res.to(tl.int64) + 1
         for c in tl.static_range(8):
             row, w = _corner_row(bx, by, bz, fx, fy, fz, n, size, dense, c)
             vals = tl.load(tab_ptr + (row0 + row)[:, None] * F + feat[None, :], mask=m2, other=0.0)
@@ -141,21 +147,10 @@ def _kernels():
         pts_ptr, gout_ptr, gtab_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, lmask_ptr, n_points,
         OUT_COLS: tl.constexpr, F: tl.constexpr, FP: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        level = tl.program_id(1)
-        offs = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        pmask = offs < n_points
-        res = tl.load(res_ptr + level)
-        row0 = tl.load(off_ptr + level)
-        size = tl.load(size_ptr + level)
-        dense = tl.load(dense_ptr + level)
-        lmask = tl.load(lmask_ptr + level)
-        feat = tl.arange(0, FP)
-        m2 = pmask[:, None] & (feat[None, :] < F)
+        level, offs, feat, m2, row0, size, dense, lmask, bx, by, bz, fx, fy, fz, n = _block_setup(
+            pts_ptr, res_ptr, off_ptr, size_ptr, dense_ptr, lmask_ptr, n_points, F, FP, BLOCK_N)
         g_ptrs = gout_ptr + offs.to(tl.int64)[:, None] * OUT_COLS + level * F + feat[None, :]
         g = tl.load(g_ptrs, mask=m2, other=0.0) * lmask
-        bx, by, bz, fx, fy, fz = _level_cells(pts_ptr, offs, pmask, res)
-        n = res.to(tl.int64) + 1
         for c in tl.static_range(8):
             row, w = _corner_row(bx, by, bz, fx, fy, fz, n, size, dense, c)
             tl.atomic_add(gtab_ptr + (row0 + row)[:, None] * F + feat[None, :], w[:, None] * g, mask=m2, sem="relaxed")

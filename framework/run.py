@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import builders, registry
 from framework.config import parse_config
 from framework.errors import ConfigError, PluginError
+from framework.library_noise import quiet_known_library_noise
 from framework.outputs.checkpoint import AtomicCheckpoint
 from framework.outputs.final import ValidationImages, write_final_outputs
 from framework.outputs.mesh import export_mesh
@@ -311,6 +312,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh (mode=export) into ``run_dir``."""
+    quiet_known_library_noise()
     check_inputs(cfg, run_dir)
     check_writable(run_dir)
     device = pick_device(cfg.device)

@@ -13,7 +13,9 @@ def atomic_save(trainer: pl.Trainer, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    trainer.save_checkpoint(tmp)
+    # weights_only=False: the optimizer and loop state are needed to resume (and saying so keeps
+    # Lightning from logging that it defaulted to it on every save).
+    trainer.save_checkpoint(tmp, weights_only=False)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -1,0 +1,50 @@
+"""Drop the handful of library messages every run printed that tell a researcher nothing.
+
+Each filter matches one known message exactly, so anything else those libraries say (a missing
+weight, a real deprecation in code we call) still gets through:
+
+- transformers, on import through diffusers without torchvision: "`CLIPImageProcessor` requires
+  torchvision (not installed); falling back to ...". We never use its image processors.
+- Lightning: the "TPU available" line and its "Tip: ... litlogger" advertisement.
+- Lightning's own internal deprecation "`isinstance(treespec, LeafSpec)` is deprecated",
+  raised from its _pytree helper on every fit with torch >= 2.10: nothing in our code to change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+
+_LIGHTNING_STARTS = ("TPU available:", "💡 Tip:")
+_TRANSFORMERS_TEXT = "requires torchvision (not installed); falling back to"
+
+
+class _DropMessages(logging.Filter):
+    """Rejects records whose message starts with one of ``prefixes`` and contains ``needle``."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("",), needle: str = ""):
+        super().__init__()
+        self.prefixes, self.needle = prefixes, needle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith(self.prefixes) and self.needle in text)
+
+
+def quiet_known_library_noise() -> None:
+    """Install the filters (idempotent). Call before diffusers or Lightning is first used."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in lightning.filters):
+        lightning.addFilter(_DropMessages(_LIGHTNING_STARTS))
+    if importlib.util.find_spec("transformers") is None:
+        return
+    from transformers.utils import logging as transformers_logging
+
+    # The message is logged by a child logger and reaches the library's handler by propagation,
+    # where a logger filter would not see it: filter the handler.
+    root = transformers_logging._get_library_root_logger()
+    for handler in root.handlers:
+        if not any(isinstance(f, _DropMessages) for f in handler.filters):
+            handler.addFilter(_DropMessages(needle=_TRANSFORMERS_TEXT))

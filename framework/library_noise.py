@@ -1,13 +1,13 @@
 """Drop the handful of library messages every run printed that tell a researcher nothing.
 
-Each filter matches one known message exactly, so anything else those libraries say (a missing
-weight, a real deprecation in code we call) still gets through:
+Each filter matches the text of one known message, so anything else those libraries say (a
+missing weight, a real deprecation in code we call) still gets through:
 
 - transformers, on import through diffusers without torchvision: "`CLIPImageProcessor` requires
   torchvision (not installed); falling back to ...". We never use its image processors.
 - Lightning: the "TPU available" line and its "Tip: ... litlogger" advertisement.
 - Lightning's own internal deprecation "`isinstance(treespec, LeafSpec)` is deprecated",
-  raised from its _pytree helper on every fit with torch >= 2.10: nothing in our code to change.
+  raised from its _pytree helper on every fit with this torch: nothing in our code to change.
 """
 
 from __future__ import annotations

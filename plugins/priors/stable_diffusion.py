@@ -230,6 +230,13 @@ def inspect_pipeline(path: Path, model: str) -> dict:
     return {"latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
 
 
+def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:
+    """``inspect_pipeline`` and the prompt's length against the pipeline's own tokenizer."""
+    facts = inspect_pipeline(path, model)
+    check_prompt_length(load_tokenizer(path, model), prompt, templates)
+    return facts
+
+
 def load_tokenizer(path: Path, model: str):
     """The pipeline's tokenizer alone (milliseconds), to check prompt lengths before the weights load."""
     import transformers
@@ -268,16 +275,20 @@ class StableDiffusionPrior(DiffusionPrior):
         when offline) and ``prompt`` against the tokenizer's limit (with each view's words).
         Returns what the run's render size is checked against: latent_channels, latent_size and
         pixel_size (empty for a hub id that will be downloaded)."""
+        c = cls.checked_options(cfg)
+        path = locate_pipeline(c.model, c.local_files_only)
+        if path is None:
+            return {}
+        return check_local_pipeline(path, c.model, prompt, c.view_templates)
+
+    @classmethod
+    def checked_options(cls, cfg: Any):
+        """``cfg`` parsed into ``cls.Config``, with its view templates and dtype checked."""
         c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
         check_view_templates(c.view_templates)
         if c.dtype != "auto":
             resolve_dtype(c.dtype, torch.device("cpu"))
-        path = locate_pipeline(c.model, c.local_files_only)
-        if path is None:
-            return {}
-        facts = inspect_pipeline(path, c.model)
-        check_prompt_length(load_tokenizer(path, c.model), prompt, c.view_templates)
-        return facts
+        return c
 
     # ------------------------------------------------------------------ loading
     def _load(self, model: str, local_files_only: bool, device: torch.device) -> None:

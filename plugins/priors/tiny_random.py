@@ -23,19 +23,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from framework.config import parse_config
 from framework.errors import ConfigError
 from framework.interfaces.base import BasePart
 from framework.registry import register
 from plugins.priors.bpe_vocabulary import build_clip_tokenizer
-from plugins.priors.stable_diffusion import (
-    StableDiffusionPrior,
-    check_prompt_length,
-    check_view_templates,
-    inspect_pipeline,
-    load_tokenizer,
-    resolve_dtype,
-)
+from plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +155,14 @@ def tiny_pipeline_location(cache_dir: str | Path, **settings) -> tuple[str, Path
     return key_src, Path(cache_dir).expanduser() / f"tiny-random-{key}"
 
 
+def pipeline_settings(c: TinyRandomPriorConfig) -> dict:
+    """The build_tiny_pipeline settings a config asks for (they also key its cache directory)."""
+    return dict(
+        latent_size=c.latent_size, vae_blocks=c.vae_blocks, unet_channels=list(c.unet_channels),
+        text_hidden=c.text_hidden, text_layers=c.text_layers, seed=c.seed, prediction_type=c.prediction_type,
+    )
+
+
 def cached_tiny_pipeline(cache_dir: str | Path, **settings) -> Path:
     """The directory of a tiny pipeline with ``settings``, built on first use.
 
@@ -201,38 +201,22 @@ class TinyRandomPrior(StableDiffusionPrior):
     def check_inputs(cls, cfg: Any, prompt: str) -> dict:
         """As stable-diffusion's, on the cached pipeline if it is built already (else only the
         options and the sizes they give; the prompt is checked once the pipeline is built)."""
-        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
-        check_view_templates(c.view_templates)
-        if c.dtype != "auto":
-            resolve_dtype(c.dtype, torch.device("cpu"))
+        c = cls.checked_options(cfg)
         for key in ("latent_size", "vae_blocks", "text_hidden", "text_layers"):
             if getattr(c, key) < 1:
                 raise ConfigError(f"prior.{key}={getattr(c, key)} must be a positive number.")
         if c.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prior.prediction_type={c.prediction_type!r} must be epsilon or v_prediction.")
-        _, path = tiny_pipeline_location(
-            c.cache_dir,
-            latent_size=c.latent_size, vae_blocks=c.vae_blocks, unet_channels=list(c.unet_channels),
-            text_hidden=c.text_hidden, text_layers=c.text_layers, seed=c.seed,
-            prediction_type=c.prediction_type,
-        )  # fmt: skip
+        _, path = tiny_pipeline_location(c.cache_dir, **pipeline_settings(c))
         if (path / "model_index.json").is_file():
-            model = str(path)
-            facts = inspect_pipeline(path, model)
-            check_prompt_length(load_tokenizer(path, model), prompt, c.view_templates)
-            return facts
+            return check_local_pipeline(path, str(path), prompt, c.view_templates)
         pixels = c.latent_size * 2 ** (c.vae_blocks - 1)
         return {"latent_channels": 4, "latent_size": c.latent_size, "pixel_size": pixels}
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         BasePart.__init__(self, cfg)  # parse our own Config; the loading is the parent's
         c = self.cfg
-        path = cached_tiny_pipeline(
-            c.cache_dir,
-            latent_size=c.latent_size, vae_blocks=c.vae_blocks, unet_channels=list(c.unet_channels),
-            text_hidden=c.text_hidden, text_layers=c.text_layers, seed=c.seed,
-            prediction_type=c.prediction_type,
-        )  # fmt: skip
+        path = cached_tiny_pipeline(c.cache_dir, **pipeline_settings(c))
         message = (
             f"prior=tiny-random has RANDOM weights ({path}): its guidance is noise and anything it "
             f"produces means nothing. It exists so the pipeline runs offline; use the shapes prior "

@@ -319,10 +319,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_run_info(run_dir, OmegaConf.to_container(cfg, resolve=True), device, cfg.mode)
-    ckpt = resume_checkpoint(cfg, run_dir)
-    if cfg.mode in ("test", "export") and ckpt is None:
-        what = "re-renders" if cfg.mode == "test" else "exports the mesh of"
-        raise ConfigError(f"mode={cfg.mode} {what} a finished run: pass resume=<run dir or .ckpt>.")
+    ckpt = resume_checkpoint(cfg, run_dir)  # not None in mode test/export: check_resume saw to that
     if cfg.deterministic:
         # cuBLAS reads this when its first handle is made, which may happen while the prior is built
         # (before Lightning, which sets it too, starts).

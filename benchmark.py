@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark score-distillation methods against each other on ground truth.
+"""Benchmark score-distillation methods against each other on ground truth (``scorelift-bench``).
 
     python benchmark.py ci --out outputs/bench-ci            # 2 prompts x 4 methods x 4 steps (CI)
     python benchmark.py full --out benchmarks/shapes-full --workers 16
 
-See framework/benchmark/cli.py (``python benchmark.py --help``) and benchmarks/presets/.
+``python benchmark.py --help`` lists the options; the presets are in apps/benchmark/presets/.
 """
 
 import sys
 
-from framework.benchmark.cli import main
+from scorelift.benchmark.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,45 @@
-"""scorelift: text-to-3D by score distillation, on a laptop CPU or a GPU."""
+"""scorelift: text-to-3D by score distillation, on a laptop CPU or a GPU.
+
+The repository's folders map onto one import package, ``scorelift``:
+
+    framework/            -> scorelift               the core (registry, interfaces, system, start-up, outputs)
+    plugins/              -> scorelift.plugins       the built-in parts
+    configs/              -> scorelift.configs       Hydra config groups (package data)
+    apps/shapes_world/    -> scorelift.shapes_world  the ground-truth world, its prior and evaluator
+    apps/benchmark/       -> scorelift.benchmark     the method benchmark
+
+so nothing generic (``framework``, ``plugins``, ``configs``) lands at the top of site-packages.
+"""
 
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+
+# import prefix -> repository folder
+PACKAGE_ROOTS = {
+    "scorelift": "framework",
+    "scorelift.plugins": "plugins",
+    "scorelift.configs": "configs",
+    "scorelift.shapes_world": "apps/shapes_world",
+    "scorelift.benchmark": "apps/benchmark",
+}
+
+
+def packages_and_dirs() -> tuple[list[str], dict[str, str]]:
+    """Every package under each root, named with its import prefix, and where it lives."""
+    packages, dirs = [], {}
+    for prefix, folder in PACKAGE_ROOTS.items():
+        packages.append(prefix)
+        dirs[prefix] = folder
+        for sub in find_packages(where=str(HERE / folder)):
+            packages.append(f"{prefix}.{sub}")
+            dirs[f"{prefix}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
+    return packages, dirs
+
+
+PACKAGES, PACKAGE_DIR = packages_and_dirs()
 
 setup(
     name="scorelift",
@@ -13,12 +48,23 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["framework", "framework.*", "plugins", "plugins.*", "configs"]),
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     package_data={
-        "configs": ["*.yaml", "*/*.yaml"],
-        "plugins": ["priors/shapes_prior/*", "priors/shapes_prior/*/*"],
+        "scorelift.configs": ["*.yaml", "*/*.yaml"],
+        "scorelift.shapes_world": ["configs/*/*.yaml", "prior/*", "prior/*/*", "training/*.md", "training/*.sh"],
+        "scorelift.benchmark": ["presets/*.yaml"],
     },
-    py_modules=["launch", "benchmark"],
+    entry_points={
+        # The shapes world plugs into the core like any third-party package: its evaluator.
+        "scorelift.plugins": ["shapes-world = scorelift.shapes_world.evaluator"],
+        # ... and its embedded prior and presets are options of the core's config groups.
+        "scorelift.configs": ["shapes-world = scorelift.shapes_world.configs"],
+        "console_scripts": [
+            "scorelift = scorelift.launcher:main",
+            "scorelift-bench = scorelift.benchmark.cli:main",
+        ],
+    },
     install_requires=[
         # torch is pinned by the install instructions (pip install torch==2.13.0 first): a bare
         # requirement here would let pip pull a multi-GB CUDA build on machines without a GPU.
@@ -39,9 +85,10 @@ setup(
         "pillow",        # the benchmark's contact sheet
         "pyyaml",
         "tqdm",
+        "tensorboard",   # Lightning's TensorBoard logger beside the CSV one
     ],
     extras_require={
-        "test": ["pytest>=7", "nerfacc==0.5.3"],
+        "test": ["pytest>=7", "nerfacc==0.5.3", "setuptools>=64", "wheel"],  # the packaging test builds a wheel
         "cuda": ["nerfacc==0.5.3"],  # tinycudann is not on PyPI: build it from its repository
     },
 )

@@ -1,9 +1,10 @@
-"""Building parts from config: each plugin's defaults live only in its YAML file.
+"""Building parts from config: a part's defaults live in exactly one place.
 
-``configs/<kind>/<name>.yaml`` holds ``type: <name>`` and every option of that plugin. Plugin
-``Config`` dataclasses declare fields without defaults, so a value missing from the YAML is an
-error rather than a silently different default. Third-party plugins ship their YAML beside
-their module and point ``config_file`` at it (see docs/plugins.md).
+Either its ``Config`` dataclass gives every option a default (the guidances do; such a part is
+also a Hydra structured config, see ``registry.store_structured_config``), or a YAML file
+``configs/<kind>/<name>.yaml`` (or the plugin's own ``config_file``) holds ``type: <name>`` and
+every option, and the dataclass declares the fields without defaults, so a value missing from
+the YAML is an error rather than a silently different default (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -14,24 +15,27 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from framework import registry
-from framework.errors import ConfigError
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
+from scorelift import registry
+from scorelift.errors import ConfigError
 
 def config_file(kind: str, name: str) -> Path:
-    """Where the default config of plugin ``name`` of ``kind`` lives."""
+    """Where the default config of plugin ``name`` of ``kind`` lives: the plugin's own
+    ``config_file``, else ``<kind>/<name>.yaml`` in scorelift's config folders."""
+    from scorelift.compose import config_root
+
     cls = registry.find(kind, name)
     own = getattr(cls, "config_file", None)
     if own is not None:
         return Path(own)
-    return CONFIG_DIR / kind / f"{name}.yaml"
+    return config_root() / kind / f"{name}.yaml"
 
 
 def default_config(kind: str, name: str) -> dict:
-    """The plugin's defaults from its YAML file, without the ``type`` key."""
+    """The plugin's defaults from its YAML file, without the ``type`` key; {} for a plugin whose
+    ``Config`` dataclass holds every default itself (parsing the config fills them in)."""
     path = config_file(kind, name)
+    if not path.is_file() and registry.has_full_defaults(getattr(registry.find(kind, name), "Config", None)):
+        return {}
     if not path.is_file():
         raise ConfigError(
             f"{kind} plugin {name!r} has no default config file at {path}; every plugin needs one "

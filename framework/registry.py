@@ -12,6 +12,7 @@ Unknown names fail with a message that lists what exists.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from framework.errors import PluginError
+from scorelift.errors import PluginError
 
-KINDS = ("system", "geometry", "renderer", "background", "guidance", "loss", "prior")
+KINDS = ("system", "geometry", "renderer", "background", "guidance", "loss", "prior", "evaluator")
 ENTRY_POINT_GROUP = "scorelift.plugins"
 
 T = TypeVar("T", bound=type)
@@ -63,6 +64,7 @@ def register(kind: str, name: str) -> Callable[[T], T]:
             )
         _check_required_methods(kind, name, cls, origin)
         _registry[kind][name] = Entry(cls, origin)
+        store_structured_config(kind, name, cls)
         return cls
 
     return decorator
@@ -70,12 +72,13 @@ def register(kind: str, name: str) -> Callable[[T], T]:
 
 # What each kind must implement (the interface's versions raise NotImplementedError).
 REQUIRED_METHODS = {
-    "geometry": ("framework.interfaces.geometry", "Geometry", ("forward",)),
-    "renderer": ("framework.interfaces.renderer", "Renderer", ("forward",)),
-    "background": ("framework.interfaces.background", "Background", ("forward",)),
-    "guidance": ("framework.interfaces.guidance", "Guidance", ("__call__",)),
-    "loss": ("framework.interfaces.loss", "Loss", ("__call__",)),
-    "prior": ("framework.interfaces.prior", "DiffusionPrior", ("encode_text", "condition", "encode_images", "decode_latents", "predict_eps")),
+    "geometry": ("scorelift.interfaces.geometry", "Geometry", ("forward",)),
+    "renderer": ("scorelift.interfaces.renderer", "Renderer", ("forward",)),
+    "background": ("scorelift.interfaces.background", "Background", ("forward",)),
+    "guidance": ("scorelift.interfaces.guidance", "Guidance", ("__call__",)),
+    "loss": ("scorelift.interfaces.loss", "Loss", ("__call__",)),
+    "prior": ("scorelift.interfaces.prior", "DiffusionPrior", ("encode_text", "condition", "encode_images", "decode_latents", "predict_eps")),
+    "evaluator": ("scorelift.interfaces.evaluator", "Evaluator", ("applies_to", "measure")),
 }
 
 
@@ -99,11 +102,37 @@ def _check_required_methods(kind: str, name: str, cls: type, origin: str) -> Non
         )
 
 
-def _import_builtin_plugins() -> None:
-    import framework.systems
-    import plugins
+def has_full_defaults(config_cls) -> bool:
+    """True for a dataclass whose every field has a default."""
+    return dataclasses.is_dataclass(config_cls) and all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(config_cls)
+    )
 
-    for package in (framework.systems, plugins):
+
+def store_structured_config(kind: str, name: str, cls: type) -> None:
+    """Make ``<kind>=<name>`` composable from the part's ``Config`` dataclass alone.
+
+    A part whose ``Config`` gives every option a default (and that ships no YAML of its own) is
+    stored in Hydra's ConfigStore as option ``name`` of group ``kind``, with ``type: <name>``:
+    ``guidance=<name>`` then composes its defaults, ``guidance.<option>=...`` overrides them and
+    ``scorelift --cfg job`` shows them. Systems are composed from presets, not stored.
+    """
+    config_cls = getattr(cls, "Config", None)
+    if kind == "system" or getattr(cls, "config_file", None) is not None or not has_full_defaults(config_cls):
+        return
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(config_cls), resolve=False)
+    ConfigStore.instance().store(group=kind, name=name, node={"type": name, **defaults}, provider="scorelift")
+
+
+def _import_builtin_plugins() -> None:
+    import scorelift.systems
+    import scorelift.plugins
+
+    for package in (scorelift.systems, scorelift.plugins):
         for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
             importlib.import_module(info.name)
 

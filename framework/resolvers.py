@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from importlib import resources
 
 from omegaconf import OmegaConf
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def slugify(text: str, max_len: int = 60) -> str:
@@ -22,13 +20,20 @@ def step_fraction(steps, fraction, offset=0) -> int:
     return int(round(int(steps) * float(fraction))) + int(offset)
 
 
+def package_data_path(package: str, relative: str = "") -> str:
+    """``${scorelift_data:scorelift.shapes_world,prior}``: the path of a data folder shipped inside
+    an installed package (found through importlib.resources, wherever the package lives)."""
+    root = resources.files(package)
+    return str(root.joinpath(*relative.split("/")) if relative else root)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", slugify)
     if not OmegaConf.has_resolver("step_fraction"):
         OmegaConf.register_new_resolver("step_fraction", step_fraction)
-    if not OmegaConf.has_resolver("scorelift_root"):
-        OmegaConf.register_new_resolver("scorelift_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("scorelift_data"):
+        OmegaConf.register_new_resolver("scorelift_data", package_data_path)
 
 
 register_resolvers()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from framework.resolvers import REPO_ROOT
+from scorelift.resolvers import package_data_path
 
 PACKAGES = ("torch", "pytorch-lightning", "diffusers", "transformers", "hydra-core", "numpy", "nerfacc", "peft", "scorelift")
 
@@ -28,15 +28,17 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """HEAD's hash, with "+dirty" when the working tree differs from it (as on a copied tree)."""
+    """HEAD's hash of the checkout scorelift runs from, with "+dirty" when the working tree differs
+    from it (as on a copied tree); None for an installed wheel (not in a git checkout)."""
+    source = package_data_path("scorelift")
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         ).stdout.strip()
         if not head:
             return None
         status = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10,
         )
         return head + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-from framework.errors import ConfigError
+from scorelift.errors import ConfigError
 
 Scalar = Union[float, int, Sequence[float]]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `pytest` from anywhere imports framework/ and plugins/
+if str(ROOT) not in sys.path:  # `pytest` from anywhere imports the tests package (tests.conftest)
     sys.path.insert(0, str(ROOT))
 
 TINY_LATENT_SIZE = 8
@@ -23,12 +23,14 @@ TINY_VAE_BLOCKS = 2  # pixels 16 x 16
 
 
 def yaml_defaults(kind: str, name: str, **overrides) -> dict:
-    """A plugin's defaults from configs/<kind>/<name>.yaml with ``overrides`` on top.
+    """A plugin's defaults with ``overrides`` on top: from configs/<kind>/<name>.yaml where the
+    part has one, else {} (its Config dataclass holds the defaults, filled in when parsed).
 
     Read directly (not through the registry) so these tests do not depend on every other
     plugin importing cleanly; test_registration checks the registry path.
     """
-    data = yaml.safe_load((ROOT / "configs" / kind / f"{name}.yaml").read_text())
+    path = ROOT / "configs" / kind / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
     data.pop("type", None)
     data.update(overrides)
     return data
@@ -47,7 +49,7 @@ def pipeline_variant(src: Path, dst: Path, edits: dict[str, dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
-    from plugins.priors.tiny_random import build_tiny_pipeline
+    from scorelift.plugins.priors.tiny_random import build_tiny_pipeline
 
     return build_tiny_pipeline(
         tmp_path_factory.mktemp("tiny-sd") / "pipeline",
@@ -58,7 +60,7 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
 
 
 def load_prior(model: Path | str, **overrides):
-    from plugins.priors.stable_diffusion import StableDiffusionPrior
+    from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
 
     return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides))
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from framework.benchmark import runner
-from framework.benchmark import spec as spec_mod
-from framework.benchmark.collect import summarize
-from framework.errors import ConfigError
+from scorelift.benchmark import runner
+from scorelift.benchmark import spec as spec_mod
+from scorelift.benchmark.collect import summarize
+from scorelift.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,7 +132,7 @@ def test_bad_input_is_reported_clearly(tmp_path):
 
 
 def test_full_preset_covers_every_shape_and_colour():
-    from framework.shapes_world.world import COLOURS, SHAPES, parse_prompt
+    from scorelift.shapes_world.world import COLOURS, SHAPES, parse_prompt
 
     spec = spec_mod.load_spec("full")
     parsed = [parse_prompt(p) for p in spec.prompts]
@@ -196,7 +196,7 @@ def test_gif_turntable_is_embedded_as_animated_webp(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from framework.benchmark.report import _gif_uri
+    from scorelift.benchmark.report import _gif_uri
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
@@ -209,7 +209,7 @@ def test_gif_turntable_is_embedded_as_animated_webp(tmp_path):
 
 
 def test_wall_time_of_a_benchmark_run_in_slices_is_their_sum():
-    from framework.benchmark.report import info_lines
+    from scorelift.benchmark.report import info_lines
 
     info = {"cells_run": 144, "workers": 16, "mps": "on", "wall_s": 1174.4,
             "slices": [{"seeds": "0", "wall_s": 375.4}, {"seeds": "1", "wall_s": 397.1}, {"seeds": "2", "wall_s": 401.9}]}

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from framework import registry
-from framework.interfaces.loss import Loss
-from framework.config import parse_config
-from framework.data.cameras import (
+from scorelift import registry
+from scorelift.interfaces.loss import Loss
+from scorelift.config import parse_config
+from scorelift.data.cameras import (
     CameraSamplerConfig,
     check_sampler_config,
     evaluation_cameras,
@@ -20,8 +20,8 @@ from framework.data.cameras import (
     step_generator,
     view_name,
 )
-from framework.errors import ConfigError, PluginError
-from framework.schedule import Updateable, check_scheduled, scheduled
+from scorelift.errors import ConfigError, PluginError
+from scorelift.schedule import Updateable, check_scheduled, scheduled
 
 
 def test_unknown_plugin_lists_what_exists():
@@ -63,7 +63,7 @@ def test_register_rejects_a_missing_method_or_a_foreign_class():
             pass
 
     assert "without implementing __call__" in str(err.value) and "'test-no-call'" in str(err.value)
-    with pytest.raises(PluginError, match="not a subclass of framework.interfaces.geometry.Geometry"):
+    with pytest.raises(PluginError, match="not a subclass of scorelift.interfaces.geometry.Geometry"):
 
         @registry.register("geometry", "test-foreign")
         class Foreign:
@@ -205,7 +205,7 @@ def test_video_falls_back_to_a_small_gif_without_ffmpeg(tmp_path, monkeypatch):
 
     import imageio.v3 as iio
 
-    from framework.outputs.images import write_video
+    from scorelift.outputs.images import write_video
 
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes `import imageio_ffmpeg` fail
     frames = torch.linspace(0, 1, 6)[:, None, None, None].expand(6, 3, 16, 16)

@@ -2,8 +2,8 @@
 system, and a run killed with SIGKILL that resumes to the uninterrupted result.
 
 The bad-input tests here call ``run()`` directly (its own checks guard programmatic use: they fail
-before the run directory is made); tests/test_bad_input.py covers the same inputs and the rest of
-issue 6 item 8 through launch.py, where nothing at all may be written."""
+before the run directory is made); tests/test_bad_input.py covers the same inputs and the rest of the
+command line through launch.py, where nothing at all may be written."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.errors import ConfigError
-from framework.run import checkpoint_path, run
-from plugins.guidance.paas import PAASGuidance
+from scorelift.errors import ConfigError
+from scorelift.run import checkpoint_path, run
+from scorelift.plugins.guidance.paas import PAASGuidance
 from tests.test_system import compose_cfg, small_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent

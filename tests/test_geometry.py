@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.builders import build_named
-from framework.errors import ConfigError
+from scorelift.builders import build_named
+from scorelift.errors import ConfigError
 
 
 def make_grid(**over):
@@ -144,7 +144,7 @@ def test_gradients_reach_grid_and_d_scale():
 
 
 def test_frozen_density_scale_gets_no_gradient_and_no_optimizer_slot():
-    from framework.systems.optim import build_optimizer
+    from scorelift.systems.optim import build_optimizer
     from omegaconf import OmegaConf
 
     geom = make_grid(density_init=0.5, learn_density_scale=False)
@@ -175,7 +175,7 @@ def test_config_errors_name_the_bad_value(over, words):
 def test_gather_lookup_equals_grid_sample_value_and_gradient():
     """trilinear_gather (deterministic runs) against F.grid_sample(align_corners=True, border) in
     float64: inside, on the faces, beyond them (border clamps) and on a non-cubic grid."""
-    from plugins.geometry.voxel_grid import trilinear_gather
+    from scorelift.plugins.geometry.voxel_grid import trilinear_gather
 
     gen = torch.Generator().manual_seed(3)
     grid = torch.randn(1, 3, 5, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.builders import build_named
-from framework.errors import ConfigError
-from plugins.geometry.hash_encoding_tcnn import (
+from scorelift.builders import build_named
+from scorelift.errors import ConfigError
+from scorelift.plugins.geometry.hash_encoding_tcnn import (
     TcnnGridSpec,
     tables_to_tcnn_params,
     tcnn_layout,
@@ -27,7 +27,7 @@ from plugins.geometry.hash_encoding_tcnn import (
     tcnn_reference_encoding,
     tcnn_row_sources,
 )
-from plugins.geometry.hash_grid import BACKENDS, PRIMES, HashEncoding
+from scorelift.plugins.geometry.hash_grid import BACKENDS, PRIMES, HashEncoding
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -61,7 +61,7 @@ def agreement_points(n: int, resolutions: list[int], gen: torch.Generator) -> to
 def run_agreement(device: str) -> list[dict]:
     """Triton vs ``forward_torch``: outputs and table gradients for AGREEMENT_CASES, level 1 masked.
     Raises AssertionError on a mismatch; returns the max errors (run in a subprocess on the CPU)."""
-    from plugins.geometry.hash_encoding_triton import triton_hash_encoding
+    from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
 
     results = []
     for case in AGREEMENT_CASES:
@@ -150,7 +150,7 @@ def test_triton_geometry_matches_torch_geometry_on_cuda():
 def test_triton_refuses_points_that_need_gradients():
     """The kernels give table gradients only: points requiring grad fail loudly (before any Triton
     import), and backend=auto routes such points to the PyTorch encoder."""
-    from plugins.geometry.hash_encoding_triton import triton_hash_encoding
+    from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
 
     enc = HashEncoding(2, 2, 8, 4, 2.0, 0)
     pts = torch.rand(8, 3, requires_grad=True)
@@ -176,10 +176,10 @@ def test_backend_modules_import_without_triton_or_tinycudann(monkeypatch):
             return None
 
     monkeypatch.setattr(sys, "meta_path", [Block()] + sys.meta_path)
-    for mod in ("triton", "tinycudann", "plugins.geometry.hash_encoding_triton", "plugins.geometry.hash_encoding_tcnn"):
+    for mod in ("triton", "tinycudann", "scorelift.plugins.geometry.hash_encoding_triton", "scorelift.plugins.geometry.hash_encoding_tcnn"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
-    importlib.import_module("plugins.geometry.hash_encoding_triton")
-    importlib.import_module("plugins.geometry.hash_encoding_tcnn")
+    importlib.import_module("scorelift.plugins.geometry.hash_encoding_triton")
+    importlib.import_module("scorelift.plugins.geometry.hash_encoding_tcnn")
 
 
 # ---------------------------------------------------------------- backend selection

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.builders import build_named
-from framework.errors import ConfigError
-from plugins.geometry.hash_grid import PRIMES, level_resolutions
+from scorelift.builders import build_named
+from scorelift.errors import ConfigError
+from scorelift.plugins.geometry.hash_grid import PRIMES, level_resolutions
 
 SMALL = dict(n_levels=4, log2_hashmap_size=12, base_resolution=4, per_level_scale=2.0, mlp_width=16)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from framework.library_noise import quiet_known_library_noise
+from scorelift.library_noise import quiet_known_library_noise
 
 
 def _record(name: str, msg: str) -> logging.LogRecord:

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from framework.builders import build_named
-from framework.data.cameras import make_cameras
-from framework.errors import ConfigError
-from framework.interfaces.renderer import RenderOutput
+from scorelift.builders import build_named
+from scorelift.data.cameras import make_cameras
+from scorelift.errors import ConfigError
+from scorelift.interfaces.renderer import RenderOutput
 
 CAMS = make_cameras(20.0, 0.0, 1.5, 60.0, 64)
 
@@ -82,7 +82,7 @@ def test_center_depth_gradient_pulls_the_centre_forward():
 
 
 def test_center_depth_guard_is_continuous_at_eps():
-    from plugins.losses.center_depth import safe_neg_log
+    from scorelift.plugins.losses.center_depth import safe_neg_log
 
     eps = 1e-3
     x = torch.tensor([eps * (1 - 1e-6), eps, eps * (1 + 1e-6)], dtype=torch.float64)

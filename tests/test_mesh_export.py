@@ -13,9 +13,9 @@ import torch
 import trimesh
 from omegaconf import OmegaConf
 
-from framework.builders import build_named
-from framework.errors import ConfigError
-from framework.outputs.mesh import export_mesh, fit_threshold, sample_density
+from scorelift.builders import build_named
+from scorelift.errors import ConfigError
+from scorelift.outputs.mesh import export_mesh, fit_threshold, sample_density
 
 DATA = Path(__file__).parent / "data"
 

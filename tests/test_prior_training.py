@@ -1,8 +1,8 @@
 """The shapes prior: its training scripts (CPU smoke run) and the committed pipeline directory.
 
-The smoke run trains tiny models for a few steps with every script of tools/shapes_prior, in a
+The smoke run trains tiny models for a few steps with every script of the shapes world's training tools, in a
 temporary directory, and checks that the result is a StableDiffusionPipeline that loads and
-generates a 64 x 64 image. The committed prior (plugins/priors/shapes_prior) is checked for the
+generates a 64 x 64 image. The committed prior (apps/shapes_world/prior) is checked for the
 contract's layout, size, schedule and latent normalisation.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.shapes_world import world
-from tools.shapes_prior import models
+from scorelift.shapes_world import world
+from scorelift.shapes_world.training import models
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "plugins" / "priors" / "shapes_prior"
+SHIPPED = REPO / "apps" / "shapes_world" / "prior"
 
 
 def test_captions_cover_the_world_and_tokenize_to_single_tokens(tmp_path):
@@ -85,7 +85,7 @@ def test_smoke_training_produces_a_loadable_pipeline(tmp_path):
     """Every script on the CPU with tiny models; the pipeline loads and makes a 64x64 image."""
     from diffusers import StableDiffusionPipeline
 
-    from tools.shapes_prior import build_pipeline, sample_accuracy, train_unet, train_vae
+    from scorelift.shapes_world.training import build_pipeline, sample_accuracy, train_unet, train_vae
 
     work, pipe_dir = tmp_path / "work", tmp_path / "pipe"
     vae_metrics = train_vae.main(["--work", str(work), "--smoke", "--device", "cpu"])
@@ -136,7 +136,7 @@ def test_shipped_prior_follows_the_contract():
         torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2, 0),
     )
     # Latent normalisation on ground-truth renders: (z - shift) * scale ~ zero mean, unit variance.
-    from framework.shapes_world.dataset import sample_training_batch
+    from scorelift.shapes_world.dataset import sample_training_batch
 
     batch = sample_training_batch(128, torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_shipped_prior_follows_the_contract():
     assert abs(float(zn.mean())) < 0.15 and 0.85 < float(zn.std()) < 1.15
 
     # It knows the world: a few DDIM samples at CFG 7.5, both prompt styles, are the right objects.
-    from framework.shapes_world.evaluate import classify_samples
+    from scorelift.shapes_world.evaluate import classify_samples
 
     prompts = ["a purple torus", "an orange cone, side view", "backside view of a green cube"]
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.data.cameras import evaluation_cameras, make_cameras
-from framework.shapes_world import evaluate as ev
-from framework.shapes_world.dataset import sample_training_batch, write_dataset
-from framework.shapes_world.render import render_ground_truth, render_shading
-from framework.shapes_world.world import (
+from scorelift.data.cameras import evaluation_cameras, make_cameras
+from scorelift.shapes_world import evaluate as ev
+from scorelift.shapes_world.dataset import sample_training_batch, write_dataset
+from scorelift.shapes_world.render import render_ground_truth, render_shading
+from scorelift.shapes_world.world import (
     ALL_OBJECTS,
     COLOURS,
     LIGHT_DIR,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.errors import ConfigError
-from plugins.guidance.sds import SDSGuidance
-from plugins.guidance.ssd import SSDGuidance, projection_ratio
+from scorelift.errors import ConfigError
+from scorelift.plugins.guidance.sds import SDSGuidance
+from scorelift.plugins.guidance.ssd import SSDGuidance, projection_ratio
 from tests.conftest import yaml_defaults
 
 B, C, H = 3, 4, 8

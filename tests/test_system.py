@@ -9,21 +9,19 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-
-from framework.builders import CONFIG_DIR, build_named
-from framework.cli import expand_resume
-from framework.errors import ConfigError
-import framework.run as run_module
-from framework.run import checkpoint_path, run
+from scorelift.builders import build_named
+from scorelift.command_line import expand_resume
+from scorelift.compose import compose_config
+from scorelift.errors import ConfigError
+import scorelift.run as run_module
+from scorelift.run import checkpoint_path, run
 
 SYSTEMS = ["sjc", "dreamfusion", "prolificdreamer"]
 GUIDANCES = ["paas", "sds", "ssd", "vsd"]
 
 
 def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides, with_hydra=False)
 
 
 HASH_GRID_SMALL = ["geometry.n_levels=4", "geometry.log2_hashmap_size=10", "geometry.base_resolution=4",
@@ -181,6 +179,17 @@ def test_latent_render_size_must_match_prior(tiny_pipeline_dir, latent_size, tmp
     over[over.index(f"data.height={latent_size}")] = f"data.height={latent_size + 3}"
     with pytest.raises(ConfigError, match="latent size"):
         run(compose_cfg(over), tmp_path)
+
+
+def test_latent_channels_and_background_must_match_at_start(tiny_pipeline_dir, latent_size, tmp_path):
+    """The parts' fit is checked once, at start-up, from what their configs declare: nothing is
+    built or written (the renderer and guidance no longer re-check it every step)."""
+    base = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 1)
+    with pytest.raises(ConfigError, match="prior's latents have 4; set geometry.n_features=4"):
+        run(compose_cfg(base + ["geometry.n_features=3", "background.n_features=3"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"geometry renders 4 channels .* background has 3"):
+        run(compose_cfg(base + ["background.n_features=3"]), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_expand_resume_reuses_saved_overrides(tmp_path):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.data.cameras import make_cameras
-from plugins.guidance import score_math as sm
-from plugins.guidance.vsd import VSDGuidance
+from scorelift.data.cameras import make_cameras
+from scorelift.plugins.guidance import score_math as sm
+from scorelift.plugins.guidance.vsd import VSDGuidance
 from tests.conftest import yaml_defaults
 
 B, C = 2, 4

@@ -2,7 +2,7 @@
 
     python tools/bench_hash_grid.py --json outputs/bench_hash_grid.json
 
-Two sizes: the shapes preset (configs/preset/shapes_prolificdreamer.yaml: 8 levels, F = 2,
+Two sizes: the shapes preset (apps/shapes_world/configs/preset/shapes_prolificdreamer.yaml: 8 levels, F = 2,
 T = 2^16, N_min = 16, b = 1.447, 770k points per step) and threestudio's defaults (16 levels,
 T = 2^19, 1M points). For each: the encoding alone (forward, and forward + backward into the
 tables) and the whole hash-grid geometry (encoding + heads, density and features, forward +
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from framework.builders import build_named  # noqa: E402
-from plugins.geometry.hash_grid import HashEncoding, _import_error  # noqa: E402
+from scorelift.builders import build_named  # noqa: E402
+from scorelift.plugins.geometry.hash_grid import HashEncoding, _import_error  # noqa: E402
 
 SCALE = 1.447269237440378
 PRESETS = {
@@ -63,7 +63,7 @@ def encoders(enc: HashEncoding, backends: list[str]):
     """backend -> function(points) -> [N, L * F], all on ``enc``'s tables."""
     fns = {"torch": enc.forward_torch}
     if "triton" in backends:
-        from plugins.geometry.hash_encoding_triton import triton_hash_encoding
+        from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
 
         fns["triton"] = lambda p: triton_hash_encoding(p, enc.tables, enc.resolutions, enc.level_mask)
     if "tcnn" in backends:
@@ -113,7 +113,7 @@ def bench_encoding(cfg: dict, backends: list[str], warmup: int, iters: int) -> d
             "output_scale": outputs["torch"][0].abs().max().item(),
         }
     if "tcnn" in outputs:
-        from plugins.geometry.hash_encoding_tcnn import tables_to_tcnn_params, tcnn_reference_encoding
+        from scorelift.plugins.geometry.hash_encoding_tcnn import tables_to_tcnn_params, tcnn_reference_encoding
 
         adapter = enc.tcnn_adapter(torch.device("cuda"))
         reference = lambda p: tcnn_reference_encoding(  # noqa: E731

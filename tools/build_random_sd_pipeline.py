@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
 
-from plugins.priors.bpe_vocabulary import build_clip_tokenizer  # noqa: E402
-from plugins.priors.tiny_random import SHAPES_WORLD_WORDS  # noqa: E402
+from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer  # noqa: E402
+from scorelift.plugins.priors.tiny_random import SHAPES_WORLD_WORDS  # noqa: E402
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json (published values).
 SD21_UNET = dict(
@@ -97,7 +97,7 @@ def build(out_dir: Path, dtype: torch.dtype, seed: int) -> dict[str, int]:
 
 def check(out_dir: Path) -> None:
     """Load the result as the stable-diffusion prior and time one CFG UNet call (batch 2)."""
-    from plugins.priors.stable_diffusion import StableDiffusionPrior
+    from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prior = StableDiffusionPrior(

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from framework.errors import ConfigError
-from framework.transfer import to_device
+from scorelift.errors import ConfigError
+from scorelift.transfer import to_device
 
 
 @dataclass

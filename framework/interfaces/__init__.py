@@ -1,18 +1,20 @@
 """The abstract parts every plugin implements; tensor shapes are in each docstring."""
 
-from framework.interfaces.background import Background
-from framework.interfaces.base import BasePart, BaseModulePart
-from framework.interfaces.geometry import Geometry, GeometryOutput
-from framework.interfaces.guidance import Guidance, GuidanceOutput
-from framework.interfaces.loss import Loss
-from framework.interfaces.prior import DiffusionPrior, TextConditioning
-from framework.interfaces.renderer import RenderOutput, Renderer
+from scorelift.interfaces.background import Background
+from scorelift.interfaces.evaluator import Evaluator
+from scorelift.interfaces.base import BasePart, BaseModulePart
+from scorelift.interfaces.geometry import Geometry, GeometryOutput
+from scorelift.interfaces.guidance import Guidance, GuidanceOutput
+from scorelift.interfaces.loss import Loss
+from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.renderer import RenderOutput, Renderer
 
 __all__ = [
     "Background",
     "BaseModulePart",
     "BasePart",
     "DiffusionPrior",
+    "Evaluator",
     "Geometry",
     "GeometryOutput",
     "Guidance",

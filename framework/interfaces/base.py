@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from framework.config import parse_config
-from framework.schedule import Updateable
+from scorelift.config import parse_config
+from scorelift.schedule import Updateable
 
 
 @dataclass
@@ -31,6 +31,11 @@ class BasePart(Updateable):
     def describe(cls) -> str:
         return f"{cls.__name__}"
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Check the values of a parsed ``Config`` that need nothing built (ConfigError naming the
+        key and what is allowed). Run by the start-up check before anything is loaded or written."""
+
 
 class BaseModulePart(torch.nn.Module, Updateable):
     """A part with trainable state (geometry, renderer, background): an nn.Module."""
@@ -40,3 +45,7 @@ class BaseModulePart(torch.nn.Module, Updateable):
     def __init__(self, cfg: Any = None):
         torch.nn.Module.__init__(self)
         self.cfg = cfg if isinstance(cfg, self.Config) else parse_config(self.Config, cfg, type(self).__name__)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """As ``BasePart.check_config``: value checks of a parsed ``Config``, run at start-up."""

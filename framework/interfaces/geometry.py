@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.interfaces.base import BaseModulePart
+from scorelift.interfaces.base import BaseModulePart
 
 
 @dataclass
@@ -27,6 +27,16 @@ class Geometry(BaseModulePart):
     n_features: int
     feature_kind: str
     bbox: torch.Tensor
+
+    # feature_activation option -> "latent" or "rgb", for geometries whose Config has that option.
+    feature_kinds: dict[str, str] = {}
+
+    @classmethod
+    def feature_kind_of(cls, cfg) -> str | None:
+        """"latent" or "rgb": what a geometry built from the parsed config ``cfg`` renders, told
+        before it is built (the start-up check compares it with the prior and the guidance).
+        Default: ``feature_kinds[cfg.feature_activation]``; None when that cannot be told."""
+        return cls.feature_kinds.get(getattr(cfg, "feature_activation", None))
 
     def forward(self, points: torch.Tensor) -> GeometryOutput:
         """points: [N, 3] world coordinates -> GeometryOutput with N entries."""

@@ -6,8 +6,8 @@ from typing import Iterator
 
 import torch
 
-from framework.interfaces.base import BasePart
-from framework.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.base import BasePart
+from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
 
 GuidanceOutput = dict  # {"loss": scalar to back-propagate, plus detached diagnostics}
 
@@ -19,13 +19,16 @@ class Guidance(BasePart):
     gradient with respect to the render is the method's dL/d(render); other entries (e.g.
     ``"grad_norm"``, ``"t"``) are detached diagnostics the system logs.
 
-    Set ``supports_latent`` / ``supports_rgb`` to declare which renders the method accepts.
+    Set ``supports_latent`` / ``supports_rgb`` to declare which renders the method accepts, and
+    ``requires`` to the prior capabilities it calls (checked at start-up, before anything loads).
     Methods with trainable state (VSD's LoRA) override ``parameters``, ``state_dict``,
     ``load_state_dict`` and ``train_step``.
     """
 
     supports_latent: bool = True
     supports_rgb: bool = True
+    # Capabilities the prior must declare (``DiffusionPrior.capabilities``), e.g. ("trainable_denoiser",).
+    requires: tuple[str, ...] = ()
 
     def __init__(self, cfg, prior: DiffusionPrior):
         super().__init__(cfg)

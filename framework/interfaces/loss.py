@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from framework.data.cameras import CameraBatch
-from framework.interfaces.base import BasePart
-from framework.interfaces.renderer import RenderOutput
+from scorelift.data.cameras import CameraBatch
+from scorelift.interfaces.base import BasePart
+from scorelift.interfaces.renderer import RenderOutput
 
 
 class Loss(BasePart):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.interfaces.base import BasePart
+from scorelift.errors import ConfigError
+from scorelift.interfaces.base import BasePart
 
 
 @dataclass
@@ -31,6 +32,11 @@ class DiffusionPrior(BasePart):
       prediction_type ("epsilon" or "v_prediction"), device, dtype (UNet compute dtype).
     """
 
+    # What this prior can do beyond the required methods; a guidance lists what it needs in
+    # ``Guidance.requires`` and the start-up check refuses a pair that does not fit.
+    #   "trainable_denoiser": ``trainable_denoiser_copy()`` gives a copy of the UNet to train (VSD's LoRA).
+    capabilities: frozenset[str] = frozenset()
+
     latent_channels: int
     latent_size: int
     pixel_size: int
@@ -39,6 +45,23 @@ class DiffusionPrior(BasePart):
     prediction_type: str
     device: torch.device
     dtype: torch.dtype
+
+    @classmethod
+    def inspect(cls, cfg, prompt: str) -> dict:
+        """Start-up facts and checks that need no weights, run before anything is loaded or written.
+
+        ``cfg``: the parsed ``Config``; ``prompt``: the run's prompt (non-empty). Check what can be
+        checked without loading the model (its files, the prompt against its tokenizer) and
+        return what is known of ``latent_channels``, ``latent_size`` and ``pixel_size`` (the
+        start-up check compares the render size and channels with them). Default: nothing known.
+        """
+        return {}
+
+    def validate_prompt(self, prompt: str) -> None:
+        """ConfigError if this (built) prior cannot take ``prompt``; for callers that skip the
+        start-up check. Default: any non-empty text."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'.")
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """N prompts -> [N, L, D] embeddings (cached); "" is the unconditional prompt."""
@@ -56,6 +79,12 @@ class DiffusionPrior(BasePart):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] normalised latents -> [B, 3, pixel_size, pixel_size] rgb in [0, 1]."""
         raise NotImplementedError
+
+    def trainable_denoiser_copy(self) -> torch.nn.Module:
+        """A deep copy of the denoiser (a diffusers ``UNet2DConditionModel``: ``forward(z_t, t,
+        encoder_hidden_states)``) that the caller may train; the prior's own stays frozen. Only
+        priors with the "trainable_denoiser" capability implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no trainable denoiser copy (capability 'trainable_denoiser').")
 
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor

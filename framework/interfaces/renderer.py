@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from framework.interfaces.background import Background
-from framework.interfaces.base import BaseModulePart
-from framework.interfaces.geometry import Geometry
+from scorelift.interfaces.background import Background
+from scorelift.interfaces.base import BaseModulePart
+from scorelift.interfaces.geometry import Geometry
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from framework.errors import ConfigError
+from scorelift.errors import ConfigError
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,

@@ -14,21 +14,21 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from framework import builders
-from framework.config import parse_config
-from framework.data.cameras import (
+from scorelift import builders
+from scorelift.config import parse_config
+from scorelift.data.cameras import (
     CameraBatch,
     CameraSamplerConfig,
-    check_sampler_config,
     make_cameras,
     sample_cameras,
     step_generator,
 )
-from framework.errors import ConfigError
-from framework.interfaces import DiffusionPrior, RenderOutput
-from framework.registry import register
-from framework.schedule import check_scheduled, scheduled
-from framework.systems.optim import OptimizerConfig, build_optimizer
+from scorelift.errors import ConfigError
+from scorelift.interfaces import DiffusionPrior, RenderOutput
+from scorelift.registry import register
+from scorelift.schedule import check_scheduled, scheduled
+from scorelift.systems import contracts
+from scorelift.systems.optim import OptimizerConfig, build_optimizer
 
 # Independent random streams of one training step (see step_generator).
 STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
@@ -75,67 +75,41 @@ class ScoreDistillationSystem(pl.LightningModule):
         super().__init__()
         self.cfg = parse_config(SystemConfig, cfg["system"], "system")
         self.data_cfg = parse_config(CameraSamplerConfig, cfg["data"], "data")
-        check_sampler_config(self.data_cfg)
         self.prompt = str(cfg["prompt"])
         self.seed = int(cfg["seed"])
         self.max_steps = int(cfg["trainer"]["max_steps"])
         object.__setattr__(self, "prior", prior)  # not a submodule: never checkpointed or moved
-        prior.validate_prompt(self.prompt)
 
         self.geometry = builders.build("geometry", cfg["geometry"])
         self.background = builders.build("background", cfg["background"])
         self.renderer = builders.build("renderer", cfg["renderer"])
         guidance = builders.build("guidance", cfg["guidance"], prior)
         object.__setattr__(self, "guidance", guidance)
+        self.guidance_name = str(cfg["guidance"]["type"])
         self.loss_terms = {name: builders.build_named("loss", name, opts) for name, opts in self.cfg.losses.items()}
-        self._check_composition(cfg)
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.plugin_outputs_checked = False  # the first training step checks what the plugins return
 
     # ----------------------------------------------------------------------------- checks
+    # Everything about the config is checked once at start-up (scorelift.checks.check_inputs,
+    # which calls check_config below); nothing here or in the training step checks it again.
     @property
     def is_latent(self) -> bool:
         return self.geometry.feature_kind == "latent"
 
-    def _check_composition(self, cfg) -> None:
-        g, bg = self.geometry, self.background
-        if g.n_features != bg.n_features:
-            raise ConfigError(
-                f"The geometry renders {g.n_features} channels but the background has "
-                f"{bg.n_features} (background.n_features); they must match."
-            )
-        if self.is_latent:
-            if g.n_features != self.prior.latent_channels:
-                raise ConfigError(
-                    f"Latent geometry renders {g.n_features} channels but the prior's latents have "
-                    f"{self.prior.latent_channels}; set geometry.n_features={self.prior.latent_channels}."
-                )
-            size = self.prior.latent_size
-            if (self.data_cfg.height, self.data_cfg.width) != (size, size):
-                raise ConfigError(
-                    f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
-                    f"data.width is {self.data_cfg.height}x{self.data_cfg.width}; set data.height={size} "
-                    f"data.width={size} (or render RGB)."
-                )
-            if not self.guidance.supports_latent:
-                raise ConfigError(
-                    f"guidance={cfg['guidance']['type']} needs RGB renders, but this system renders "
-                    f"{g.n_features}-channel latents (geometry.feature_activation=none). Use it with "
-                    f"system=dreamfusion or system=prolificdreamer, or render RGB here with "
-                    f"geometry.n_features=3 geometry.feature_activation=sigmoid background.n_features=3. "
-                    f"Valid combinations: README, 'Methods and valid combinations'."
-                )
-        else:
-            if g.n_features != 3:
-                raise ConfigError(f"RGB geometry must have 3 features, got geometry.n_features={g.n_features}.")
-            if not self.guidance.supports_rgb:
-                raise ConfigError(
-                    f"guidance={cfg['guidance']['type']} needs latent renders, but this system renders RGB; "
-                    f"use system=sjc (latent voxel grid). Valid combinations: README, 'Methods and valid combinations'."
-                )
-        expected = {loss_key("guidance")} | {loss_key(n) for n in self.cfg.losses}
-        extra = set(self.cfg.loss_weights) - expected
-        missing = expected - set(self.cfg.loss_weights)
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Start-up check of the run config's ``system`` section: its keys and types, each loss's
+        config, and one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``)."""
+        from scorelift.checks import check_part
+
+        system = parse_config(SystemConfig, cfg["system"], "system")
+        for name, opts in system.losses.items():
+            check_part("loss", {**(opts or {}), "type": name}, f"system.losses.{name}")
+        expected = {loss_key("guidance")} | {loss_key(n) for n in system.losses}
+        extra = set(system.loss_weights) - expected
+        missing = expected - set(system.loss_weights)
         if extra:
             raise ConfigError(
                 f"system.loss_weights has {sorted(extra)} but no such loss is configured; configured terms: "
@@ -143,7 +117,7 @@ class ScoreDistillationSystem(pl.LightningModule):
             )
         if missing:
             raise ConfigError(f"system.loss_weights lacks {sorted(missing)}; give every configured term a weight.")
-        for key, value in self.cfg.loss_weights.items():
+        for key, value in system.loss_weights.items():
             check_scheduled(value, f"system.loss_weights.{key}")
 
     # ----------------------------------------------------------------------------- rendering
@@ -188,10 +162,11 @@ class ScoreDistillationSystem(pl.LightningModule):
         image = out.color.permute(0, 3, 1, 2)
         text = self.prior.condition(self.prompt, view_names)
         guidance_out = self.guidance(image, self.is_latent, text, step_generator(self.seed, step, STREAM_GUIDANCE), cameras)
+        losses = {name: loss(out, cameras) for name, loss in self.loss_terms.items()}
+        if not self.plugin_outputs_checked:
+            self.check_plugin_outputs(guidance_out, losses, image)
 
-        terms = {"guidance": guidance_out["loss"]}
-        for name, loss in self.loss_terms.items():
-            terms[name] = loss(out, cameras)
+        terms = {"guidance": guidance_out["loss"], **losses}
         total = 0.0
         for name, value in terms.items():
             weight = scheduled(self.cfg.loss_weights[loss_key(name)], step)
@@ -209,6 +184,14 @@ class ScoreDistillationSystem(pl.LightningModule):
         self.log("loss", total.detach(), prog_bar=True, on_step=True)
         self.log("train/opacity_mean", out.opacity.detach().mean(), on_step=True)
         return total
+
+    def check_plugin_outputs(self, guidance_out, losses: dict, image: torch.Tensor) -> None:
+        """PluginError (one paragraph naming the plugin and the contract) if the guidance or a loss
+        returned the wrong thing; runs on the first training step only, then never again."""
+        contracts.check_guidance_output(guidance_out, self.guidance_name, self.guidance, render=image)
+        for name, value in losses.items():
+            contracts.check_loss_output(value, name, self.loss_terms[name])
+        self.plugin_outputs_checked = True
 
     def _skip_nonfinite(self, step: int, terms: dict):
         """A NaN/Inf loss skips the step (Lightning skips the optimizer step when None is returned)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from framework.errors import ConfigError
+from scorelift.errors import ConfigError
 
 ACTIVATIONS = ("none", "sigmoid")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.background import Background
-from framework.registry import register
+from scorelift.errors import ConfigError
+from scorelift.interfaces.background import Background
+from scorelift.registry import register
 
 
 @dataclass

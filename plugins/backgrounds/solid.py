@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.background import Background
-from framework.registry import register
+from scorelift.errors import ConfigError
+from scorelift.interfaces.background import Background
+from scorelift.registry import register
 
 
 @dataclass
@@ -23,14 +23,18 @@ class SolidBackground(Background):
 
     Config = SolidBackgroundConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: SolidBackgroundConfig) -> None:
         if len(c.color) != c.n_features:
             raise ConfigError(
                 f"background (solid) color={list(c.color)} has {len(c.color)} values but n_features={c.n_features}; "
                 f"give one value per feature channel (e.g. [1, 1, 1] for white RGB)."
             )
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
+        self.check_config(c)
         self.n_features = c.n_features
         self.register_buffer("color", torch.tensor(list(c.color), dtype=torch.float32), persistent=False)
 

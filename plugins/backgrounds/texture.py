@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework.errors import ConfigError
-from framework.interfaces.background import Background
-from framework.registry import register
-from plugins.backgrounds.common import check_common
+from scorelift.errors import ConfigError
+from scorelift.interfaces.background import Background
+from scorelift.registry import register
+from scorelift.plugins.backgrounds.common import check_common
 
 MAPPINGS = ("screen", "spherical")
 

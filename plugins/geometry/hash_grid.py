@@ -45,9 +45,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework.errors import ConfigError
-from framework.interfaces.geometry import Geometry, GeometryOutput
-from framework.registry import register
+from scorelift.errors import ConfigError
+from scorelift.interfaces.geometry import Geometry, GeometryOutput
+from scorelift.registry import register
 
 PRIMES = (1, 2654435761, 805459861)
 FEATURE_KINDS = {"none": "latent", "sigmoid": "rgb"}
@@ -97,7 +97,7 @@ def _import_error(module: str) -> str | None:
 
 
 def _triton_interpreter() -> bool:
-    from plugins.geometry.hash_encoding_triton import interpreter_mode
+    from scorelift.plugins.geometry.hash_encoding_triton import interpreter_mode
 
     return interpreter_mode()
 
@@ -197,14 +197,14 @@ class HashEncoding(torch.nn.Module):
         if not unit_points.is_cuda:
             raise ConfigError(
                 f"{where} got points on {unit_points.device}: tinycudann runs on CUDA tensors only (its formula on the "
-                f"CPU is plugins.geometry.hash_encoding_tcnn.tcnn_reference_encoding). Move the geometry to the GPU."
+                f"CPU is scorelift.plugins.geometry.hash_encoding_tcnn.tcnn_reference_encoding). Move the geometry to the GPU."
             )
         return "tcnn"
 
     def forward(self, unit_points: torch.Tensor) -> torch.Tensor:
         backend = self.active_backend(unit_points)
         if backend == "triton":
-            from plugins.geometry.hash_encoding_triton import triton_hash_encoding
+            from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
 
             return triton_hash_encoding(unit_points, list(self.tables), self.resolutions, self.level_mask)
         if backend == "tcnn":
@@ -215,7 +215,7 @@ class HashEncoding(torch.nn.Module):
         """The tinycudann encoder for ``device``, built on first use."""
         key = str(device)
         if key not in self._tcnn:
-            from plugins.geometry.hash_encoding_tcnn import TcnnGridSpec, TcnnHashEncoding
+            from scorelift.plugins.geometry.hash_encoding_tcnn import TcnnGridSpec, TcnnHashEncoding
 
             spec = TcnnGridSpec(
                 len(self.resolutions), self.features_per_level, self.log2_size, self.base_resolution, self.per_level_scale
@@ -263,11 +263,12 @@ class HashGrid(Geometry):
     """Parameters: the encoding's L tables [T_l, F] and the two heads' weights. Buffer ``bbox`` [2, 3]."""
 
     Config = HashGridConfig
+    feature_kinds = FEATURE_KINDS
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
         c = self.cfg
-        self._check_config(c)
+        self.check_config(c)
         self.n_features = c.n_features
         self.feature_kind = FEATURE_KINDS[c.feature_activation]
         r = c.bbox_radius
@@ -282,8 +283,8 @@ class HashGrid(Geometry):
             self.feature_head = mlp(self.encoding.output_dim, c.n_features, c.mlp_width, c.mlp_layers)
         self.update_step(0, 1)
 
-    @staticmethod
-    def _check_config(c: HashGridConfig) -> None:
+    @classmethod
+    def check_config(cls, c: HashGridConfig) -> None:
         if c.feature_activation not in FEATURE_KINDS:
             raise ConfigError(
                 f"geometry (hash-grid) feature_activation={c.feature_activation!r} is not one of "

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from framework.errors import ConfigError
-from framework.interfaces.geometry import Geometry, GeometryOutput
-from framework.registry import register
+from scorelift.errors import ConfigError
+from scorelift.interfaces.geometry import Geometry, GeometryOutput
+from scorelift.registry import register
 
 # tanh: latents bounded to +-3 (three standard deviations of the prior's normalised latents), so
 # a faint fog cannot paint an object with huge feature values instead of growing density.
@@ -84,11 +84,12 @@ class VoxelGrid(Geometry):
     """
 
     Config = VoxelGridConfig
+    feature_kinds = FEATURE_KINDS
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
         c = self.cfg
-        self._check_config(c)
+        self.check_config(c)
         self.n_features = c.n_features
         self.feature_kind = FEATURE_KINDS[c.feature_activation]
         R = c.resolution
@@ -102,8 +103,8 @@ class VoxelGrid(Geometry):
         # uniform fog of softplus(density_shift) as exp(d_scale) -> 0; hence the option to freeze it.
         self.d_scale = torch.nn.Parameter(torch.tensor(0.0), requires_grad=c.learn_density_scale)
 
-    @staticmethod
-    def _check_config(c: VoxelGridConfig) -> None:
+    @classmethod
+    def check_config(cls, c: VoxelGridConfig) -> None:
         if c.resolution < 2:
             raise ConfigError(
                 f"geometry (voxel-grid) resolution={c.resolution} is too small: the grid needs at least "

@@ -1,4 +1,4 @@
-"""``paas``: Score Jacobian Chaining with Perturb-and-Average Scoring, per docs/score-distillation.md.
+"""``paas``: Score Jacobian Chaining with Perturb-and-Average Scoring, per docs/methods.md.
 
 The eps model seen as a variance-exploding denoiser: for the clean render ``y`` and a DDPM
 tick t with ``sigma = sqrt((1 - ab_t) / ab_t)``, draw n ~ N(0, I), ``z = y + sigma n`` and
@@ -17,53 +17,59 @@ from typing import Any
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.guidance import Guidance, GuidanceOutput
-from framework.interfaces.prior import DiffusionPrior, TextConditioning
-from framework.registry import register
-from plugins.guidance import score_math as sm
+from scorelift.errors import ConfigError
+from scorelift.interfaces.guidance import Guidance, GuidanceOutput
+from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.registry import register
+from scorelift.plugins.guidance import score_math as sm
 
 SIGMA_SCHEDULES = ("random", "annealed")
 
 
 @dataclass
 class PAASConfig:
-    """Options of ``paas`` (defaults: configs/guidance/paas.yaml).
+    """Options of ``paas`` (SJC with Perturb-and-Average Scoring) and their defaults."""
 
-    guidance_scale / cfg_convention: as in sds; t_min, t_max: inclusive DDPM index range;
-    sigma_schedule: random (t uniform over indices) | annealed (t_max -> t_min over the run);
-    var_red: Eq. 16 (true) or Eq. 15 (false); n_samples: noise draws averaged per step.
-    """
-
-    guidance_scale: float
-    cfg_convention: str
-    t_min: int
-    t_max: int
-    sigma_schedule: str
-    var_red: bool
-    n_samples: int
+    # CFG as in sds (standard: e_u + s (e_c - e_u); threestudio: e_c + s (e_c - e_u)). SJC's
+    # authors combine in the standard form at 100; 100 here in the threestudio form is standard 101.
+    guidance_scale: float = 100.0
+    cfg_convention: str = "threestudio"
+    # DDPM index range of the noise level (inclusive): sigma in [0.098, 12.2] for SD's schedule.
+    t_min: int = 10
+    t_max: int = 969
+    # random: t uniform over {t_min .. t_max} (uniform in the index, not in sigma) each step;
+    # annealed: t decreases linearly from t_max to t_min over the run's max_steps.
+    sigma_schedule: str = "random"
+    # true: ascent (D - y)/sigma = n - e_cfg (paper Eq. 16); false: (D - z)/sigma = -e_cfg (Eq. 15).
+    var_red: bool = True
+    # Noise draws averaged per step (the authors used 1); each costs one UNet call of batch 2B.
+    n_samples: int = 1
 
 
 @register("guidance", "paas")
 class PAASGuidance(Guidance):
     Config = PAASConfig
 
-    def __init__(self, cfg: Any, prior: DiffusionPrior):
-        super().__init__(cfg, prior)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: PAASConfig) -> None:
         sm.check_cfg_convention(c.cfg_convention)
-        T = prior.num_train_timesteps
-        if not (0 <= c.t_min <= c.t_max <= T - 1):
-            raise ConfigError(
-                f"guidance t_min={c.t_min}, t_max={c.t_max} must satisfy 0 <= t_min <= t_max <= {T - 1} "
-                f"(DDPM indices of the prior's {T}-step schedule)."
-            )
         if c.sigma_schedule not in SIGMA_SCHEDULES:
             raise ConfigError(
                 f"guidance.sigma_schedule={c.sigma_schedule!r} is not known; use one of {', '.join(SIGMA_SCHEDULES)}."
             )
         if c.n_samples < 1:
             raise ConfigError(f"guidance.n_samples={c.n_samples} must be at least 1.")
+
+    def __init__(self, cfg: Any, prior: DiffusionPrior):
+        super().__init__(cfg, prior)
+        c = self.cfg
+        self.check_config(c)
+        T = prior.num_train_timesteps  # the index range depends on the prior's schedule
+        if not (0 <= c.t_min <= c.t_max <= T - 1):
+            raise ConfigError(
+                f"guidance t_min={c.t_min}, t_max={c.t_max} must satisfy 0 <= t_min <= t_max <= {T - 1} "
+                f"(DDPM indices of the prior's {T}-step schedule)."
+            )
         self.sigmas = sm.sigmas_from_alphas_cumprod(prior.alphas_cumprod.float())  # [T]
         self.update_step(0, 1)
 

@@ -1,4 +1,4 @@
-"""Math shared by the score-distillation methods (docs/score-distillation.md).
+"""Math shared by the score-distillation methods (docs/methods.md).
 
 Pure tensor functions, no model: classifier-free guidance with a named convention, gradient
 injection, the VP <-> VE noise-level maps and timestep sampling. Every random draw happens on
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from framework.errors import ConfigError
-from framework.schedule import check_scheduled, scheduled
-from framework.transfer import to_device
+from scorelift.errors import ConfigError
+from scorelift.schedule import check_scheduled, scheduled
+from scorelift.transfer import to_device
 
 CFG_CONVENTIONS = ("standard", "threestudio")
 
@@ -114,15 +114,11 @@ def expand_text(emb: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
 def render_latents(prior, image: torch.Tensor, is_latent: bool) -> torch.Tensor:
     """The differentiable latent ``z`` [B, C, h, w] (float32) that guidance acts on.
 
-    Latent renders are used as they are; RGB renders [B, 3, H, W] in [0, 1] go through the
-    prior's VAE encoder with gradient (resized to its pixel size there).
+    Latent renders are used as they are (their channels and size match the prior's: the
+    start-up check saw to that); RGB renders [B, 3, H, W] in [0, 1] go through the prior's VAE
+    encoder with gradient (resized to its pixel size there).
     """
     if is_latent:
-        if image.ndim != 4 or image.shape[1] != prior.latent_channels:
-            raise ValueError(
-                f"A latent render must be [B, {prior.latent_channels}, h, w] for this prior, got "
-                f"{tuple(image.shape)}; render RGB (is_latent=False) or match the prior's latent channels."
-            )
         return image.float()
     return prior.encode_images(image)
 

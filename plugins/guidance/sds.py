@@ -1,4 +1,4 @@
-"""``sds``: Score Distillation Sampling (DreamFusion), per docs/score-distillation.md.
+"""``sds``: Score Distillation Sampling (DreamFusion), per docs/methods.md.
 
     t ~ U{t_min .. t_max},  eps ~ N(0, I),  z_t = sqrt(ab_t) z + sqrt(1 - ab_t) eps
     g = w(t) (e_cfg(z_t, t) - eps),  w = 1 - ab_t ("sds") or 1 ("uniform")
@@ -14,44 +14,48 @@ from typing import Any
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.guidance import Guidance, GuidanceOutput
-from framework.interfaces.prior import DiffusionPrior, TextConditioning
-from framework.registry import register
-from plugins.guidance import score_math as sm
+from scorelift.errors import ConfigError
+from scorelift.interfaces.guidance import Guidance, GuidanceOutput
+from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.registry import register
+from scorelift.plugins.guidance import score_math as sm
 
 WEIGHTINGS = ("sds", "uniform")
 
 
 @dataclass
 class SDSConfig:
-    """Options of ``sds`` (defaults: configs/guidance/sds.yaml).
+    """Options of ``sds`` and their defaults (``guidance=sds guidance.<option>=...``)."""
 
-    guidance_scale: CFG scale in ``cfg_convention`` (standard | threestudio);
-    weighting: sds (w = 1 - alpha_bar[t]) | uniform (w = 1);
-    min_step_percent, max_step_percent: t bounds as fractions of T (scheduled scalars);
-    grad_clip: element-wise clamp of g (scheduled scalar) or null.
-    """
-
-    guidance_scale: float
-    cfg_convention: str
-    weighting: str
-    min_step_percent: Any
-    max_step_percent: Any
-    grad_clip: Any
+    # Classifier-free guidance scale, in the formula ``cfg_convention`` names:
+    #   standard:    e_u + s (e_c - e_u)   (diffusers; s = 1 is the conditional model alone)
+    #   threestudio: e_c + s (e_c - e_u)   (= standard with s + 1)
+    # 100 in the threestudio convention is also the DreamFusion paper's ((1 + w) e_c - w e_u, w = 100).
+    guidance_scale: float = 100.0
+    cfg_convention: str = "threestudio"
+    # w(t): sds = 1 - alpha_bar[t]; uniform = 1.
+    weighting: str = "sds"
+    # t ~ U{int(T * min) .. int(T * max)}; each a number or [start_step, start_value, end_value, end_step].
+    min_step_percent: Any = 0.02
+    max_step_percent: Any = 0.98
+    # Element-wise clamp of g (a number or schedule), or null for none.
+    grad_clip: Any = None
 
 
 @register("guidance", "sds")
 class SDSGuidance(Guidance):
     Config = SDSConfig
 
-    def __init__(self, cfg: Any, prior: DiffusionPrior):
-        super().__init__(cfg, prior)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: SDSConfig) -> None:
         sm.check_cfg_convention(c.cfg_convention)
         if c.weighting not in WEIGHTINGS:
             raise ConfigError(f"guidance.weighting={c.weighting!r} is not known; use one of {', '.join(WEIGHTINGS)}.")
         sm.check_step_schedules(c)
+
+    def __init__(self, cfg: Any, prior: DiffusionPrior):
+        super().__init__(cfg, prior)
+        self.check_config(self.cfg)
         self.update_step(0, 1)
 
     def update_step(self, step: int, max_steps: int) -> None:

@@ -1,4 +1,4 @@
-"""``ssd``: Stable Score Distillation, per docs/score-distillation.md (SSD section).
+"""``ssd``: Stable Score Distillation, per docs/methods.md (SSD section).
 
 The SDS estimator splits into three terms (threestudio CFG convention, scale w):
 
@@ -25,22 +25,26 @@ from typing import Any
 
 import torch
 
-from framework.errors import ConfigError
-from framework.registry import register
-from plugins.guidance.sds import SDSConfig, SDSGuidance
+from scorelift.errors import ConfigError
+from scorelift.registry import register
+from scorelift.plugins.guidance.sds import SDSConfig, SDSGuidance
 
 COMBINES = ("switch", "add")
 
 
 @dataclass
 class SSDConfig(SDSConfig):
-    """SDS's options plus: tau (DDPM index threshold, 0..T), combine (switch | add),
-    control_coefficient ("projection" or a fixed number c), rescale (bool)."""
+    """SDS's options and defaults (CFG, weighting, t range, clamp; SSD works at scale 7.5 as
+    well as 100) plus SSD's own."""
 
-    tau: int
-    combine: str
-    control_coefficient: Any
-    rescale: bool
+    # t > tau: the mode-disengaging term w (e_c - e_u) alone; t <= tau: the variance-reduced
+    # mode-seeking term (switch) or both (add). Paper: 200 of 1000. tau = 0 is CSD.
+    tau: int = 200
+    combine: str = "switch"
+    # c in d_ms = e_c - c eps: "projection" (<e_c, eps> / <eps, eps> per sample) or a fixed number.
+    control_coefficient: Any = "projection"
+    # Rescale d_ms to the norm of the mode-disengaging term (no colour saturation).
+    rescale: bool = True
 
 
 def disengaging_scale(scale: float, convention: str) -> float:
@@ -63,12 +67,9 @@ def per_sample_norm(x: torch.Tensor) -> torch.Tensor:
 class SSDGuidance(SDSGuidance):
     Config = SSDConfig
 
-    def __init__(self, cfg: Any, prior):
-        super().__init__(cfg, prior)
-        c = self.cfg
-        T = prior.num_train_timesteps
-        if not 0 <= int(c.tau) <= T:
-            raise ConfigError(f"guidance.tau={c.tau} must lie in 0..{T} (a DDPM index; the paper uses 200; 0 is CSD).")
+    @classmethod
+    def check_config(cls, c: SSDConfig) -> None:
+        super().check_config(c)
         if c.combine not in COMBINES:
             raise ConfigError(f"guidance.combine={c.combine!r} is not known; use one of {', '.join(COMBINES)}.")
         if c.control_coefficient != "projection" and not isinstance(c.control_coefficient, (int, float)):
@@ -76,6 +77,12 @@ class SSDGuidance(SDSGuidance):
                 f"guidance.control_coefficient={c.control_coefficient!r} must be 'projection' or a number "
                 f"(1 gives SDS's e_c - eps, 0 the bare mode-seeking term e_c)."
             )
+
+    def __init__(self, cfg: Any, prior):
+        super().__init__(cfg, prior)  # SDS's __init__ runs check_config
+        T = prior.num_train_timesteps  # tau's range depends on the prior's schedule
+        if not 0 <= int(self.cfg.tau) <= T:
+            raise ConfigError(f"guidance.tau={self.cfg.tau} must lie in 0..{T} (a DDPM index; the paper uses 200; 0 is CSD).")
 
     def terms(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         """The decomposition: w h (mode-disengaging), e_c (mode-seeking), -eps (variance-reducing),

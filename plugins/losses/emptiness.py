@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.data.cameras import CameraBatch
-from framework.errors import ConfigError
-from framework.interfaces.loss import Loss
-from framework.interfaces.renderer import RenderOutput
-from framework.registry import register
+from scorelift.data.cameras import CameraBatch
+from scorelift.errors import ConfigError
+from scorelift.interfaces.loss import Loss
+from scorelift.interfaces.renderer import RenderOutput
+from scorelift.registry import register
 
 
 @dataclass

@@ -9,6 +9,7 @@ and one classifier-free-guidance UNet call returning eps.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from typing import Any, Optional
 
 import torch
 
-from framework.config import parse_config
-from framework.errors import ConfigError, PriorLoadError
-from framework.interfaces.prior import DiffusionPrior, TextConditioning
-from framework.registry import register
-from plugins.priors.resize import resize_bilinear
+from scorelift.config import parse_config
+from scorelift.errors import ConfigError, PriorLoadError
+from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.registry import register
+from scorelift.plugins.priors.resize import resize_bilinear
 
 log = logging.getLogger(__name__)
 
@@ -263,13 +264,14 @@ class StableDiffusionPrior(DiffusionPrior):
     """
 
     Config = StableDiffusionPriorConfig
+    capabilities = frozenset({"trainable_denoiser"})
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         super().__init__(cfg)
         self._load(self.cfg.model, self.cfg.local_files_only, torch.device(device))
 
     @classmethod
-    def check_inputs(cls, cfg: Any, prompt: str) -> dict:
+    def inspect(cls, cfg: Any, prompt: str) -> dict:
         """Every check of this prior that needs no weights, run before a run writes anything: the
         options, the model directory (layout, configs, whole weight files; a hub id must be cached
         when offline) and ``prompt`` against the tokenizer's limit (with each view's words).
@@ -363,12 +365,6 @@ class StableDiffusionPrior(DiffusionPrior):
         """Tokens of ``prompt`` including the start and end tokens."""
         return len(self.tokenizer(prompt, truncation=False).input_ids)
 
-    def _check_length(self, prompt: str) -> None:
-        limit = int(self.tokenizer.model_max_length)
-        n = self.token_count(prompt)
-        if n > limit:
-            raise prompt_length_error(prompt, n, limit)
-
     def validate_prompt(self, prompt: str) -> None:
         """ConfigError for an empty prompt or one longer than the tokenizer's limit, alone or
         with any view's words (so it fails here, not at the first training step)."""
@@ -391,8 +387,6 @@ class StableDiffusionPrior(DiffusionPrior):
                 self._text_cache[p] = cached
                 missing.remove(p)
         if missing:
-            for p in missing:
-                self._check_length(p)
             emb = self._run_text_encoder(missing)
             for p, e in zip(missing, emb):
                 self._text_cache[p] = e
@@ -447,8 +441,9 @@ class StableDiffusionPrior(DiffusionPrior):
         return templates[view].format(prompt=prompt)
 
     def condition(self, prompt: str, view_names: list[str]) -> TextConditioning:
-        """Embeddings for ``prompt`` seen from B views -> TextConditioning with [B, L, D] tensors."""
-        self.validate_prompt(prompt)
+        """Embeddings for ``prompt`` seen from B views -> TextConditioning with [B, L, D] tensors.
+        The prompt was checked at start-up (``inspect`` / ``validate_prompt``), not here: this runs
+        every training step."""
         prompt = prompt.strip()
         views = [self.view_prompt(prompt, v) for v in view_names]
         emb = self.encode_text(views + [prompt, ""])
@@ -485,6 +480,10 @@ class StableDiffusionPrior(DiffusionPrior):
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ UNet
+    def trainable_denoiser_copy(self) -> torch.nn.Module:
+        """A deep copy of the frozen UNet (still frozen: the caller picks what to train)."""
+        return copy.deepcopy(self.unet)
+
     @torch.no_grad()
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor

@@ -23,11 +23,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.base import BasePart
-from framework.registry import register
-from plugins.priors.bpe_vocabulary import build_clip_tokenizer
-from plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
+from scorelift.errors import ConfigError
+from scorelift.interfaces.base import BasePart
+from scorelift.registry import register
+from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer
+from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +198,17 @@ class TinyRandomPrior(StableDiffusionPrior):
     Config = TinyRandomPriorConfig
 
     @classmethod
-    def check_inputs(cls, cfg: Any, prompt: str) -> dict:
-        """As stable-diffusion's, on the cached pipeline if it is built already (else only the
-        options and the sizes they give; the prompt is checked once the pipeline is built)."""
+    def inspect(cls, cfg: Any, prompt: str) -> dict:
+        """As stable-diffusion's, on the cached pipeline (built here on first use: a few seconds,
+        into the cache directory, never into a run directory)."""
         c = cls.checked_options(cfg)
         for key in ("latent_size", "vae_blocks", "text_hidden", "text_layers"):
             if getattr(c, key) < 1:
                 raise ConfigError(f"prior.{key}={getattr(c, key)} must be a positive number.")
         if c.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prior.prediction_type={c.prediction_type!r} must be epsilon or v_prediction.")
-        _, path = tiny_pipeline_location(c.cache_dir, **pipeline_settings(c))
-        if (path / "model_index.json").is_file():
-            return check_local_pipeline(path, str(path), prompt, c.view_templates)
-        pixels = c.latent_size * 2 ** (c.vae_blocks - 1)
-        return {"latent_channels": 4, "latent_size": c.latent_size, "pixel_size": pixels}
+        path = cached_tiny_pipeline(c.cache_dir, **pipeline_settings(c))
+        return check_local_pipeline(path, str(path), prompt, c.view_templates)
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         BasePart.__init__(self, cfg)  # parse our own Config; the loading is the parent's

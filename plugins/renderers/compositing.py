@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from framework.errors import ConfigError
+from scorelift.errors import ConfigError
 
 BACKENDS = ("auto", "torch", "nerfacc")
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.errors import ConfigError
-from framework.interfaces.background import Background
-from framework.interfaces.geometry import Geometry
-from framework.interfaces.renderer import RenderOutput, Renderer
-from framework.registry import register
-from framework.transfer import to_device
-from plugins.renderers.compositing import BACKENDS, composite, resolve_backend
+from scorelift.errors import ConfigError
+from scorelift.interfaces.background import Background
+from scorelift.interfaces.geometry import Geometry
+from scorelift.interfaces.renderer import RenderOutput, Renderer
+from scorelift.registry import register
+from scorelift.transfer import to_device
+from scorelift.plugins.renderers.compositing import BACKENDS, composite, resolve_backend
 
 
 @dataclass
@@ -117,13 +117,8 @@ class VolumeRenderer(Renderer):
         rays_d: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> RenderOutput:
-        """rays_o, rays_d: [B, H, W, 3] (unit directions) -> RenderOutput (see class docstring)."""
-        if background.n_features != geometry.n_features:
-            raise ConfigError(
-                f"The background has n_features={background.n_features} but the geometry renders "
-                f"n_features={geometry.n_features} ({geometry.feature_kind}); they are composited "
-                f"together, so set background.n_features={geometry.n_features}."
-            )
+        """rays_o, rays_d: [B, H, W, 3] (unit directions) -> RenderOutput (see class docstring).
+        The background's channels equal the geometry's: the start-up check saw to that."""
         B, H, W, _ = rays_d.shape
         N = B * H * W
         S = self.samples_per_ray(geometry)

@@ -10,31 +10,28 @@ reuses scorelift's SDS for sampling, the UNet call and the gradient injection, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from framework.errors import ConfigError
-from framework.registry import register
-from plugins.guidance.sds import SDSConfig, SDSGuidance
+from scorelift import ConfigError, SDSConfig, SDSGuidance, register
 
 
 @dataclass
 class NormalizedSDSConfig(SDSConfig):
-    target_rms: float  # RMS of each sample's direction after rescaling
+    """SDS's options and defaults (``guidance=normalized-sds`` composes them), plus one."""
+
+    target_rms: float = 1.0  # RMS of each sample's direction after rescaling
 
 
 @register("guidance", "normalized-sds")
 class NormalizedSDSGuidance(SDSGuidance):
     Config = NormalizedSDSConfig
-    # the defaults ship inside this package; scorelift's launcher adds <package>/configs to Hydra's
-    # search path, so `guidance=normalized-sds` composes this file
-    config_file = Path(__file__).resolve().parent / "configs" / "guidance" / "normalized-sds.yaml"
 
-    def __init__(self, cfg, prior):
-        super().__init__(cfg, prior)
-        if not self.cfg.target_rms > 0:
-            raise ConfigError(f"guidance.target_rms={self.cfg.target_rms} must be positive (default 1.0).")
+    @classmethod
+    def check_config(cls, cfg: NormalizedSDSConfig) -> None:
+        super().check_config(cfg)
+        if not cfg.target_rms > 0:
+            raise ConfigError(f"guidance.target_rms={cfg.target_rms} must be positive (default 1.0).")
 
     def direction(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """e_cfg - eps, each sample [C, h, w] rescaled to RMS ``target_rms``."""

@@ -1,0 +1,243 @@
+"""The benchmark's report: results.csv, curves.csv, report.md, PNG figures and a self-contained
+report.html (figures and turntable videos embedded as data URIs, so the one file can be mailed or
+committed and opened anywhere)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from scorelift.benchmark import collect, plots
+from scorelift.benchmark.runner import cell_dir
+from scorelift.benchmark.spec import BenchmarkSpec, Cell
+
+FIGURES = {
+    "quality_vs_step.png": "Quality vs optimizer step",
+    "quality_vs_time.png": "Quality vs training time",
+    "method_bars.png": "Final quality and cost per method",
+    "contact_sheet.png": "Turntable frames per prompt and method (first seed)",
+}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _pm(summary: dict, key: str) -> str:
+    if math.isnan(summary[key]):
+        return "–"
+    return f"{summary[key]:.3f} ± {summary[f'{key}_std']:.3f}"
+
+
+def summary_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "IoU", "identification", "colour error", "median s/it", "step time per run (s)", "wall time per run (s)",
+              "peak memory (MiB)", "final loss", "cells"]
+    rows = [
+        [s["method"], _pm(s, "iou"), _pm(s, "identification"), _pm(s, "colour_error"), _fmt(s["median_s_per_it"], 4),
+         _fmt(s["mean_train_steps_s"], 1), _fmt(s["mean_cell_wall_s"], 1), _fmt(s["peak_memory_mb"], 0), _fmt(s["final_loss"], 4),
+         f"{s['finished']}/{s['cells']}"]
+        for s in summary
+    ]
+    return header, rows
+
+
+def prompt_table(table: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["prompt", "method", "IoU", "identification", "colour error", "seeds"]
+    return header, [[t["prompt"], t["method"], _fmt(t["iou"]), _fmt(t["identification"]), _fmt(t["colour_error"]), str(t["n"])] for t in table]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def gpu_summary(path: Path) -> dict | None:
+    """Mean / median / max GPU utilisation over the samples taken while cells ran."""
+    if not path.is_file():
+        return None
+    values = []
+    for line in path.read_text().splitlines()[1:]:
+        parts = line.split(",")
+        if len(parts) == 4:
+            try:
+                values.append(float(parts[2]))
+            except ValueError:
+                pass
+    if not values:
+        return None
+    values.sort()
+    return {"samples": len(values), "mean_pct": sum(values) / len(values), "median_pct": values[len(values) // 2],
+            "max_pct": values[-1]}
+
+
+def _wall_time(info: dict) -> str:
+    """The run's wall time. A benchmark run in several invocations (one per seed slice, when a
+    machine limits how long one command may run) lists them under ``slices``: the total is their sum."""
+    at_once = f"{info.get('workers', '?')} at a time, MPS {info.get('mps', 'off')}"
+    slices = info.get("slices")
+    if slices:
+        parts = ", ".join(f"seeds {part['seeds']}: {_fmt(part['wall_s'], 0)} s" for part in slices)
+        total = sum(part["wall_s"] for part in slices)
+        return (f"wall time {_fmt(total, 0)} s in {len(slices)} invocations ({parts}; "
+                f"{info.get('cells_run', '?')} cells, {at_once}).")
+    return (f"wall time of the last invocation {_fmt(info.get('wall_s'), 0)} s "
+            f"(cells run then: {info.get('cells_run', '?')}, {at_once}).")
+
+
+def info_lines(info: dict, gpu: dict | None) -> list[str]:
+    lines = [
+        f"Command: `{info.get('command', '?')}`",
+        f"Machine: {info.get('machine', '?')}",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in info.get('versions', {}).items())}",
+        f"Git commit: {info.get('git_commit', '?')}; finished {info.get('finished', '?')}; {_wall_time(info)}",
+    ]
+    if gpu:
+        lines.append(f"GPU utilisation while cells ran (nvidia-smi, {gpu['samples']} samples): mean {gpu['mean_pct']:.0f} %, "
+                     f"median {gpu['median_pct']:.0f} %, max {gpu['max_pct']:.0f} %.")
+    return lines
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _poster(strip: Path) -> str:
+    """The first frame of a turntable strip as a PNG data URI (the video's still before it plays)."""
+    from PIL import Image
+
+    im = Image.open(strip).convert("RGB")
+    frame = im.crop((0, 0, im.height, im.height))
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _gif_uri(gif: Path) -> str:
+    """A GIF turntable as an animated WebP data URI (quality 90: about a quarter of the GIF's bytes,
+    which keeps a report of 48 turntables small enough to commit); the GIF itself where this Pillow
+    cannot write WebP."""
+    from PIL import Image, ImageSequence, features
+
+    if not features.check("webp"):
+        return _data_uri(gif, "image/gif")
+    im = Image.open(gif)
+    frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], loop=0,
+                   duration=im.info.get("duration", 62), quality=90, method=6)
+    return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell]) -> str:
+    """An HTML table: rows prompts, columns methods, each the first seed's turntable (mp4, or a GIF as WebP)."""
+    seed = spec.seeds[0]
+    by_key = {(c.method, c.prompt): c for c in cells if c.seed == seed}
+    head = "<th>prompt</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in spec.methods)
+    rows = []
+    for prompt in spec.prompts:
+        tds = [f"<td>{html.escape(prompt)}</td>"]
+        for method in spec.methods:
+            run = cell_dir(out, by_key[(method, prompt)]) / "run"
+            mp4, gif, strip = run / "turntable.mp4", run / "turntable.gif", run / "turntable_strip.png"
+            poster = f' poster="{_poster(strip)}"' if strip.is_file() else ""
+            if mp4.is_file():
+                tds.append(f'<td><video width="160" height="160" autoplay loop muted playsinline{poster} '
+                           f'src="{_data_uri(mp4, "video/mp4")}"></video></td>')
+            elif gif.is_file():
+                tds.append(f'<td><img width="160" height="160" src="{_gif_uri(gif)}"></td>')
+            else:
+                tds.append("<td>–</td>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    return f"<table class='videos'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; max-width: 1400px; color: #222; }
+table { border-collapse: collapse; margin: 12px 0 24px; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child, td:nth-child(2) { text-align: left; }
+table.videos td { text-align: center; padding: 2px; }
+table.videos img, table.videos video { image-rendering: pixelated; }
+img.figure { max-width: 100%; border: 1px solid #eee; margin: 8px 0 20px; }
+code { background: #f4f4f4; padding: 1px 4px; }
+"""
+
+
+def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) -> dict:
+    """Every output file of the benchmark from the cells finished so far; returns the summary."""
+    rows = [collect.cell_result(out, c) for c in cells]
+    curve_rows = [r for c in cells for r in collect.cell_curve(out, c)]
+    collect.write_csv(out / "results.csv", rows, collect.RESULT_COLUMNS)
+    collect.write_csv(out / "curves.csv", curve_rows, collect.CURVE_COLUMNS)
+    methods = list(spec.methods)
+    summary = collect.summarize(rows, methods, spec.seeds)
+    table = collect.per_prompt(rows, methods, spec.prompts)
+    curves = collect.mean_curves(curve_rows, methods, spec.seeds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    figures = {
+        "quality_vs_step.png": plots.quality_curves(curves, methods, out / "quality_vs_step.png", "step"),
+        "quality_vs_time.png": plots.quality_curves(curves, methods, out / "quality_vs_time.png", "train_s"),
+        "method_bars.png": plots.method_bars(summary, out / "method_bars.png"),
+    }
+    first_seed = spec.seeds[0]
+    strips = {
+        (c.method, c.prompt): cell_dir(out, c) / "run" / "turntable_strip.png"
+        for c, row in zip(cells, rows)
+        if c.seed == first_seed and row["status"] == "ok" and (cell_dir(out, c) / "run" / "turntable_strip.png").is_file()
+    }
+    figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png")
+
+    gpu = gpu_summary(out / "gpu_util.csv")
+    s_header, s_rows = summary_table(summary)
+    p_header, p_rows = prompt_table(table)
+    failed = [r for r in rows if r["status"] != "ok"]
+    title = f"scorelift benchmark `{spec.name}`"
+    explain = (
+        f"{len(spec.methods)} methods x {len(spec.prompts)} prompts x {len(spec.seeds)} seeds "
+        f"({', '.join(map(str, spec.seeds))}), {spec.steps} optimizer steps for every method. Quality: each "
+        f"metric is averaged over the prompts within a seed; the table gives the mean ± sample standard deviation "
+        f"of those per-seed means. s/it is the median over cells of each run's median step time; step time is the "
+        f"sum of a run's optimizer steps and wall time the whole process (start, evaluations, outputs); memory is the "
+        f"largest peak over cells ({summary[0].get('peak_memory_kind') or '–'}). Final loss: mean total loss of "
+        f"the last 50 steps. {spec.description}"
+    )
+    md = [f"# {title}", "", explain, "", *[f"- {line}" for line in info_lines(info, gpu)], "",
+          "## Methods", "", markdown_table(s_header, s_rows), ""]
+    if failed:
+        md += ["Unfinished cells: " + "; ".join(f"{r['method']} / {r['prompt']} / seed {r['seed']}: {r['status']}" for r in failed), ""]
+    md += ["## Per prompt (mean over seeds)", "", markdown_table(p_header, p_rows), "", "## Figures", ""]
+    md += [f"![{caption}]({name})" for name, caption in FIGURES.items() if figures.get(name)]
+    md += ["", "## How each method ran", "", f"Common overrides: `{' '.join(spec.common) or '(none)'}`", ""]
+    md += [f"- `{m}`: `{' '.join(o)}`" for m, o in spec.methods.items()]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    body = [f"<h1>{html.escape(title.replace('`', ''))}</h1>", f"<p>{html.escape(explain)}</p>",
+            "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in info_lines(info, gpu)) + "</ul>",
+            "<h2>Methods</h2>", html_table(s_header, s_rows)]
+    if failed:
+        body.append(f"<p><b>Unfinished cells:</b> {len(failed)}</p>")
+    body += ["<h2>Turntables (first seed)</h2>", video_grid(out, spec, cells), "<h2>Figures</h2>"]
+    body += [f"<h3>{html.escape(caption)}</h3><img class='figure' alt='{name}' src='{_data_uri(figures[name], 'image/png')}'>"
+             for name, caption in FIGURES.items() if figures.get(name)]
+    body += ["<h2>Per prompt (mean over seeds)</h2>", html_table(p_header, p_rows), "<h2>How each method ran</h2>",
+             f"<p>Common overrides: <code>{html.escape(' '.join(spec.common) or '(none)')}</code></p><ul>"
+             + "".join(f"<li><b>{html.escape(m)}</b>: <code>{html.escape(' '.join(o))}</code></li>" for m, o in spec.methods.items())
+             + "</ul>"]
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title.replace('`', ''))}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+    (out / "report.html").write_text(page)
+    return {"summary": summary, "rows": rows, "figures": figures}

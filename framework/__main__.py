@@ -1,0 +1,7 @@
+"""``python -m scorelift ...``: the same as ``scorelift ...`` and ``python launch.py ...``."""
+
+import sys
+
+from scorelift.launcher import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The command line of ``scorelift`` / ``python launch.py``: flags, ``resume=``, sweeps, ``--list``.
+
+    scorelift [--list] [--cfg {job,hydra,all}] [-m] key=value ...
+
+Overrides are Hydra's (``group=option``, ``key=value``, ``+key=value``, ``~key``); with ``-m`` a
+comma list (``seed=0,1,2``) or ``range(...)`` sweeps, one run per combination.
+``resume=<run dir or ckpt>`` re-applies the run's saved overrides (``.hydra/overrides.yaml``)
+under the new ones and writes into the same run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from scorelift import registry
+from scorelift.errors import ConfigError
+
+# Saved overrides a resume does not carry over: they name this invocation, not the run.
+KEYS_NOT_CARRIED = ("resume=", "mode=", "hydra.run.dir=", "+resume=")
+
+EPILOG = """examples:
+  scorelift system=sjc guidance=paas                        the main job (SJC on the embedded prior)
+  scorelift system=dreamfusion guidance=sds prompt="a blue torus" seed=3
+  scorelift resume=outputs/sjc-paas/a_red_cube@20261123-101500 trainer.max_steps=20000
+  scorelift mode=export resume=outputs/sjc-paas/a_red_cube@20261123-101500
+  scorelift -m guidance=sds,ssd seed=0,1,2                  six runs, one after another
+  scorelift --cfg job system=dreamfusion                    print the composed config, run nothing
+  scorelift --list                                          every registered part
+
+Bad input exits with code 2 and one paragraph, before anything is written."""
+
+
+@dataclass
+class CommandLine:
+    overrides: list[str]
+    list_parts: bool
+    show_cfg: str | None  # job | hydra | all: print the config and stop
+    multirun: bool
+
+
+def parse_command_line(argv: list[str]) -> CommandLine:
+    parser = argparse.ArgumentParser(
+        prog="scorelift",
+        description="Text-to-3D by score distillation (SJC, SDS, SSD, VSD); configured by Hydra overrides.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", help="group=option or key=value (Hydra override syntax)")
+    parser.add_argument("--list", "--list-plugins", dest="list_parts", action="store_true",
+                        help="list every registered part (built-in and installed plugins) and the presets")
+    parser.add_argument("--cfg", "-c", choices=("job", "hydra", "all"), default=None,
+                        help="print the composed config (job: the run's; hydra: the hydra node; all: both) and stop")
+    parser.add_argument("--multirun", "-m", action="store_true", help="sweep: one run per combination of comma lists")
+    args = parser.parse_intermixed_args(argv)  # flags may stand anywhere among the overrides
+    return CommandLine(list(args.overrides), args.list_parts, args.cfg, args.multirun)
+
+
+# ------------------------------------------------------------------------------ resume
+def resume_run_dir(value: str) -> Path:
+    """The run directory named by ``resume=value`` (a run dir, or a .ckpt inside one)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"resume={value!r} does not exist. Pass a run directory (e.g. outputs/sjc-paas/a_red_cube@...) "
+            f"or a checkpoint file inside one."
+        )
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+def expand_resume(overrides: list[str]) -> list[str]:
+    """``overrides`` with the resumed run's saved overrides first and hydra.run.dir pointed at it."""
+    resume = [a for a in overrides if a.startswith("resume=")]
+    if not resume:
+        return overrides
+    value = resume[-1].split("=", 1)[1].strip("'\"")
+    if value in ("", "null", "None"):
+        return overrides
+    run_dir = resume_run_dir(value)
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(
+            f"resume={value!r}: {str(run_dir)!r} is not a scorelift run directory (no .hydra/overrides.yaml)."
+        )
+    saved = [o for o in yaml.safe_load(saved_file.read_text()) or [] if not o.startswith(KEYS_NOT_CARRIED)]
+    explicit_dir = any(a.startswith("hydra.run.dir=") for a in overrides)
+    extra = [] if explicit_dir else [f"hydra.run.dir='{run_dir.as_posix()}'"]
+    return saved + overrides + extra
+
+
+def saved_overrides(overrides: list[str]) -> list[str]:
+    """What a run saves in .hydra/overrides.yaml: the overrides of the run itself, not Hydra's."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+
+
+# ------------------------------------------------------------------------------ sweeps
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """One override list per combination of the sweep overrides (``a=1,2 b=x,y``: four jobs)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from scorelift.compose import parse_error
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        raise parse_error(overrides) from None
+    choices = []
+    for override in parsed:
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+# ------------------------------------------------------------------------------ --list
+def format_plugin_list() -> str:
+    """Every registered plugin by kind, with where it came from, and the presets."""
+    from scorelift.compose import group_options
+
+    lines = []
+    for kind, entries in registry.available().items():
+        lines.append(f"{kind}:")
+        for name, entry in entries.items():
+            doc = (entry.cls.__doc__ or "").strip().splitlines()
+            summary = doc[0] if doc else ""
+            lines.append(f"  {name:<18} {summary}  [{entry.origin}]")
+    lines.append(f"system presets (system=...): {', '.join(group_options('system'))}")
+    lines.append(f"prior presets (prior=...): {', '.join(group_options('prior'))}")
+    failures = registry.load_failures()
+    if failures:
+        lines.append("plugins that failed to load:")
+        lines.extend(f"  {f}" for f in failures)
+    return "\n".join(lines)

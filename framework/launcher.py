@@ -1,0 +1,92 @@
+"""scorelift's one start-up path (``scorelift``, ``python -m scorelift``, ``python launch.py``).
+
+    command line -> compose once (Hydra's Compose API) -> check once -> build -> create the run
+    directory -> train / re-render / export
+
+Nothing is written before the config has been composed and checked and the parts have been
+built, so bad input exits with code 2 and one paragraph and leaves nothing behind. A sweep
+(``-m``) composes and checks every run before the first one starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from scorelift.command_line import expand_resume, format_plugin_list, parse_command_line, saved_overrides, sweep_jobs
+from scorelift.errors import ConfigError, ScoreliftError
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(exc: Exception) -> int:
+    print(f"scorelift: error: {exc}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run_dir_of(cfg: DictConfig, sweep_index: int | None = None, sweep_dir: Path | None = None) -> Path:
+    """Where a run writes: ``hydra.run.dir`` (default ``outputs/<system>-<guidance>/<prompt>@<time>``),
+    or ``<hydra.sweep.dir>/<index>`` for a run of a sweep."""
+    try:
+        if sweep_index is not None:
+            return (sweep_dir or Path(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(sweep_index)
+        return Path(str(OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)))
+    except Exception as exc:  # noqa: BLE001  (an interpolation that cannot resolve)
+        raise ConfigError(f"The run directory (hydra.run.dir) cannot be resolved: {exc}") from None
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The run's own config: everything but the ``hydra`` node (read for the run directory only)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
+def setup_console_logging() -> None:
+    """INFO and up to the console, as a Hydra app would log (the run adds its launch.log)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scorelift.checks import check_inputs
+    from scorelift.compose import compose_config
+    from scorelift.library_noise import quiet_known_library_noise
+    from scorelift.run import run
+
+    args = parse_command_line(sys.argv[1:] if argv is None else argv)
+    if args.list_parts:
+        print(format_plugin_list())
+        return 0
+    quiet_known_library_noise()
+    try:
+        jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
+        jobs = [expand_resume(job) for job in jobs]
+        configs = [compose_config(job) for job in jobs]
+        if args.show_cfg:
+            for cfg in configs:
+                keys = {"job": [k for k in cfg if k != "hydra"], "hydra": ["hydra"], "all": list(cfg)}[args.show_cfg]
+                print(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, keys)))
+            return 0
+        sweep_dir = None
+        if args.multirun:
+            sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
+        run_dirs = [run_dir_of(cfg, i if args.multirun else None, sweep_dir) for i, cfg in enumerate(configs)]
+        configs = [job_config(cfg) for cfg in configs]
+        for cfg, run_dir in zip(configs, run_dirs):
+            check_inputs(cfg, run_dir)
+    except ScoreliftError as exc:
+        return fail(exc)
+
+    setup_console_logging()
+    for job, cfg, run_dir in zip(jobs, configs, run_dirs):
+        try:
+            run(cfg, run_dir, overrides=saved_overrides(job), checked=True)
+        except ScoreliftError as exc:
+            return fail(exc)
+    return 0

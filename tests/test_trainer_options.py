@@ -131,10 +131,6 @@ def test_precisions_train_on_the_cpu(given, precision, tiny_pipeline_dir, latent
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "known: under autocast the hash grid's features are bfloat16/float16 while composite_torch's weights "
-    "are float32, and its colour buffer takes the features' dtype, so index_add refuses the float32 "
-    "contributions; allocating the buffer with the dtype of w[:, None] * feats fixes it (then drop this mark)"))
 def test_mixed_precision_with_the_hash_grid(tiny_pipeline_dir, latent_size, tmp_path):
     from tests.test_system import HASH_GRID_SMALL
 

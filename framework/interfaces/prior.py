@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from scorelift.errors import ConfigError
 from scorelift.interfaces.base import BasePart
 
 
@@ -59,9 +58,10 @@ class DiffusionPrior(BasePart):
 
     def validate_prompt(self, prompt: str) -> None:
         """ConfigError if this (built) prior cannot take ``prompt``; for callers that skip the
-        start-up check. Default: any non-empty text."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'.")
+        start-up check. Default: any non-empty text (the start-up check's own test)."""
+        from scorelift.checks import check_prompt
+
+        check_prompt(prompt)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """N prompts -> [N, L, D] embeddings (cached); "" is the unconditional prompt."""

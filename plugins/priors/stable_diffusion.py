@@ -367,11 +367,8 @@ class StableDiffusionPrior(DiffusionPrior):
 
     def validate_prompt(self, prompt: str) -> None:
         """ConfigError for an empty prompt or one longer than the tokenizer's limit, alone or
-        with any view's words (so it fails here, not at the first training step)."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(
-                f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
-            )
+        with any view's words (the checks ``inspect`` makes at start-up, on a built prior)."""
+        super().validate_prompt(prompt)
         check_prompt_length(self.tokenizer, prompt.strip(), self.cfg.view_templates)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

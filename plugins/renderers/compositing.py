@@ -47,8 +47,9 @@ def composite_torch(sigma, delta, t, feats, ray_idx, sample_idx) -> Composited:
     trans = torch.exp(-(torch.cumsum(optical, dim=-1) - optical))  # exclusive: sum over j < k
     weights = trans * alpha
     w = weights[ray_idx, sample_idx]  # [M]
-    color = torch.zeros((sigma.shape[0], feats.shape[-1]), dtype=feats.dtype, device=feats.device)
-    color = color.index_add(0, ray_idx, w[:, None] * feats)
+    contrib = w[:, None] * feats  # float32 weights x features (bfloat16/float16 under autocast)
+    color = torch.zeros((sigma.shape[0], feats.shape[-1]), dtype=contrib.dtype, device=feats.device)
+    color = color.index_add(0, ray_idx, contrib)
     opacity = weights.sum(dim=1, keepdim=True)
     depth = (weights * t).sum(dim=1, keepdim=True)
     return Composited(weights, color, opacity, depth)

@@ -1,7 +1,7 @@
 """Building parts from config: a part's defaults live in exactly one place.
 
-Either its ``Config`` dataclass gives every option a default (the guidances do; such a part is
-also a Hydra structured config, see ``registry.store_structured_config``), or a YAML file
+Either its ``Config`` dataclass gives every option a default (every built-in part does; such a
+part is also a Hydra structured config, see ``registry.store_structured_config``), or a YAML file
 ``configs/<kind>/<name>.yaml`` (or the plugin's own ``config_file``) holds ``type: <name>`` and
 every option, and the dataclass declares the fields without defaults, so a value missing from
 the YAML is an error rather than a silently different default (docs/plugins.md).

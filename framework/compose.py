@@ -77,10 +77,18 @@ def root_layout() -> tuple[list[str], list[str]]:
 
 
 def group_options(group: str) -> list[str]:
-    """The options of config group ``group``: its YAML files in every search root."""
+    """The options of config group ``group``: its YAML files in every search root, and the parts
+    stored as structured configs from their ``Config`` dataclass (``registry.store_structured_config``)."""
+    from hydra.core.config_store import ConfigStore
+
     names: set[str] = set()
     for root in search_roots():
         names.update(p.stem for p in (root / group).glob("*.yaml"))
+    try:
+        stored = ConfigStore.instance().list(group)
+    except IOError:  # no part of this group is stored
+        stored = []
+    names.update(n[: -len(".yaml")] for n in stored if n.endswith(".yaml"))
     return sorted(names)
 
 
@@ -137,8 +145,8 @@ def composition_error(exc: Exception, overrides: list[str]) -> ConfigError:
         given = find_override(overrides, group) or f"{group}={name}"
         return ConfigError(
             f"{given}: the config group {group!r} has no option {name!r}. The options are: "
-            f"{', '.join(options) or '(none)'} (YAML files of configs/{group}/, or of an installed plugin's "
-            f"config folder; `scorelift --list` shows the plugins)."
+            f"{', '.join(options) or '(none)'} (parts whose Config dataclass holds their defaults, and YAML files "
+            f"of configs/{group}/ or of an installed plugin's config folder; `scorelift --list` shows them)."
         )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 

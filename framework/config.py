@@ -36,7 +36,13 @@ def parse_config(cls: type[C], cfg: Any, where: str) -> C:
             f"to this part and not another one."
         )
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), cfg)
+        base = OmegaConf.structured(cls)
+        for key, value in cfg.items():
+            # A mapping given for a dict option (a prior's view_templates) is its whole value; a merge
+            # would keep the default's other keys, so {} could never clear the default.
+            if isinstance(value, dict) and OmegaConf.get_type(base, key) is dict:
+                base[key] = {}
+        merged = OmegaConf.merge(base, cfg)
     except ValidationError as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
         field = fields.get(str(key).split(".")[0])
@@ -51,7 +57,7 @@ def parse_config(cls: type[C], cfg: Any, where: str) -> C:
     if missing:
         raise ConfigError(
             f"Missing config key(s) {', '.join(repr(k) for k in missing)} for {where}. Every option "
-            f"of a plugin must be set in its YAML file under configs/ (or the plugin's own file)."
+            f"of a plugin needs a default in its Config dataclass (or a value in the plugin's own YAML file)."
         )
     return OmegaConf.to_object(merged)
 

@@ -55,6 +55,7 @@ def test_one_top_level_package_with_its_data(installed):
     assert sorted(p.name for p in (target / "bin").iterdir()) == ["scorelift", "scorelift-bench"]
     package = target / "scorelift"
     for data in ("configs/config.yaml", "configs/system/sjc.yaml", "shapes_world/configs/prior/shapes.yaml",
+                 "shapes_world/configs/preset/shapes_sjc.yaml", "shapes_world/configs/part_preset/guidance/shapes_sjc_paas.yaml",
                  "shapes_world/prior/unet/diffusion_pytorch_model.safetensors", "shapes_world/prior/tokenizer/vocab.json",
                  "benchmark/presets/ci.yaml"):
         assert (package / data).is_file(), data
@@ -86,4 +87,5 @@ def test_three_steps_of_the_main_job(installed, tmp_path):
     assert set(metrics) >= {"iou", "colour_error", "identification"}
     config = (run_dir / "config.yaml").read_text()
     assert str(installed["target"] / "scorelift" / "shapes_world" / "prior") in config
+    assert "guidance_scale: 10.0" in config and "resolution: 48" in config  # the shapes presets applied
     assert [list(installed["cwd"].joinpath(folder).iterdir()) for folder in ("plugins", "configs")] == [[], []]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,8 +13,11 @@ from scorelift.registry import register
 
 @dataclass
 class LearnedColorBackgroundConfig:
-    n_features: int  # C, must equal the geometry's
-    init_color: list[float]  # C starting values in (0, 1)
+    """Options of ``learned-color`` and their defaults (``background=learned-color
+    background.<option>=...``): one learnable colour, sigmoid-activated."""
+
+    n_features: int = 3  # C, must equal the geometry's
+    init_color: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # C starting values in (0, 1)
 
 
 @register("background", "learned-color")

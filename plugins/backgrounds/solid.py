@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,8 +13,12 @@ from scorelift.registry import register
 
 @dataclass
 class SolidBackgroundConfig:
-    n_features: int  # C, must equal the geometry's
-    color: list[float]  # C values, used as they are
+    """Options of ``solid`` and their defaults (``background=solid background.<option>=...``):
+    a fixed background value, no parameters."""
+
+    n_features: int = 3  # C, must equal the geometry's
+    # C values, used as they are (one per feature channel); the default is white RGB.
+    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
 
 
 @register("background", "solid")

@@ -9,7 +9,7 @@ renderer does, so the background turns with the camera.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,18 @@ MAPPINGS = ("screen", "spherical")
 
 @dataclass
 class TextureBackgroundConfig:
-    n_features: int  # C, must equal the geometry's
-    resolution: int  # r: the texture is r x r (SJC: 4)
-    mapping: str  # screen | spherical
-    activation: str  # none (latents) | sigmoid (RGB)
-    init_mean: list[float]  # per-channel mean of the start (SJC: zeros; the shapes preset: white's latent)
-    init_std: float  # texture starts as N(init_mean, std^2) (SJC: 1)
-    init_seed: int  # seed of that draw (independent of the global RNG)
+    """Options of ``texture`` and their defaults (``background=texture background.<option>=...``):
+    SJC's learned 4x4 latent background, blended as (1 - opacity) * bg."""
+
+    n_features: int = 4  # C, must equal the geometry's
+    resolution: int = 4  # r: the texture is r x r (SJC: 4)
+    # screen: upsampled over the image; spherical: looked up by ray direction (the authors' code).
+    mapping: str = "screen"
+    activation: str = "none"  # none (latents) | sigmoid (RGB)
+    # Per-channel mean of the start; [] = zeros (SJC). The shapes SJC preset holds it at RGB white, [1, 1, 1].
+    init_mean: list[float] = field(default_factory=list)
+    init_std: float = 1.0  # texture starts as N(init_mean, std^2) (SJC: 1, the authors' randn)
+    init_seed: int = 0  # seed of that draw (independent of the global RNG)
 
 
 @register("background", "texture")

@@ -55,22 +55,38 @@ FEATURE_KINDS = {"none": "latent", "sigmoid": "rgb"}
 
 @dataclass
 class HashGridConfig:
-    bbox_radius: float  # the box [-r, r]^3; density is 0 outside it
-    n_features: int  # C: 3 (RGB, sigmoid) or 4 (latents, none)
-    feature_activation: str  # "sigmoid" or "none"
-    n_levels: int  # L (threestudio: 16)
-    features_per_level: int  # F (2)
-    log2_hashmap_size: int  # log2 T (19)
-    base_resolution: int  # N_min (16)
-    per_level_scale: float  # b (1.447269237440378)
-    mlp_width: int  # hidden units of each head (64)
-    mlp_layers: int  # hidden layers of each head (1)
-    blob_scale: float  # density bias at the centre (threestudio: 10); 0 disables the blob
-    blob_std: float  # radius where the bias crosses 0 (0.5)
-    start_levels: int | None  # progressive levels: active at step 0 (None: all)
-    update_steps: int  # one more level every this many steps
-    backend: str  # auto | torch | triton | tcnn (see the module docstring)
-    init_seed: int
+    """Options of ``hash-grid`` and their defaults (``geometry=hash-grid geometry.<option>=...``):
+    Instant-NGP's encoding with threestudio's defaults. For a CPU run use fewer levels and a
+    smaller table, e.g. ``geometry.n_levels=8 geometry.log2_hashmap_size=15``."""
+
+    bbox_radius: float = 1.0  # the box [-r, r]^3; density is 0 outside it
+    n_features: int = 3  # C: 3 with sigmoid (RGB) or 4 with none (latents)
+    feature_activation: str = "sigmoid"  # "sigmoid" or "none"
+    n_levels: int = 16  # L
+    features_per_level: int = 2  # F
+    log2_hashmap_size: int = 19  # log2 T: T = 2^19 entries per level
+    base_resolution: int = 16  # N_min
+    per_level_scale: float = 1.447269237440378  # b: the finest level is 16 * 1.447^15 = 4096
+    mlp_width: int = 64  # hidden units of each head
+    mlp_layers: int = 1  # hidden layers of each head
+    # Density bias at the centre: 10 (1 - |x| / 0.5), a soft ball to start from (threestudio's
+    # blob_magic3d); 0 disables the blob.
+    blob_scale: float = 10.0
+    blob_std: float = 0.5  # radius where the bias crosses 0
+    # Progressive levels: those active at step 0, e.g. 8 with update_steps 500 (None: all active).
+    start_levels: int | None = None
+    update_steps: int = 0  # one more level every this many steps (0: start_levels stay)
+    # auto | torch | triton | tcnn (see the module docstring); the parameters (state_dict) are the
+    # same for all four.
+    #   auto:   per call, Triton for float32 CUDA points (if triton imports), else pure PyTorch (CPU
+    #           points always); both compute the same encoding. Never picks tcnn.
+    #   torch:  pure PyTorch (this module), the reference; any device.
+    #   triton: Triton kernels, same encoding to float32 rounding; CUDA only, no gradient w.r.t. points.
+    #   tcnn:   tinycudann's HashGrid on CUDA. Its formula differs from ours (resolution, half-cell
+    #           offset, padded dense tables: hash_encoding_tcnn.py), so it computes a different
+    #           function of the same tables: train and evaluate with the same backend.
+    backend: str = "auto"
+    init_seed: int = 0  # seed of the table and MLP initialisation
 
 
 BACKENDS = ("auto", "torch", "triton", "tcnn")

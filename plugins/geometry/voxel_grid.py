@@ -35,15 +35,27 @@ LATENT_BOUND = 3.0
 
 @dataclass
 class VoxelGridConfig:
-    resolution: int  # grid points per axis (R)
-    bbox_radius: float  # the box is [-r, r]^3
-    n_features: int  # C: 4 for Stable-Diffusion latents, 3 for RGB
-    feature_activation: str  # "none" (features are latents) or "sigmoid" (features are RGB)
-    density_shift: float  # added before the softplus
-    density_init: float  # initial raw density value g of every voxel
-    feature_init_std: float  # features start as N(0, std^2); 0 starts them at zero
-    init_seed: int  # seed of the feature initialisation (independent of the global RNG)
-    learn_density_scale: bool = True  # SJC learns d_scale; False keeps it at 0 (see the config file)
+    """Options of ``voxel-grid`` and their defaults (``geometry=voxel-grid geometry.<option>=...``).
+    The defaults follow the SJC authors' Stable-Diffusion runs."""
+
+    resolution: int = 100  # grid points per axis (R); spacing 2 * bbox_radius / (resolution - 1)
+    bbox_radius: float = 1.0  # the box is [-r, r]^3; density is 0 outside it
+    # C: 4 for Stable-Diffusion latents (SJC); 3 with feature_activation=sigmoid for RGB.
+    n_features: int = 4
+    # "none" or "tanh" (bounded to +-3): features are latents (feature_kind "latent");
+    # "sigmoid": features are RGB (feature_kind "rgb").
+    feature_activation: str = "none"
+    # density = softplus(g * exp(d_scale) + density_shift), g the raw grid value, d_scale learned (starts at 0).
+    density_shift: float = -1.0
+    # Initial raw density value g of every voxel. The authors' start, 0: softplus(-1) = 0.31 per unit,
+    # opacity 0.47 (0.466) through the centre of a radius-1 box (a light fog). Use e.g. -5 (density
+    # 0.0025) to start clear; a large value starts opaque and tends to stay a filled box.
+    density_init: float = 0.0
+    feature_init_std: float = 1.0  # features start as N(0, std^2) (authors: randn); 0 starts them at zero
+    init_seed: int = 0  # seed of the feature initialisation (independent of the global RNG)
+    # SJC learns d_scale; False keeps it at 0. From a clear start (density_init << 0) that one scalar
+    # fills the whole box with fog (exp(d_scale) -> 0 gives softplus(density_shift) everywhere).
+    learn_density_scale: bool = True
 
 
 def trilinear_gather(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,14 @@ from scorelift.registry import register
 
 @dataclass
 class CenterDepthConfig:
-    crop_fraction: float  # side of the central crop / image side (SJC: 50 / 64)
-    far: float  # depth given to empty pixels (SJC's renderer: 10)
-    eps: float  # below this gap the log is continued linearly
+    """Options of the ``center-depth`` loss and their defaults (set under
+    ``system.losses.center-depth``). Its weight, ``lambda_center_depth``, is 0 by default in the
+    SJC authors' code and 10 to 100 for some prompts."""
+
+    # Side of the central crop / image side: 50 / 64, the central 50x50 crop of a 64x64 render (SJC).
+    crop_fraction: float = 0.78125
+    far: float = 10.0  # depth given to empty pixels (the authors' renderer blends depth with 10)
+    eps: float = 1e-3  # below this gap the log is continued linearly (finite, keeps the gradient)
 
 
 def safe_neg_log(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -20,9 +20,12 @@ from scorelift.registry import register
 
 @dataclass
 class EmptinessConfig:
-    scale: float  # SJC: 10
-    boost_factor: float  # SJC: 20
-    boost_at: float  # fraction of max_steps from which the boost applies (SJC: 0.5)
+    """Options of the ``emptiness`` loss and their defaults (set under ``system.losses.emptiness``),
+    SJC's. The authors weight it with lambda_emptiness 1e4."""
+
+    scale: float = 10.0  # the loss is mean(log(1 + scale * w)) (SJC: 10)
+    boost_factor: float = 20.0  # multiply the loss by this ... (SJC: 20)
+    boost_at: float = 0.5  # ... from this fraction of max_steps on (SJC: 0.5)
 
 
 @register("loss", "emptiness")

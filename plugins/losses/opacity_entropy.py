@@ -15,7 +15,10 @@ from scorelift.registry import register
 
 @dataclass
 class OpacityEntropyConfig:
-    eps: float  # opacity is clamped to [eps, 1 - eps] so the log stays finite
+    """Options of the ``opacity-entropy`` loss and their defaults (set under
+    ``system.losses.opacity-entropy``)."""
+
+    eps: float = 1e-5  # opacity is clamped to [eps, 1 - eps] so the log stays finite
 
 
 @register("loss", "opacity-entropy")

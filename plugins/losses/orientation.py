@@ -22,7 +22,7 @@ from scorelift.registry import register
 
 @dataclass
 class OrientationConfig:
-    pass
+    """The ``orientation`` loss has no options; it needs ``renderer.return_normals=true``."""
 
 
 @register("loss", "orientation")

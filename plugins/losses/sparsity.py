@@ -15,7 +15,9 @@ from scorelift.registry import register
 
 @dataclass
 class SparsityConfig:
-    eps: float  # smoothing of the L1 near 0 (0.01)
+    """Options of the ``sparsity`` loss and their defaults (set under ``system.losses.sparsity``)."""
+
+    eps: float = 0.01  # smoothing of the L1 near 0
 
 
 @register("loss", "sparsity")

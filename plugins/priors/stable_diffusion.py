@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,21 +51,33 @@ VALID_LAYOUT = (
 )
 
 
+def default_view_templates() -> dict[str, str]:
+    """View-dependent prompting, DreamFusion style (as the shapes prior's captions)."""
+    return {
+        "front": "{prompt}, front view",
+        "side": "{prompt}, side view",
+        "back": "{prompt}, back view",
+        "overhead": "{prompt}, overhead view",
+    }
+
+
 @dataclass
 class StableDiffusionPriorConfig:
-    """Options of the ``stable-diffusion`` prior (defaults: configs/prior/stable-diffusion.yaml).
+    """Options of the ``stable-diffusion`` prior and their defaults (``prior=stable-diffusion
+    prior.<option>=...``)."""
 
-    model: local pipeline directory or hub id; local_files_only: never touch the network;
-    dtype: auto (fp16 on CUDA, fp32 elsewhere) | float32 | float16 | bfloat16;
-    view_templates: view name (front/side/back/overhead) -> template containing ``{prompt}``
-    (empty: no view words); text_cache_dir: directory for on-disk text embeddings, or null.
-    """
-
-    model: str
-    local_files_only: bool
-    dtype: str
-    view_templates: dict[str, str]
-    text_cache_dir: Optional[str]
+    # Local pipeline directory (diffusers save_pretrained layout) or a Hugging Face hub id.
+    model: str = "stabilityai/stable-diffusion-2-1-base"
+    # Offline-first: never touch the network; set false to download a hub id.
+    local_files_only: bool = True
+    # auto: float16 on CUDA, float32 elsewhere; or float32 | float16 | bfloat16.
+    dtype: str = "auto"
+    # View name (front/side/back/overhead) -> template; {prompt} is the user's prompt. DreamFusion
+    # style, as the shapes prior's captions; an empty mapping {} adds no view words. SJC's authors
+    # wrote e.g. "front view of {prompt}" / "backside view of {prompt}": set those to reproduce them.
+    view_templates: dict[str, str] = field(default_factory=default_view_templates)
+    # Directory for on-disk text embeddings (keyed by model and prompt), or null for memory only.
+    text_cache_dir: Optional[str] = None
 
 
 def load_error(model: str, reason: str) -> PriorLoadError:

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,7 +27,11 @@ from scorelift.errors import ConfigError
 from scorelift.interfaces.base import BasePart
 from scorelift.registry import register
 from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer
-from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
+from scorelift.plugins.priors.stable_diffusion import (
+    StableDiffusionPrior,
+    check_local_pipeline,
+    default_view_templates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,24 +132,26 @@ def build_tiny_pipeline(
 
 @dataclass
 class TinyRandomPriorConfig:
-    """Options of the ``tiny-random`` prior (defaults: configs/prior/tiny-random.yaml).
+    """Options of the ``tiny-random`` prior and their defaults (``prior=tiny-random
+    prior.<option>=...``): a RANDOM-WEIGHT Stable-Diffusion-format pipeline that runs offline in
+    milliseconds per step; its guidance means nothing.
 
-    latent_size, vae_blocks, unet_channels, text_hidden, text_layers, seed, prediction_type:
-    passed to ``build_tiny_pipeline``; cache_dir: where built pipelines are kept;
-    dtype, view_templates, text_cache_dir: as for ``stable-diffusion``.
+    latent_size .. prediction_type are passed to ``build_tiny_pipeline``; dtype, view_templates
+    and text_cache_dir are as for ``stable-diffusion``.
     """
 
-    latent_size: int
-    vae_blocks: int
-    unet_channels: list[int]
-    text_hidden: int
-    text_layers: int
-    seed: int
-    prediction_type: str
-    cache_dir: str
-    dtype: str
-    view_templates: dict[str, str]
-    text_cache_dir: Optional[str]
+    latent_size: int = 16  # latents 4 x 16 x 16
+    vae_blocks: int = 3  # pixels = latent_size * 2^(vae_blocks - 1) = 64
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64])
+    text_hidden: int = 32
+    text_layers: int = 2
+    seed: int = 0  # weight initialisation
+    prediction_type: str = "epsilon"  # or v_prediction
+    # Where built pipelines are kept: built once per distinct setting, reused afterwards.
+    cache_dir: str = "~/.cache/scorelift"
+    dtype: str = "auto"
+    view_templates: dict[str, str] = field(default_factory=default_view_templates)
+    text_cache_dir: Optional[str] = None
 
 
 def tiny_pipeline_location(cache_dir: str | Path, **settings) -> tuple[str, Path]:

@@ -66,32 +66,38 @@ ONE_FILE = REPO / "examples" / "one_file_guidance.py"
 
 
 def test_the_one_file_guidance_of_the_docs(tiny_pipeline_dir, tmp_path):
-    """docs/plugins.md's one-file guidance, copied from the docs into an unrelated folder, loaded
-    with plugins.paths, composed by name with its option shown by --cfg job, and run 4 steps."""
+    """docs/plugins.md's one-file guidance, copied from the docs into an unrelated folder: loaded by
+    plugins.paths, it is an option of the guidance group whose defaults the composed config shows
+    and whose own check refuses a bad value (in this process); a 4-step run through the real
+    launcher, from that folder, trains with it."""
+    from omegaconf import OmegaConf
+
+    from scorelift.checks import check_part
+    from scorelift.compose import compose_config
+    from scorelift.errors import ConfigError
+
     docs = (REPO / "docs" / "plugins.md").read_text()
     code = ONE_FILE.read_text()
     assert f"```python\n{code}```" in docs  # the docs show exactly the tested file
     assert len(code.splitlines()) < 30
     work = tmp_path / "work"
     work.mkdir()
-    (work / "one_file_guidance.py").write_text(code)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    scorelift = [sys.executable, "-m", "scorelift", "plugins.paths=[./one_file_guidance.py]"]
-    shown = subprocess.run([*scorelift, "--cfg", "job", "guidance=rms-sds"], capture_output=True, text=True,
-                           env=env, cwd=work)
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "type: rms-sds" in shown.stdout and "target_rms: 1.0" in shown.stdout
-    bad = subprocess.run([*scorelift, "guidance=rms-sds", "guidance.target_rms=-1"], capture_output=True, text=True,
-                         env=env, cwd=work)
-    assert bad.returncode == 2 and "guidance.target_rms=-1.0 must be positive" in bad.stderr, bad.stderr[-2000:]
+    plugin = work / "one_file_guidance.py"
+    plugin.write_text(code)
+    load = f"plugins.paths=[{plugin}]"
+    shown = OmegaConf.to_container(compose_config([load, "guidance=rms-sds"], with_hydra=False)["guidance"])
+    assert shown["type"] == "rms-sds" and shown["target_rms"] == 1.0 and shown["guidance_scale"] == 100.0
+    with pytest.raises(ConfigError, match=r"guidance.target_rms=-1.0 must be positive"):
+        check_part("guidance", {**shown, "target_rms": -1.0}, "guidance")
     run_dir = tmp_path / "run"
     out = subprocess.run([
-        *scorelift, "system=dreamfusion", "guidance=rms-sds", "guidance.target_rms=0.5", "prior=stable-diffusion",
+        sys.executable, "-m", "scorelift", "plugins.paths=[./one_file_guidance.py]",
+        "system=dreamfusion", "guidance=rms-sds", "guidance.target_rms=0.5", "prior=stable-diffusion",
         f"prior.model={tiny_pipeline_dir}", "trainer.max_steps=4", "trainer.progress_bar=false",
         "geometry.resolution=12", "geometry.bbox_radius=1.0", "renderer.step_size=0.04",
         "data.height=16", "data.width=16", "system.views.resolution=16", "system.views.n_frames=2",
         "device=cpu", f"hydra.run.dir={run_dir}",
-    ], capture_output=True, text=True, env=env, cwd=work)
+    ], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=work)
     assert out.returncode == 0, out.stderr[-3000:]
     config = (run_dir / "config.yaml").read_text()
     assert "type: rms-sds" in config and "target_rms: 0.5" in config

@@ -102,7 +102,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
     with ``device``, which is what places the run)."""
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from scorelift.checks import lightning_precision
+    from scorelift.trainer_options import lightning_precision
 
     return pl.Trainer(
         max_steps=cfg.trainer.max_steps,

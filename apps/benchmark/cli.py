@@ -48,7 +48,7 @@ def machine_description() -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="benchmark.py", description=__doc__, epilog=EPILOG,
+    ap = argparse.ArgumentParser(prog="scorelift-bench", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", help=f"a preset name ({', '.join(spec_mod.preset_names())}) or a YAML file")
     ap.add_argument("--out", required=True, help="output folder (created; reused to resume)")

@@ -100,6 +100,31 @@ def _check_required_methods(kind: str, name: str, cls: type, origin: str) -> Non
             f"Plugin {origin!r} registers {kind} {name!r} ({cls.__qualname__}) without implementing "
             f"{', '.join(missing)}; a {kind} must implement {', '.join(methods)} (see {module_name})."
         )
+    if kind in ("prior", "guidance"):
+        _check_capabilities(kind, name, cls, origin, base)
+
+
+def _check_capabilities(kind: str, name: str, cls: type, origin: str, base: type) -> None:
+    """A prior implements the method of every capability it declares; a guidance requires only
+    capabilities that exist (``scorelift.interfaces.prior.CAPABILITIES``)."""
+    from scorelift.interfaces.prior import CAPABILITIES
+
+    declared = cls.capabilities if kind == "prior" else cls.requires
+    unknown = sorted(set(declared) - set(CAPABILITIES))
+    if unknown:
+        raise PluginError(
+            f"Plugin {origin!r} registers {kind} {name!r} ({cls.__qualname__}) with the unknown prior capability "
+            f"{', '.join(unknown)}; the capabilities are: {', '.join(CAPABILITIES)}."
+        )
+    if kind == "prior":
+        from scorelift.interfaces.prior import DiffusionPrior
+
+        lacking = [c for c in declared if getattr(cls, CAPABILITIES[c]) is getattr(DiffusionPrior, CAPABILITIES[c])]
+        if lacking:
+            raise PluginError(
+                f"Plugin {origin!r} registers prior {name!r} ({cls.__qualname__}), which declares the capability "
+                f"{', '.join(lacking)} without implementing {', '.join(CAPABILITIES[c] for c in lacking)}."
+            )
 
 
 def has_full_defaults(config_cls) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from omegaconf import OmegaConf
 
-from scorelift import Guidance, register
+from scorelift import DiffusionPrior, Guidance, register
 from scorelift.checks import check_part
 from scorelift.compose import compose_config
 
@@ -67,3 +67,35 @@ def test_shapes_presets_reach_only_the_parts_that_declare_their_keys(system):
     hashed = job(f"system={system}", "geometry=hash-grid")["geometry"]
     assert "resolution" not in hashed and "density_init" not in hashed and hashed["bbox_radius"] == 1.0
     check_part("geometry", hashed, "geometry")
+
+
+def test_prior_capabilities_are_declared_checked_and_required():
+    """A guidance that needs a capability the chosen prior lacks fails at start-up naming both;
+    registration refuses a prior that declares a capability it does not implement."""
+    from scorelift.checks import check_inputs
+    from scorelift.errors import ConfigError, PluginError
+    from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
+
+    @register("prior", "test-frozen-sd")
+    class FrozenStableDiffusion(StableDiffusionPrior):
+        """Stable Diffusion without a trainable copy of its UNet (this test's own)."""
+
+        capabilities = frozenset()
+
+    cfg = compose_config(["system=dreamfusion", "guidance=vsd", "prior=stable-diffusion",
+                          "prior.type=test-frozen-sd"], with_hydra=False)
+    with pytest.raises(ConfigError, match=r"guidance=vsd needs the prior capability trainable_denoiser, which "
+                                          r"prior 'test-frozen-sd' \(FrozenStableDiffusion\) does not declare"):
+        check_inputs(cfg)
+
+    with pytest.raises(PluginError, match="declares the capability trainable_denoiser without implementing "
+                                          "trainable_denoiser_copy"):
+        @register("prior", "test-claims-denoiser")
+        class Claims(DiffusionPrior):
+            capabilities = frozenset({"trainable_denoiser"})
+
+            def encode_text(self, prompts): ...
+            def condition(self, prompt, view_names): ...
+            def encode_images(self, rgb): ...
+            def decode_latents(self, latents): ...
+            def predict_eps(self, z_t, t, cond, uncond): ...

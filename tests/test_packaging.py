@@ -72,6 +72,10 @@ def test_list_from_an_unrelated_directory(installed):
     for name in ("paas", "sds", "ssd", "vsd", "voxel-grid", "hash-grid", "stable-diffusion", "shapes-world"):
         assert f"  {name} " in listed.stdout, name
     assert "prior presets (prior=...): shapes, stable-diffusion, tiny-random" in listed.stdout
+    bench = subprocess.run([str(installed["target"] / "bin" / "scorelift-bench"), "--help"], capture_output=True,
+                           text=True, env=installed["env"], cwd=installed["cwd"])
+    assert bench.returncode == 0 and bench.stdout.startswith("usage: scorelift-bench"), bench.stderr[-2000:]
+    assert "ci" in bench.stdout and "full" in bench.stdout  # the presets shipped inside the package
 
 
 def test_three_steps_of_the_main_job(installed, tmp_path):

@@ -22,6 +22,10 @@ class TextConditioning:
     cond_view_independent: torch.Tensor
 
 
+# Each capability a prior may declare, and the method that provides it (registration checks it).
+CAPABILITIES = {"trainable_denoiser": "trainable_denoiser_copy"}
+
+
 class DiffusionPrior(BasePart):
     """A latent diffusion model (Stable-Diffusion format).
 

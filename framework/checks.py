@@ -9,10 +9,12 @@ fed by what the parts declare (``Geometry.feature_kind_of``, ``Guidance.supports
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from scorelift import builders, registry
 from scorelift.config import parse_config
@@ -20,6 +22,24 @@ from scorelift.errors import ConfigError, PluginError
 from scorelift.trainer_options import check_trainer
 
 MODES = ("train", "test", "export")
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+
+
+def check_finite(node, key: str = "") -> None:
+    """ConfigError naming the first NaN or infinite number anywhere in a (resolved) config: no
+    option of a run means anything at NaN or infinity, and a NaN scale or weight would train on
+    silently (a NaN guidance scale zeroes every gradient)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(
+            f"{key}={node} is not a finite number; every number of a run config must be finite (set {key} "
+            f"to a real value, e.g. its default: `scorelift --cfg job` shows them)."
+        )
 
 
 def pick_device(name: str) -> torch.device:
@@ -207,6 +227,17 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be a whole number (e.g. seed=3).")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(
+            f"seed={cfg.seed} is outside 0..{MAX_SEED} (2^32 - 1), the range of the random generators a run "
+            f"seeds from it; pick a seed in that range (e.g. seed=3)."
+        )
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"The config cannot be resolved: {first_line}") from None
+    check_finite(resolved)
     pick_device(cfg.device)
     if not isinstance(cfg.deterministic, bool):
         raise ConfigError(f"deterministic={cfg.deterministic!r} must be true or false.")

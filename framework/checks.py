@@ -10,6 +10,7 @@ fed by what the parts declare (``Geometry.feature_kind_of``, ``Guidance.supports
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from scorelift import builders, registry
 from scorelift.config import parse_config
 from scorelift.errors import ConfigError, PluginError
+from scorelift.outputs import checkpoint as ckpt_files
+from scorelift.outputs.checkpoint import checkpoint_path
+from scorelift.run_lock import check_not_in_use
 from scorelift.trainer_options import check_trainer
 
 MODES = ("train", "test", "export")
@@ -54,22 +58,56 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.ckpt"
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: ``path`` (None: the run stopped before its first
+    checkpoint, so it starts again from step 0 in its directory), its global ``step``, and the
+    newer checkpoints that could not be read, (path, why), which it skips."""
+
+    path: Path | None
+    step: int
+    skipped: list
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: ``resume`` itself if it is a file, else the run's last.ckpt."""
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> ResumePoint | None:
+    """The checkpoint to continue from: ``resume`` itself if it is a file, else the run's newest
+    readable checkpoint (last.ckpt, then step_*.ckpt by step: a damaged newest one falls back to
+    the one before it). None when the config does not resume."""
     if not cfg.resume:
         return None
-    given = Path(str(cfg.resume))
-    ckpt = given if given.is_file() else checkpoint_path(run_dir)
-    if not ckpt.is_file():
+    given = Path(str(cfg.resume)).expanduser()
+    paths = [given] if given.is_file() else ckpt_files.candidates(run_dir)
+    if not paths:
+        if (Path(run_dir) / "config.yaml").is_file() and cfg.mode == "train":
+            return ResumePoint(None, 0, [])
         raise ConfigError(
-            f"resume={cfg.resume!r}: no checkpoint at {str(ckpt)!r}. Pass a run directory that holds "
-            f"checkpoints/last.ckpt, or the path of a .ckpt file."
+            f"resume={cfg.resume!r}: no checkpoint at {str(checkpoint_path(run_dir))!r}. Pass a run directory that "
+            f"holds checkpoints/last.ckpt, or the path of a .ckpt file."
         )
-    return ckpt
+    path, step, skipped = ckpt_files.first_readable(paths)
+    if path is None:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise ConfigError(
+            f"resume={cfg.resume!r}: no checkpoint of the run can be read ({reasons}); pass another run directory "
+            f"or .ckpt file to resume=."
+        )
+    return ResumePoint(path, step, skipped)
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path | None) -> None:
+    """The run directory is free to write: no live process holds its lock, and a new training run
+    does not land on top of an earlier run's files (they would be overwritten)."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return
+    check_not_in_use(run_dir)
+    if cfg.mode == "train" and not cfg.resume and (
+        (Path(run_dir) / "config.yaml").is_file() or ckpt_files.has_checkpoint(run_dir)
+    ):
+        raise ConfigError(
+            f"The run directory {str(run_dir)!r} already holds a run; a new run there would overwrite its "
+            f"checkpoints and logs. Continue it with resume={run_dir}, or start the new run elsewhere "
+            f"(hydra.run.dir=... or leave hydra.run.dir at its default, a new timestamped folder)."
+        )
 
 
 def check_prompt(prompt) -> str:
@@ -83,7 +121,7 @@ def check_prompt(prompt) -> str:
     return prompt.strip()
 
 
-def checkpoint_system(ckpt: Path) -> str | None:
+def checkpoint_system(ckpt: Path | None) -> str | None:
     """The system name a scorelift checkpoint was written by (None if it does not say), read
     without loading its tensors."""
     try:
@@ -113,8 +151,8 @@ def check_resume(cfg: DictConfig, run_dir: Path | None) -> None:
             f"resume={cfg.resume!r} does not exist. Pass a run directory (e.g. outputs/sjc-paas/a_red_cube@...) "
             f"or a checkpoint file inside one."
         )
-    ckpt = resume_checkpoint(cfg, run_dir if run_dir is not None else given)
-    written_by = checkpoint_system(ckpt)
+    point = resume_checkpoint(cfg, run_dir if run_dir is not None else given)
+    written_by = checkpoint_system(point.path)
     name = OmegaConf.select(cfg, "system.name")
     if written_by not in (None, name):
         raise ConfigError(
@@ -257,6 +295,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
                 f"`scorelift --cfg job`."
             ) from None
     check_resume(cfg, run_dir)
+    check_run_dir(cfg, run_dir)
     for path in cfg.plugins.paths:
         registry.load_plugin_file(path)
 

@@ -5,7 +5,9 @@
 
 Nothing is written before the config has been composed and checked and the parts have been
 built, so bad input exits with code 2 and one paragraph and leaves nothing behind. A sweep
-(``-m``) composes and checks every run before the first one starts.
+(``-m``) composes and checks every run before the first one starts. Exit codes: 0 finished, 2 bad
+input, 74 a write found no space, 75 stopped by a signal with a checkpoint ("resume me"); see
+``scorelift.errors``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from scorelift.command_line import expand_resume, format_plugin_list, parse_command_line, saved_overrides, sweep_jobs
-from scorelift.errors import ConfigError, ScoreliftError
-
-EXIT_BAD_INPUT = 2
+from scorelift.errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
 
 
-def fail(exc: Exception) -> int:
-    print(f"scorelift: error: {exc}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+def fail(exc: ScoreliftError) -> int:
+    """One paragraph on stderr; the exit code that says what happened (``scorelift.errors``)."""
+    what = "stopped" if isinstance(exc, RunStopped) else "error"
+    print(f"scorelift: {what}: {exc}", file=sys.stderr)
+    return getattr(exc, "exit_code", EXIT_BAD_INPUT)
 
 
 def run_dir_of(cfg: DictConfig, sweep_index: int | None = None, sweep_dir: Path | None = None) -> Path:

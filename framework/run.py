@@ -1,8 +1,15 @@
-"""One run: build the parts from a checked config, then create the run directory, train / re-render / export, write outputs."""
+"""One run: build the parts from a checked config, then create the run directory, train / re-render / export, write outputs.
+
+A run holds its directory's lock (``run_lock``) while it writes, stops cleanly on the stop
+signals (``stop_signals``: checkpoint, then exit 75), keeps its last checkpoints and its logs
+across resumes (``outputs.checkpoint``, ``outputs.logs``), refuses to start on a volume that
+cannot hold it (``disk_space``) and turns a write that still finds no space into one paragraph
+(exit 74) with the last good checkpoint intact."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import tempfile
@@ -14,16 +21,31 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from scorelift import builders, registry
-from scorelift.checks import check_inputs, checkpoint_path, pick_device, resume_checkpoint
-from scorelift.errors import ConfigError
+from scorelift.checks import ResumePoint, check_inputs, pick_device, resume_checkpoint
+from scorelift.disk_space import check_disk_space, free_bytes
+from scorelift.errors import ConfigError, RunStopped, RunWriteError
 from scorelift.library_noise import quiet_known_library_noise
-from scorelift.outputs.checkpoint import AtomicCheckpoint
+from scorelift.outputs.checkpoint import (
+    CheckpointKeeper,
+    DirectCheckpointIO,
+    checkpoint_dir,
+    checkpoint_path,
+    human_bytes,
+    no_space_error,
+    read_step,
+    remove_dead_writers_files,
+    set_aside,
+)
+from scorelift.outputs.logs import ResumableCSVLogger, tensorboard_logger
 from scorelift.outputs.final import ValidationImages, write_final_outputs
 from scorelift.outputs.mesh import export_mesh
 from scorelift.outputs.progress import StepProgressBar
 from scorelift.outputs.evaluation import Evaluation, applicable_evaluators
 from scorelift.outputs.timing import StepTimer
-from scorelift.run_info import write_run_info
+from scorelift.run_info import record_end, write_run_info
+from scorelift.run_lock import RunLock
+from scorelift.stop_signals import GracefulStop, StopSignals
+from scorelift.trainer_options import check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +117,13 @@ def build_system(cfg: DictConfig, device: torch.device):
     return system_cls(OmegaConf.to_container(cfg, resolve=True), prior).to(device)
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: StepTimer, evaluation: Evaluation) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: StepTimer, evaluation: Evaluation,
+                 keeper: CheckpointKeeper, graceful: GracefulStop, resume_step: int = 0) -> pl.Trainer:
     """Lightning's Trainer for one run on ``device``: loggers to ``<run>/logs/metrics.csv`` and
-    ``<run>/tensorboard/``, scorelift's callbacks, and the Lightning options of the trainer section
-    (checked at start-up by ``check_trainer``: trainer.accelerator and trainer.devices only agree
-    with ``device``, which is what places the run)."""
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    ``<run>/tensorboard/`` (continued on resume from ``resume_step``), scorelift's callbacks, and
+    the Lightning options of the trainer section (checked at start-up by ``check_trainer``:
+    trainer.accelerator and trainer.devices only agree with ``device``, which places the run)."""
+    from lightning_fabric.plugins.environments import LightningEnvironment
 
     from scorelift.trainer_options import lightning_precision
 
@@ -112,17 +135,18 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
         # the CSV logger first: it is trainer.logger (the TensorBoard one is in trainer.loggers)
-        logger=[
-            CSVLogger(save_dir=str(run_dir), name="", version="logs"),
-            TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
-        ],
+        logger=[ResumableCSVLogger(run_dir, resume_step), tensorboard_logger(run_dir, resume_step)],
         callbacks=[
             timer,  # first, so its step times exclude the evaluation, checkpoint and image writes
             evaluation,
-            AtomicCheckpoint(checkpoint_path(run_dir), cfg.trainer.checkpoint_every),
+            keeper,
             ValidationImages(run_dir),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),
+            graceful,  # last: a stop signal is acted on once the step's own outputs are written
         ],
+        # A plain environment, also inside a SLURM job: Lightning's SLURM one would answer SIGUSR1
+        # with its own requeue and SIGTERM with its own exit; the stop signals are scorelift's.
+        plugins=[LightningEnvironment(), DirectCheckpointIO()],
         enable_checkpointing=False,
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
@@ -142,43 +166,133 @@ def load_weights(system, ckpt: Path) -> int:
     return int(state.get("global_step", 0))
 
 
+def write_failed(exc: OSError, run_dir: Path) -> RunWriteError:
+    """One paragraph for a write that found no space (other than a checkpoint's, which says its own)."""
+    last = checkpoint_path(run_dir)
+    try:
+        kept = f"The last checkpoint (checkpoints/last.ckpt, step {read_step(last)}) is intact: free space and resume " \
+               f"with `scorelift resume={run_dir}`."
+    except Exception:  # noqa: BLE001  (none yet, or unreadable)
+        kept = "No checkpoint was written yet."
+    what = f"Writing {exc.filename!s}" if exc.filename else "A write of the run"
+    why = "the file-size limit of this process (ulimit -f)" if exc.errno == errno.EFBIG else "no space left on the device"
+    free, volume = free_bytes(run_dir)
+    return RunWriteError(f"{what} failed: {why} ({human_bytes(free)} free on {volume}). {kept}")
+
+
+def log_start_notes(removed: list[Path], point: ResumePoint | None, set_aside_as: list[Path]) -> None:
+    """What a start found and did about it, into the console and launch.log."""
+    for path in removed:
+        log.warning("Removed %s, the temporary file of a writer that died mid-write.", path)
+    if point is not None:
+        for (path, why), moved in zip(point.skipped, set_aside_as):
+            log.warning("Skipped the damaged checkpoint %s (%s); kept as %s.", path, why, moved.name)
+        if point.skipped and point.path is not None:
+            log.warning("Resuming from %s (step %d) instead: the steps after it are trained again.", point.path, point.step)
+        if point.path is None:
+            log.warning("The run stopped before its first checkpoint: starting it again from step 0.")
+    for failure in registry.load_failures():
+        log.warning("%s", failure)
+
+
+def train(cfg, system, run_dir: Path, device, stop: StopSignals, point: ResumePoint | None, timer, evaluation) -> int:
+    """Fit ``system``; returns the final global step. RunStopped after a stop signal (checkpoint
+    written), RunWriteError when the disk filled up (last good checkpoint intact)."""
+    settings = check_trainer(cfg)
+    keeper = CheckpointKeeper(run_dir, settings.checkpoint_every, settings.keep_checkpoints)
+    graceful = GracefulStop(stop, keeper)
+    resume_step = point.step if point is not None else 0
+    trainer = make_trainer(cfg, run_dir, device, timer, evaluation, keeper, graceful, resume_step)
+    data = torch.utils.data.DataLoader(StepIndices(), batch_size=None)
+    trainer.fit(system, data, ckpt_path=str(point.path) if point is not None and point.path else None)
+    system.to(device)  # Lightning's teardown moves the module back to the CPU after fit
+    if graceful.stopped_at is not None:
+        raise stop.stopped(run_dir, graceful.stopped_at, f"checkpoints/last.ckpt holds step {graceful.stopped_at}.")
+    return int(trainer.global_step)
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, checked: bool = False) -> dict:
     """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh
     (mode=export) into ``run_dir``.
 
-    Order: check the config (unless the caller did: ``checked``), build the prior and the system,
-    and only then create ``run_dir`` and write into it, so a run that cannot start writes nothing.
+    Order: check the config (unless the caller did: ``checked``), take the run directory's lock
+    if it exists, build the prior and the system, check the disk space, and only then create
+    ``run_dir`` and write into it, so a run that cannot start writes nothing. The stop signals
+    (``trainer.stop_signals``) stop training cleanly (``RunStopped``, exit code 75).
     ``overrides``: the command line that composed ``cfg``, saved for ``resume=``.
     """
     quiet_known_library_noise()
     run_dir = Path(run_dir)
     if not checked:
         check_inputs(cfg, run_dir)
-    check_writable(run_dir)
-    device = pick_device(cfg.device)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt = resume_checkpoint(cfg, run_dir)  # not None in mode test/export: check_resume saw to that
-    if cfg.deterministic:
-        # cuBLAS reads this when its first handle is made, which may happen while the prior is built
-        # (before Lightning, which sets it too, starts).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    system = build_system(cfg, device)
+    signals = check_trainer(cfg).stop_signals if cfg.mode == "train" else []
+    with contextlib.ExitStack() as held:
+        stop = held.enter_context(StopSignals(signals))
+        existed = run_dir.is_dir()
+        removed: list[Path] = []
+        if existed:  # a resume (or re-render): one writer at a time, and what dead writers left goes
+            held.enter_context(RunLock(run_dir))
+            removed = remove_dead_writers_files(run_dir)
+        check_writable(run_dir)
+        device = pick_device(cfg.device)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        point = resume_checkpoint(cfg, run_dir)  # a checkpoint in mode test/export: check_resume saw to that
+        if cfg.deterministic:
+            # cuBLAS reads this when its first handle is made, which may happen while the prior is built
+            # (before Lightning, which sets it too, starts).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        system = build_system(cfg, device)
+        if cfg.mode == "train":
+            check_disk_space(cfg, system, run_dir, point.step if point is not None else 0)
+        if stop.requested:
+            raise stop.stopped(run_dir, None, "it had not started training, and nothing was written.")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_start_files(cfg, run_dir, overrides, device)
-    with run_log(run_dir):
-        log.info("Run directory: %s", run_dir)
-        if cfg.mode == "export":
-            log.info("Exporting the mesh of %s at step %d", run_dir, load_weights(system, ckpt))
-            return {"mesh": export_mesh(system, cfg.export, run_dir)}
-        timer = StepTimer(run_dir)
-        evaluation = Evaluation(applicable_evaluators(cfg.evaluators, cfg.prompt), cfg.prompt, run_dir,
-                                cfg.trainer.eval_every, timer)
-        if cfg.mode == "test":
-            log.info("Re-rendering %s at step %d", run_dir, load_weights(system, ckpt))
-        else:
-            trainer = make_trainer(cfg, run_dir, device, timer, evaluation)
-            data = torch.utils.data.DataLoader(StepIndices(), batch_size=None)
-            trainer.fit(system, data, ckpt_path=str(ckpt) if ckpt else None)
-            system.to(device)  # Lightning's teardown moves the module back to the CPU after fit
-        return {**write_final_outputs(system, run_dir), "metrics": evaluation.finish(system)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not existed:
+            held.enter_context(RunLock(run_dir))
+        moved = set_aside([path for path, _ in point.skipped if path.parent == checkpoint_dir(run_dir)]) if point else []
+        write_start_files(cfg, run_dir, overrides, device)
+        with run_log(run_dir):
+            log.info("Run directory: %s", run_dir)
+            log_start_notes(removed, point, moved)
+            try:
+                return run_mode(cfg, system, run_dir, device, stop, point)
+            except RunStopped as exc:
+                record_end(run_dir, "stopped", signal=stop.name, message=str(exc))
+                raise
+            except BaseException as exc:
+                full = no_space_error(exc)
+                if full is None:
+                    record_end(run_dir, "failed", message=f"{type(exc).__name__}: {exc}")
+                    raise
+                error = exc if isinstance(exc, RunWriteError) else write_failed(full, run_dir)
+                log.error("%s", error)
+                record_end(run_dir, "write failed", message=str(error))
+                raise error from None
+
+
+def run_mode(cfg, system, run_dir: Path, device, stop: StopSignals, point: ResumePoint | None) -> dict:
+    """The run's mode, in its run directory: train then write the final outputs, re-render, or
+    export; returns what was written."""
+    if cfg.mode == "export":
+        log.info("Exporting the mesh of %s at step %d", run_dir, load_weights(system, point.path))
+        result = {"mesh": export_mesh(system, cfg.export, run_dir)}
+        record_end(run_dir, "finished")
+        return result
+    timer = StepTimer(run_dir)
+    evaluation = Evaluation(applicable_evaluators(cfg.evaluators, cfg.prompt), cfg.prompt, run_dir,
+                            cfg.trainer.eval_every, timer)
+    if cfg.mode == "test":
+        step = load_weights(system, point.path)
+        log.info("Re-rendering %s at step %d", run_dir, step)
+    else:
+        step = train(cfg, system, run_dir, device, stop, point, timer, evaluation)
+    not_yet = f"training is done (checkpoints/last.ckpt holds step {step}) but the final outputs were not written; resuming writes them."
+    if stop.requested:
+        raise stop.stopped(run_dir, step, not_yet)
+    outputs = write_final_outputs(system, run_dir)
+    if stop.requested:
+        raise stop.stopped(run_dir, step, not_yet)
+    result = {**outputs, "metrics": evaluation.finish(system)}
+    record_end(run_dir, "finished", step=step)
+    return result

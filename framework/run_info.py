@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from pathlib import Path
 import torch
 
 from scorelift.resolvers import package_data_path
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "pytorch-lightning", "diffusers", "transformers", "hydra-core", "numpy", "nerfacc", "peft", "scorelift")
 
@@ -68,7 +72,25 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
         "git_commit": git_commit(),
         "invocations": previous.get("invocations", []) + [invocation],
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    tmp.replace(path)
+    write_json_atomic(path, info)
     return info
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def record_end(run_dir: Path, status: str, **details) -> None:
+    """Add how this invocation ended to its entry in run_info.json: ``status`` (finished,
+    stopped, failed, write failed), the time, and ``details`` (signal, step, message). Best
+    effort: a run that ends because the disk is full may not be able to write it."""
+    path = Path(run_dir) / "run_info.json"
+    try:
+        info = json.loads(path.read_text())
+        info["invocations"][-1].update({"status": status, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        **{k: v for k, v in details.items() if v is not None}})
+        write_json_atomic(path, info)
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        log.warning("Could not record the end of the run in %s (%s).", path, exc)

@@ -3,13 +3,14 @@ options it passes through, checked at start-up (part of ``scorelift.checks.check
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from scorelift.config import parse_config
 from scorelift.errors import ConfigError
+from scorelift.stop_signals import DEFAULT_STOP_SIGNALS, parse_stop_signals
 
 
 @dataclass
@@ -27,6 +28,9 @@ class TrainerConfig:
     devices: Any  # 1: a run trains on one device, the one `device` names
     gradient_clip_val: Any  # null (off) or a number >= 0 (0: off): Lightning clips before each optimizer step
     gradient_clip_algorithm: str  # norm (the global L2 norm of all gradients) | value (each element)
+    # scorelift's run-safety settings, with defaults (a config.yaml saved before they existed resumes)
+    keep_checkpoints: int = 2  # checkpoints kept (last.ckpt and the newest older ones); a damaged newest falls back
+    stop_signals: list = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))  # checkpoint, then exit 75
 
 
 # The Lightning Trainer options the trainer section passes through.
@@ -153,6 +157,12 @@ def check_trainer(cfg: DictConfig) -> TrainerConfig:
     for key in ("max_steps", "log_every_n_steps", "checkpoint_every"):
         if getattr(trainer, key) < 1:
             raise ConfigError(f"trainer.{key}={getattr(trainer, key)} must be a positive number of steps.")
+    if trainer.keep_checkpoints < 1:
+        raise ConfigError(
+            f"trainer.keep_checkpoints={trainer.keep_checkpoints} must be at least 1 (last.ckpt); with 2 or more "
+            f"a damaged newest checkpoint leaves an older one to resume from."
+        )
+    parse_stop_signals(trainer.stop_signals)
     if trainer.eval_every < 0:
         raise ConfigError(f"trainer.eval_every={trainer.eval_every} must be 0 (off) or a positive number of steps.")
     check_lightning_options(trainer, cfg.device)

@@ -6,7 +6,8 @@ with none (a prompt without ground truth, or ``evaluators=[]``) the run writes n
 ``eval_curve.csv`` columns: step, train_s (seconds spent in optimizer steps so far, from the
 StepTimer: evaluation, checkpoint and image writes are not counted, so curves against time show
 the method's cost), the evaluators' metrics, and loss (mean total loss over the steps since the
-last row). A resumed run keeps the rows before its step and writes the rest again.
+last row). A resumed run keeps the rows up to its checkpoint's step and writes the rest again
+(the row of that step was written before its checkpoint: the callback runs first).
 """
 
 from __future__ import annotations
@@ -57,15 +58,23 @@ class Evaluation(pl.Callback):
             return
         step = int(trainer.global_step)
         kept = []
-        if self.path.is_file():  # a resumed run: keep what was measured before its checkpoint
+        if self.path.is_file():  # a resumed run: keep what was measured up to its checkpoint
             with open(self.path, newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) < step]
+                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= step]
         with open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(kept)
         if step == 0:
             self._write_row(system, 0)
+
+    def state_dict(self) -> dict:
+        """Saved in the checkpoint: where the losses of the next row begin (a resumed run's first
+        row then averages the same steps as an uninterrupted run's)."""
+        return {"first_loss": self._first_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._first_loss = int(state.get("first_loss", 0))
 
     def on_train_batch_end(self, trainer, system, outputs, batch, batch_idx) -> None:
         if not self.curve_on:

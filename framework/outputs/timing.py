@@ -40,6 +40,18 @@ class StepTimer(pl.Callback):
         self.step_losses: list[float] = []
         self._start: float | None = None
         self._fit_start: float | None = None
+        self._wall_before = 0.0  # wall time of the earlier parts of a resumed run
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint, so a resumed run's timing.json and eval_curve.csv cover all
+        its steps, not just those since the resume."""
+        wall = self._wall_before + (time.perf_counter() - self._fit_start if self._fit_start else 0.0)
+        return {"step_seconds": list(self.step_seconds), "step_losses": list(self.step_losses), "wall_s": wall}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_seconds = [float(x) for x in state.get("step_seconds", [])]
+        self.step_losses = [float(x) for x in state.get("step_losses", [])]
+        self._wall_before = float(state.get("wall_s", 0.0))
 
     @staticmethod
     def _sync(pl_module) -> None:
@@ -70,7 +82,7 @@ class StepTimer(pl.Callback):
             "steps_timed": len(timed),
             "median_s_per_it": statistics.median(timed) if timed else None,
             "mean_s_per_it": statistics.fmean(timed) if timed else None,
-            "train_wall_s": time.perf_counter() - self._fit_start if self._fit_start else None,
+            "train_wall_s": self._wall_before + (time.perf_counter() - self._fit_start) if self._fit_start else None,
             "train_steps_s": sum(self.step_seconds),  # the optimizer steps alone, warm-up included
             "peak_memory_bytes": peak,
             "peak_memory_kind": kind,

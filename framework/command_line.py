@@ -74,19 +74,37 @@ def resume_run_dir(value: str) -> Path:
     return path
 
 
-def expand_resume(overrides: list[str]) -> list[str]:
-    """``overrides`` with the resumed run's saved overrides first and hydra.run.dir pointed at it."""
+def resumed_dir(overrides: list[str]) -> Path | None:
+    """The run directory that ``resume=`` names in ``overrides`` (None when there is none)."""
     resume = [a for a in overrides if a.startswith("resume=")]
     if not resume:
-        return overrides
+        return None
     value = resume[-1].split("=", 1)[1].strip("'\"")
     if value in ("", "null", "None"):
+        return None
+    return resume_run_dir(value)
+
+
+def saved_config_only(overrides: list[str]) -> Path | None:
+    """The resumed run's ``config.yaml`` when it is all that is left of its config (``.hydra/``
+    is gone): the run is then composed from it (``compose.compose_saved``). None otherwise."""
+    run_dir = resumed_dir(overrides)
+    if run_dir is None or (run_dir / ".hydra" / "overrides.yaml").is_file():
+        return None
+    config = run_dir / "config.yaml"
+    return config if config.is_file() else None
+
+
+def expand_resume(overrides: list[str]) -> list[str]:
+    """``overrides`` with the resumed run's saved overrides first and hydra.run.dir pointed at it."""
+    run_dir = resumed_dir(overrides)
+    if run_dir is None:
         return overrides
-    run_dir = resume_run_dir(value)
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     if not saved_file.is_file():
         raise ConfigError(
-            f"resume={value!r}: {str(run_dir)!r} is not a scorelift run directory (no .hydra/overrides.yaml)."
+            f"resume={run_dir}: {str(run_dir)!r} is not a scorelift run directory (no .hydra/overrides.yaml and "
+            f"no config.yaml)."
         )
     saved = [o for o in yaml.safe_load(saved_file.read_text()) or [] if not o.startswith(KEYS_NOT_CARRIED)]
     explicit_dir = any(a.startswith("hydra.run.dir=") for a in overrides)

@@ -12,11 +12,12 @@ A failed composition becomes one ``ConfigError`` paragraph built from the except
 
 from __future__ import annotations
 
+import contextlib
 from importlib import resources
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from scorelift import registry
 from scorelift.errors import ConfigError
@@ -223,3 +224,52 @@ def check_root_keys(cfg: DictConfig) -> None:
             f"Unknown config key(s) {', '.join(repr(str(k)) for k in unknown)} at the top of the config. "
             f"The keys there are: {shown}. Check the spelling; `scorelift --cfg job` prints the whole config."
         )
+
+
+def compose_saved(config_file: Path, overrides: list[str]) -> DictConfig:
+    """A resumed run's config from its saved, resolved ``config.yaml`` alone (its ``.hydra/`` is
+    gone), with the command line's ``key=value`` overrides on top and ``hydra.run.dir`` at its
+    folder. Group choices (``guidance=sds``) cannot be re-composed without the saved overrides,
+    so they are refused; an unknown key is refused as in a composed config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        job = OmegaConf.load(config_file)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{str(config_file)!r} cannot be read as a run config ({exc}); resume another run.") from None
+    _, groups = root_layout()
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        raise parse_error(overrides) from None
+    OmegaConf.set_struct(job, True)
+    run_dir = config_file.parent
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if key in groups and "." not in key:
+            raise ConfigError(
+                f"{override.input_line}: {run_dir} has no .hydra/ any more, so it resumes from its config.yaml alone, "
+                f"where the config groups are already resolved; set the keys themselves (e.g. {key}.type=...) instead."
+            )
+        try:
+            if override.is_delete():
+                with open_dict(job):
+                    OmegaConf.update(job, key, None, force_add=True)
+            else:
+                with open_dict(job) if override.is_add() else contextlib.nullcontext():
+                    OmegaConf.update(job, key, override.value(), merge=True)
+        except OmegaConfBaseException:
+            raise ConfigError(
+                f"{override.input_line}: {key!r} is not a key of the run config in {str(config_file)!r}; "
+                f"`scorelift --cfg job` lists the keys."
+            ) from None
+    OmegaConf.set_struct(job, False)
+    hydra_node = compose_config([], with_hydra=True).hydra
+    cfg = OmegaConf.merge(job, {"hydra": OmegaConf.to_container(hydra_node, resolve=False)})
+    cfg.hydra.run.dir = run_dir.as_posix()
+    return cfg

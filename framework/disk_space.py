@@ -110,10 +110,28 @@ def free_bytes(path: Path) -> tuple[int, Path]:
     return shutil.disk_usage(probe).free, probe
 
 
+def file_size_limit() -> int | None:
+    """This process's limit on the size of a file it writes (``ulimit -f``), or None."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
 def check_disk_space(cfg, system, run_dir: Path, resume_step: int = 0) -> WriteEstimate:
     """ConfigError (one paragraph, before anything is written) when the run's volume cannot
-    hold what the run will write; returns the estimate."""
+    hold what the run will write, or a checkpoint is larger than the file-size limit; returns
+    the estimate."""
     estimate = estimate_writes(cfg, system, run_dir, resume_step)
+    limit = file_size_limit()
+    if limit is not None and estimate.checkpoint > limit:
+        raise ConfigError(
+            f"A checkpoint of this run takes about {human_bytes(estimate.checkpoint)}, but this process may write "
+            f"files of at most {human_bytes(limit)} (its file-size limit, `ulimit -f`). Raise the limit "
+            f"(`ulimit -f unlimited`) or make the geometry smaller."
+        )
     free, volume = free_bytes(run_dir)
     if estimate.total > free:
         keep = int(cfg.trainer.keep_checkpoints)

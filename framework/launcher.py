@@ -18,7 +18,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift.command_line import expand_resume, format_plugin_list, parse_command_line, saved_overrides, sweep_jobs
+from scorelift.command_line import (
+    expand_resume,
+    format_plugin_list,
+    parse_command_line,
+    saved_config_only,
+    saved_overrides,
+    sweep_jobs,
+)
 from scorelift.errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
 
 
@@ -55,9 +62,23 @@ def setup_console_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
+    """The config of one job and the overrides its run saves for ``resume=``: composed from the
+    command line (a resume re-applies the run's saved overrides first), or, for a resumed run
+    whose .hydra/ is gone, from its saved config.yaml (and then no overrides are saved, so that
+    later resumes start from config.yaml again)."""
+    from scorelift.compose import compose_config, compose_saved
+
+    saved = saved_config_only(overrides)
+    if saved is not None:
+        print(f"scorelift: {saved.parent} has no .hydra/overrides.yaml: resuming from its config.yaml.", file=sys.stderr)
+        return compose_saved(saved, overrides), None
+    expanded = expand_resume(overrides)
+    return compose_config(expanded), saved_overrides(expanded)
+
+
 def main(argv: list[str] | None = None) -> int:
     from scorelift.checks import check_inputs
-    from scorelift.compose import compose_config
     from scorelift.library_noise import quiet_known_library_noise
     from scorelift.run import run
 
@@ -68,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_library_noise()
     try:
         jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
-        jobs = [expand_resume(job) for job in jobs]
-        configs = [compose_config(job) for job in jobs]
+        composed = [compose_job(job) for job in jobs]
+        configs = [cfg for cfg, _ in composed]
         if args.show_cfg:
             for cfg in configs:
                 keys = {"job": [k for k in cfg if k != "hydra"], "hydra": ["hydra"], "all": list(cfg)}[args.show_cfg]
@@ -86,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
 
     setup_console_logging()
-    for job, cfg, run_dir in zip(jobs, configs, run_dirs):
+    for (_, overrides), cfg, run_dir in zip(composed, configs, run_dirs):
         try:
-            run(cfg, run_dir, overrides=saved_overrides(job), checked=True)
+            run(cfg, run_dir, overrides=overrides, checked=True)
         except ScoreliftError as exc:
             return fail(exc)
     return 0

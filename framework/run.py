@@ -139,7 +139,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
         callbacks=[
             timer,  # first, so its step times exclude the evaluation, checkpoint and image writes
             evaluation,
-            keeper,
+            keeper,  # after the evaluation: a checkpoint of step k holds eval_curve.csv's row k
             ValidationImages(run_dir),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),
             graceful,  # last: a stop signal is acted on once the step's own outputs are written

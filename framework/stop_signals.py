@@ -8,7 +8,7 @@ once; the last checkpoint written stays intact.
 
     with StopSignals(["SIGTERM", "SIGUSR1", "SIGINT"]) as stop:   # for the whole run
         ... build ...
-        trainer = Trainer(callbacks=[..., GracefulStop(stop, keeper)])
+        trainer = Trainer(callbacks=[keeper, ..., GracefulStop(stop, keeper)])
         trainer.fit(...)
         if stop.requested: raise stop.stopped(...)
 """
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 UNCATCHABLE = ("SIGKILL", "SIGSTOP")
+LIGHTNING_TOUCHES = (signal.SIGTERM,)  # what Lightning's Trainer handles itself during fit
 
 
 def parse_stop_signals(names, key: str = "trainer.stop_signals") -> list[signal.Signals]:
@@ -63,6 +64,7 @@ class StopSignals:
         self.signals = parse_stop_signals(list(names))
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
+        self._outer: dict[signal.Signals, object] = {}  # handlers before the run, of LIGHTNING_TOUCHES
 
     @property
     def requested(self) -> bool:
@@ -82,10 +84,16 @@ class StopSignals:
                         "(exit code 75: resume the run to continue).", sig.name)
 
     def install(self) -> None:
-        """(Re)install the handlers; Lightning's Trainer composes its own SIGTERM handler at the
-        start of fit, which ``GracefulStop`` replaces with this one again."""
+        """(Re)install the handlers. Lightning's Trainer installs its own SIGTERM handler when fit
+        begins (it ends the run with exit code 0, as if finished); ``GracefulStop`` calls this
+        then, which puts this one back, or, where SIGTERM is not a stop signal, the handler
+        SIGTERM had before the run (by default: terminate)."""
         if threading.current_thread() is not threading.main_thread():
             return
+        for sig in LIGHTNING_TOUCHES:
+            self._outer.setdefault(sig, signal.getsignal(sig))
+            if sig not in self.signals:
+                signal.signal(sig, self._outer[sig] if self._outer[sig] is not None else signal.SIG_DFL)
         for sig in self.signals:
             previous = signal.signal(sig, self._handle)
             self._previous.setdefault(sig, previous)
@@ -110,8 +118,10 @@ class StopSignals:
 
 class GracefulStop(pl.Callback):
     """At the end of a step after a stop signal: write the checkpoint (through the run's
-    ``CheckpointKeeper``) and end training. Last in the callback list, so the step's own
-    evaluation, images and periodic checkpoint are done first."""
+    ``CheckpointKeeper``) and end training; the step's metric rows reach the log when Lightning
+    tears down. Written here, not when training ends: ending the epoch early would store the
+    next epoch's number. Last in the callback list, so the step's own evaluation and images are
+    done first."""
 
     def __init__(self, stop: StopSignals, keeper):
         self.stop, self.keeper = stop, keeper

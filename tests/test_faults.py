@@ -1,5 +1,5 @@
 """Faults and bad input: NaN losses, unwritable outputs, bad prompts, a checkpoint of another
-system, and a run killed with SIGKILL that resumes to the uninterrupted result.
+system (kills and stop signals: tests/test_preemption.py).
 
 The bad-input tests here call ``run()`` directly (its own checks guard programmatic use: they fail
 before the run directory is made); tests/test_bad_input.py covers the same inputs and the rest of the
@@ -8,11 +8,6 @@ command line through launch.py, where nothing at all may be written."""
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,44 +108,6 @@ def test_checkpoint_of_another_system_is_refused(tiny_pipeline_dir, latent_size,
         run(compose_cfg(over), tmp_path / "sjc")
     assert "written by system 'dreamfusion'" in str(err.value) and "system=dreamfusion" in str(err.value)
     assert not (tmp_path / "sjc").exists()  # refused before anything is written
-
-
-def launch_args(pipeline: Path, latent_size: int, run_dir: Path, steps: int) -> list[str]:
-    over = small_run_overrides(pipeline, latent_size, "sjc", "paas", steps)
-    over = [o for o in over if not o.startswith("trainer.checkpoint_every")] + ["trainer.checkpoint_every=2"]
-    return [sys.executable, str(REPO / "launch.py"), *over, f"hydra.run.dir={run_dir}"]
-
-
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_pipeline_dir, latent_size, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    steps = 40
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = subprocess.run(launch_args(tiny_pipeline_dir, latent_size, straight, steps), env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-
-    proc = subprocess.Popen(launch_args(tiny_pipeline_dir, latent_size, killed, steps), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = checkpoint_path(killed)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            try:
-                if torch.load(ckpt, weights_only=False)["global_step"] >= 6:
-                    break
-            except Exception:  # noqa: BLE001  (an atomic write never exposes half a file; be safe)
-                pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed; raise `steps`"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["global_step"]  # loadable after the kill
-    assert 6 <= killed_at < steps
-    resumed = subprocess.run([sys.executable, str(REPO / "launch.py"), f"resume={killed}"], env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = torch.load(checkpoint_path(straight), weights_only=False)
-    b = torch.load(ckpt, weights_only=False)
-    assert a["global_step"] == b["global_step"] == steps
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 @pytest.mark.parametrize("override, words", [

@@ -184,9 +184,12 @@ def set_aside(paths: list[Path]) -> list[Path]:
 # ------------------------------------------------------------------------------ writing
 class CheckpointKeeper(pl.Callback):
     """Saves ``last.ckpt`` every ``every_n_steps`` optimizer steps and when training ends, keeping
-    the newest ``keep`` checkpoints; flushes the trainer's loggers first, so that a SIGKILL loses
-    at most the metric rows logged since the last checkpoint.
+    the newest ``keep`` checkpoints, and flushes the trainer's loggers with every save, so that a
+    SIGKILL loses at most the metric rows logged since the last checkpoint.
 
+    Lightning hands a step's metrics to the loggers just after the batch-end callbacks, so the
+    row of the checkpoint's own step is written by the logger's next ``log_metrics`` call (the
+    loggers' ``flush_next``, see ``scorelift.outputs.logs``) rather than by the save itself.
     ``save(trainer)`` is also what a stop signal calls (``scorelift.stop_signals``).
     """
 
@@ -195,11 +198,7 @@ class CheckpointKeeper(pl.Callback):
         self.path = self.folder / LAST
         self.every_n_steps = max(1, int(every_n_steps))
         self.keep = max(1, int(keep))
-        self.saved_step: int | None = None  # the step last.ckpt holds (known after a save or a resume)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.path.is_file() and trainer.global_step > 0:
-            self.saved_step = int(trainer.global_step)  # resumed from last.ckpt
+        self.saved_step: int | None = None  # the step of this process's last save
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0:
@@ -212,10 +211,12 @@ class CheckpointKeeper(pl.Callback):
         """Write the trainer's state as last.ckpt (once per step), rotate, prune; RunWriteError
         (one paragraph) when the volume has no room, with the previous checkpoint intact."""
         step = int(trainer.global_step)
-        if self.saved_step == step and self.path.is_file():
-            return self.path
         for logger in trainer.loggers:
             logger.save()
+            if hasattr(logger, "flush_next"):
+                logger.flush_next = True  # the row of this step arrives right after this callback
+        if self.saved_step == step and self.path.is_file():
+            return self.path
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(self.path)
         try:

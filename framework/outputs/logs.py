@@ -9,7 +9,9 @@ TensorBoard gets the same through SummaryWriter's ``purge_step``: events at or a
 the earlier event files are hidden.
 
 What a SIGKILL can lose is bounded by the checkpoint cadence: ``CheckpointKeeper`` flushes the
-loggers before every checkpoint.
+loggers with every checkpoint, and sets ``flush_next`` so that the checkpoint step's own row,
+which Lightning logs just after the checkpoint callback, is written at once too. (A kill in the
+instant between the two loses that one row.)
 """
 
 from __future__ import annotations
@@ -69,8 +71,15 @@ class ResumableCSVLogger(CSVLogger):
 
     def __init__(self, run_dir: Path, resume_step: int = 0):
         super().__init__(save_dir=str(run_dir), name="", version="logs")
+        self.flush_next = False  # set by CheckpointKeeper: write the next row at once
         if resume_step > 0:
             keep_rows_before(Path(self.log_dir) / METRICS_FILE, resume_step)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        super().log_metrics(metrics, step)
+        if self.flush_next:
+            self.flush_next = False
+            self.save()
 
     @property
     def experiment(self) -> AppendingExperimentWriter:

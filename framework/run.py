@@ -21,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from scorelift import builders, registry
+from scorelift.atomic import write_text_atomic
 from scorelift.checks import ResumePoint, check_inputs, pick_device, resume_checkpoint
 from scorelift.disk_space import check_disk_space, free_bytes
 from scorelift.errors import ConfigError, RunStopped, RunWriteError
@@ -86,12 +87,6 @@ def write_start_files(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
     if overrides is not None:
         write_text_atomic(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(list(overrides), default_flow_style=False))
     write_run_info(run_dir, OmegaConf.to_container(cfg, resolve=True), device, cfg.mode)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 @contextlib.contextmanager

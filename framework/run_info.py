@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from scorelift.atomic import write_text_atomic
 from scorelift.resolvers import package_data_path
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,7 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def record_end(run_dir: Path, status: str, **details) -> None:

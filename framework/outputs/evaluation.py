@@ -21,6 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from scorelift import registry
+from scorelift.atomic import write_text_atomic
 from scorelift.outputs.timing import StepTimer
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ class Evaluation(pl.Callback):
         metrics: dict = {}
         for evaluator in self.evaluators:
             metrics.update(evaluator.write(system, self.prompt, self.run_dir))
-        tmp = self.run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        tmp.replace(self.run_dir / "metrics.json")
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         declared = [m for e in self.evaluators for m in e.metrics]
         log.info("Evaluation: %s", json.dumps({k: metrics[k] for k in declared if k in metrics}))
         return metrics

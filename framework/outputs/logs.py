@@ -17,12 +17,15 @@ instant between the two loses that one row.)
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from scorelift.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.csv"
 
@@ -36,12 +39,11 @@ def keep_rows_before(path: Path, step: int) -> list[str]:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = [row for row in reader if _step_of(row) < step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
     return header
 
 

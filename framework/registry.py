@@ -317,7 +317,7 @@ def load_plugin_file(path: str | Path) -> None:
     All or nothing: when the file fails to import or one of its registrations is refused, the
     ``PluginError`` names the file and none of its registrations stays behind.
     """
-    global _current_origin, _undo
+    global _current_origin, _undo, _collecting
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise PluginError(f"Plugin file {str(path)!r} does not exist; `plugins.paths` must list .py files.")
@@ -326,8 +326,8 @@ def load_plugin_file(path: str | Path) -> None:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    outer = _current_origin, _undo  # a plugin file may load another one
-    _current_origin, _undo = str(path), []
+    outer = _current_origin, _undo, _collecting  # a plugin file (or package) may load another file
+    _current_origin, _undo, _collecting = str(path), [], False  # a file's refusals raise, wherever loaded
     undo = _undo
     try:
         sys.modules[module_name] = module
@@ -346,7 +346,7 @@ def load_plugin_file(path: str | Path) -> None:
             f"or remove it from `plugins.paths`."
         ) from exc
     finally:
-        _current_origin, _undo = outer
+        _current_origin, _undo, _collecting = outer
     if _undo is not None:  # loaded by another plugin file: undone with it
         _undo.extend(undo)
 

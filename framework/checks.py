@@ -169,6 +169,9 @@ def find_plugin(kind: str, name, key: str):
     try:
         return registry.find(kind, name)
     except PluginError:
+        refused = registry.rejection(kind, name)
+        if refused:  # an installed package registered it, and the registration was refused
+            raise ConfigError(f"{key}={name!r} names a {kind} that was not registered: {refused}") from None
         choices = ", ".join(registry.available(kind)[kind]) or "(none)"
         raise ConfigError(
             f"{key}={name!r} names no registered {kind} plugin; the registered ones are: {choices} "

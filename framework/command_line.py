@@ -154,7 +154,7 @@ def format_plugin_list() -> str:
     lines.append(f"system presets (system=...): {', '.join(group_options('system'))}")
     lines.append(f"prior presets (prior=...): {', '.join(group_options('prior'))}")
     failures = registry.load_failures()
-    if failures:
+    if failures:  # installed plugins that failed to import or register; everything else works
         lines.append("plugins that failed to load:")
         lines.extend(f"  {f}" for f in failures)
     return "\n".join(lines)

@@ -144,8 +144,10 @@ def composition_error(exc: Exception, overrides: list[str]) -> ConfigError:
         group, name = str(exc.missing_cfg_file).rsplit("/", 1)
         options = sorted(set(exc.options or []) | set(group_options(group)))
         given = find_override(overrides, group) or f"{group}={name}"
+        refused = registry.rejection(group, name) if group in registry.KINDS else None
+        why = f", because that {group} was not registered: {refused}" if refused else "."
         return ConfigError(
-            f"{given}: the config group {group!r} has no option {name!r}. The options are: "
+            f"{given}: the config group {group!r} has no option {name!r}{why} The options are: "
             f"{', '.join(options) or '(none)'} (parts whose Config dataclass holds their defaults, and YAML files "
             f"of configs/{group}/ or of an installed plugin's config folder; `scorelift --list` shows them)."
         )

@@ -174,3 +174,15 @@ def test_a_run_without_hydra_resumes_from_config_yaml(tiny_pipeline_dir, tmp_pat
     assert not (run_dir / ".hydra" / "overrides.yaml").exists()  # later resumes use config.yaml again
     assert launcher_main([f"resume={run_dir}", "trainer.max_steps=8"]) == 0
     assert read_step(checkpoint_path(run_dir)) == 8
+
+
+def test_resuming_a_finished_run_rewrites_its_outputs_and_keeps_its_checkpoints(tiny_pipeline_dir, tmp_path,
+                                                                                 single_thread):
+    """What a run stopped while it wrote its final outputs does on resume: no step to train, the
+    outputs written, the checkpoints as they were (the same step is not kept twice)."""
+    run(compose_cfg(overrides(tiny_pipeline_dir, 6)), tmp_path)
+    (tmp_path / "turntable.mp4").unlink()
+    before = files(tmp_path)
+    run(compose_cfg(overrides(tiny_pipeline_dir, 6, f"resume={tmp_path}")), tmp_path)
+    assert files(tmp_path) == before == {"last.ckpt": 6, "step_000004.ckpt": 4}
+    assert (tmp_path / "turntable.mp4").is_file()

@@ -226,6 +226,9 @@ def test_a_builtin_and_the_packages_valid_guidance_still_run(results):
         config = (run_dir / "config.yaml").read_text()
         assert f"type: {guidance}" in config
         assert "foreign_marker" not in config  # guidance=sds composed the built-in's config
+        log = (run_dir / "launch.log").read_text()  # the run's log names each refusal, once
+        assert log.count("registers guidance 'faulty-not-a-guidance'") == 1
+        assert log.count("registers guidance 'sds' (class SDSGuidance in module scorelift_faulty_plugins") == 1
 
 
 def error_paragraph(result: dict) -> str:

@@ -232,15 +232,16 @@ class CheckpointKeeper(pl.Callback):
             if full is None:
                 raise
             raise self.no_space(step, full) from None
-        self.rotate()
+        self.rotate(step)
         os.replace(tmp, self.path)
         fsync_dir(self.folder)
         self.saved_step = step
         self.prune()
         return self.path
 
-    def rotate(self) -> None:
-        """Keep the current last.ckpt under its step name before the new one replaces it."""
+    def rotate(self, new_step: int) -> None:
+        """Keep the current last.ckpt under its step name before the new one replaces it (not when
+        it holds the same step: a finished run resumed to write its outputs saves that step again)."""
         if self.keep < 2 or not self.path.is_file():
             return
         step = self.saved_step
@@ -249,6 +250,8 @@ class CheckpointKeeper(pl.Callback):
                 step = read_step(self.path)
             except Exception:  # noqa: BLE001  (a damaged last.ckpt is not worth keeping)
                 return
+        if step == new_step:
+            return
         older = self.folder / older_name(step)
         try:
             # a hard link first, so that a kill between this and the rename of the new file still

@@ -255,6 +255,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
             except RunStopped as exc:
                 record_end(run_dir, "stopped", signal=stop.name, message=str(exc))
                 raise
+            except (KeyboardInterrupt, SystemExit):  # Ctrl+C twice (Lightning turns it into exit 1)
+                record_end(run_dir, "interrupted")
+                raise
             except BaseException as exc:
                 full = no_space_error(exc)
                 if full is None:

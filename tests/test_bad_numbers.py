@@ -1,12 +1,18 @@
-"""Numbers no run can train with, refused at start-up: learning rates out of range and optimizer
-arguments torch rejects (tests/test_bad_input.py runs the same through launch.py; this file checks
-the boundaries)."""
+"""Numbers no run can train with, refused at start-up: learning rates out of range, optimizer
+arguments torch rejects, and a geometry whose parameters, gradients and optimizer state exceed
+the device's memory (tests/test_bad_input.py runs the same through launch.py; this file checks
+the boundaries and the arithmetic)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+import scorelift.checks as checks
+from scorelift.checks import check_memory, check_part, human_bytes
+from scorelift.compose import compose_config
 from scorelift.errors import ConfigError
 from scorelift.run import checkpoint_path, run
 from scorelift.systems.optim import (
@@ -85,6 +91,81 @@ def test_state_slots():
     assert [state_slots(n, {}) for n in ("adam", "adamw", "adamax", "sgd")] == [2, 2, 2, 0]
     assert state_slots("adam", {"amsgrad": True}) == 3 and state_slots("sgd", {"momentum": 0.9}) == 1
     assert state_slots("third-party", {}) == 0  # unknown: a lower bound
+
+
+# ---------------------------------------------------------------- geometry memory
+def memory_case(monkeypatch, free: int, *overrides: str):
+    """check_memory on a composed config, the device reporting ``free`` bytes."""
+    monkeypatch.setattr(checks, "available_memory", lambda device: (free, f"the test device has {human_bytes(free)} free"))
+    cfg = compose_config(["device=cpu", *overrides], with_hydra=False)
+    check_memory(cfg, {"geometry": check_part("geometry", cfg.geometry, "geometry")})
+
+
+# The shapes preset's RGB voxel grid at R = 64 under Adam: 4 (1 + 3) 64^3 + 4 bytes of parameters
+# (4,194,308), and 4 copies (parameters, gradients, two moments): 16,777,232 bytes = 16 MiB + 16.
+NEED_64 = 4 * (4 * 64**3 + 1) * 4
+
+
+def test_memory_check_refuses_one_byte_short(monkeypatch):
+    memory_case(monkeypatch, NEED_64, "geometry.resolution=64")  # exactly enough
+    with pytest.raises(ConfigError) as err:
+        memory_case(monkeypatch, NEED_64 - 1, "geometry.resolution=64")
+    msg = str(err.value)
+    for word in ["geometry.resolution=64", "geometry.n_features=3", "4.0 MiB of float32 parameters", "16.0 MiB with their gradients",
+                 "2 state tensors", "system.optimizer.name=adam", "the test device has 16.0 MiB free",
+                 "Lower geometry.resolution or geometry.n_features"]:  # at its defaults' sizes: no default to offer
+        assert word in msg, (word, msg)
+
+
+def test_memory_check_counts_the_optimizer_and_the_precision(monkeypatch):
+    free = NEED_64 // 2
+    memory_case(monkeypatch, free, "geometry.resolution=64", "system.optimizer.name=sgd")  # no state: 2 copies
+    with pytest.raises(ConfigError, match="1 state tensor per parameter of system.optimizer.name=sgd"):
+        memory_case(monkeypatch, free, "geometry.resolution=64", "system.optimizer.name=sgd", "+system.optimizer.args.momentum=0.9")
+    with pytest.raises(ConfigError, match=r"8.0 MiB of float64 \(trainer.precision=64-true\) parameters"):
+        memory_case(monkeypatch, free, "geometry.resolution=64", "system.optimizer.name=sgd", "trainer.precision=64-true")
+
+
+def test_memory_check_names_the_option_above_its_default(monkeypatch):
+    """resolution 1000 is above the default 100, which would need 4 (4 * 100^3 + 1) * 4 bytes."""
+    with pytest.raises(ConfigError) as err:
+        memory_case(monkeypatch, 10**9, "geometry.resolution=1000")
+    msg = str(err.value)
+    assert msg.startswith("geometry.resolution=1000 (with geometry.n_features=3) gives the voxel-grid geometry 14.9 GiB")
+    assert f"Lower geometry.resolution (its default, 100, needs {human_bytes(4 * (4 * 100**3 + 1) * 4)} in all)" in msg
+    with pytest.raises(ConfigError) as err:
+        memory_case(monkeypatch, 10**8, "system=dreamfusion", "guidance=sds", "geometry=hash-grid", "geometry.mlp_width=1000000")
+    assert str(err.value).startswith("geometry.mlp_width=1000000 (with geometry.log2_hashmap_size=19,")
+    assert "Lower geometry.mlp_width (its default, 64, needs" in str(err.value)
+
+
+def test_memory_of_this_machine_is_read():
+    have, where = checks.available_memory(CPU)
+    assert have > 0 and "RAM available" in where
+
+
+def test_cpu_memory_honours_a_cgroup_limit_and_falls_back(tmp_path, monkeypatch):
+    limit = tmp_path / "memory.max"
+    limit.write_text("12345\n")
+    monkeypatch.setattr(checks, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    assert checks.cpu_available_bytes() == (12345, f"the container's memory limit in {limit}")
+    limit.write_text("max\n")  # cgroup v2's "no limit"
+    assert checks.cpu_available_bytes()[1] == "MemAvailable in /proc/meminfo"
+    read_text = Path.read_text
+
+    def no_meminfo(self, *args, **kwargs):
+        if str(self) == "/proc/meminfo":
+            raise OSError("not Linux")
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_meminfo)
+    have, where = checks.cpu_available_bytes()
+    assert have > 0 and where == "sysconf's available pages"
+
+
+def test_human_bytes():
+    assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 2**30, 4 * 10**15)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "1.0 GiB", "3.6 PiB"]
 
 
 # ---------------------------------------------------------------- the flag, in a run

@@ -297,7 +297,7 @@ def human_bytes(n: int) -> str:
 
 def cpu_available_bytes() -> tuple[int, str] | None:
     """(bytes of RAM a new allocation can still get, where that was read): /proc/meminfo's
-    MemAvailable (Linux) or sysconf's available pages elsewhere, capped by the container's
+    MemAvailable (Linux) or sysconf's pages elsewhere, capped by the container's
     cgroup memory limit where one is set (MemAvailable shows the host's memory, and a container
     past its limit is killed without a message). None when nothing can be read."""
     import os
@@ -309,11 +309,16 @@ def cpu_available_bytes() -> tuple[int, str] | None:
                 have, where = int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
     except (OSError, ValueError, IndexError):
         pass
+    # Elsewhere sysconf's available pages, or (macOS has no such name) its physical pages: the
+    # whole RAM, an upper bound, so that a run refused on it certainly cannot fit.
+    for name, what in (("SC_AVPHYS_PAGES", "sysconf's available pages"), ("SC_PHYS_PAGES", "sysconf's physical pages")):
+        if have is None:
+            try:
+                have, where = os.sysconf(name) * os.sysconf("SC_PAGE_SIZE"), what
+            except (AttributeError, ValueError, OSError):  # no such name here (Windows has no sysconf)
+                pass
     if have is None:
-        try:
-            have, where = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "sysconf's available pages"
-        except (AttributeError, ValueError, OSError):  # no such sysconf name here (macOS, Windows)
-            return None
+        return None
     for path in CGROUP_LIMITS:
         try:
             limit = int(Path(path).read_text().strip())  # "max" (no limit) fails to parse: skipped

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from scorelift.errors import ConfigError
+import scorelift.run as run_module
 from scorelift.run import checkpoint_path, run
 from scorelift.plugins.guidance.paas import PAASGuidance
 from tests.test_system import compose_cfg, small_run_overrides
@@ -44,6 +45,33 @@ def nan_on_calls(monkeypatch, bad_calls):
     monkeypatch.setattr(PAASGuidance, "__call__", patched)
 
 
+def nan_eps_on_calls(monkeypatch, bad_calls):
+    """Give the run's prior a NaN in one pixel of its conditional eps prediction on the given
+    (0-based) calls: the prior instance that ``build_system`` makes gets a wrapped predict_eps."""
+    build = run_module.build_system
+    calls = {"n": 0}
+
+    def patched_build(cfg, device):
+        system = build(cfg, device)
+        prior = system.prior
+        original = prior.predict_eps
+
+        def predict_eps(*args, **kwargs):
+            e_c, e_u = original(*args, **kwargs)
+            n = calls["n"]
+            calls["n"] += 1
+            if bad_calls(n):
+                e_c = e_c.clone()
+                e_c[0, 0, 0, 0] = float("nan")
+            return e_c, e_u
+
+        prior.predict_eps = predict_eps
+        return system
+
+    monkeypatch.setattr(run_module, "build_system", patched_build)
+    return calls
+
+
 def logged_column(run_dir: Path, column: str) -> list[float]:
     with open(run_dir / "logs" / "metrics.csv") as fh:
         return [float(row[column]) for row in csv.DictReader(fh) if row.get(column)]
@@ -55,6 +83,21 @@ def test_a_nan_step_is_skipped_and_counted(tiny_pipeline_dir, latent_size, tmp_p
     run(compose_cfg(over), tmp_path)
     state = torch.load(checkpoint_path(tmp_path), weights_only=False)
     assert state["global_step"] == 8  # Lightning counts the skipped step (no optimizer update happened in it)
+    assert state["scorelift"]["nonfinite_total"] == 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert max(logged_column(tmp_path, "train/nonfinite_steps")) == 1.0
+
+
+@pytest.mark.parametrize("system, guidance", [("sjc", "paas"), ("dreamfusion", "sds")])  # vsd: tests/test_vsd.py
+def test_a_nan_score_is_a_skipped_step_not_a_zero_one(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch, system, guidance):
+    """One NaN pixel in the prior's eps on the 4th step: the guidance's g is NaN there, so the
+    loss is NaN and the step is skipped and counted; it is not zeroed and trained on."""
+    calls = nan_eps_on_calls(monkeypatch, lambda n: n == 3)
+    over = small_run_overrides(tiny_pipeline_dir, latent_size, system, guidance, 6) + ["trainer.log_every_n_steps=1"]
+    run(compose_cfg(over), tmp_path)
+    assert calls["n"] == 6  # one prior call per step
+    state = torch.load(checkpoint_path(tmp_path), weights_only=False)
+    assert state["global_step"] == 6
     assert state["scorelift"]["nonfinite_total"] == 1
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert max(logged_column(tmp_path, "train/nonfinite_steps")) == 1.0

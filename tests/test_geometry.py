@@ -205,3 +205,29 @@ def test_deterministic_mode_uses_the_gather_lookup(deterministic_algorithms, mon
     out = geom(pts)
     torch.testing.assert_close(out.features, expected.features)
     torch.testing.assert_close(out.density, expected.density)
+
+
+# ---------------------------------------------------------------- memory estimate
+def real_parameter_bytes(geom) -> int:
+    return sum(p.numel() * p.element_size() for p in geom.parameters())
+
+
+@pytest.mark.parametrize("resolution, n_features, learn_density_scale", [(2, 1, True), (9, 4, True), (12, 3, False)])
+def test_parameter_bytes_counts_what_init_allocates(resolution, n_features, learn_density_scale):
+    """The start-up memory check's estimate is exactly the built grid's parameters (a frozen
+    d_scale is a parameter too); the only buffer is the 6-number box."""
+    over = dict(resolution=resolution, n_features=n_features, learn_density_scale=learn_density_scale)
+    if n_features == 3:
+        over["feature_activation"] = "sigmoid"
+    geom = make_grid(**over)
+    assert type(geom).parameter_bytes(geom.cfg) == real_parameter_bytes(geom)
+    assert sum(b.numel() for b in geom.buffers()) == 6
+
+
+def test_parameter_bytes_by_hand():
+    """((1 + C) R^3 + 1) float32 numbers: density grid, feature grid, d_scale."""
+    from scorelift.plugins.geometry.voxel_grid import VoxelGrid, VoxelGridConfig
+
+    assert VoxelGrid.parameter_bytes(VoxelGridConfig(resolution=10, n_features=4)) == 4 * (5 * 1000 + 1) == 20004
+    # the bad-input case: 100000 points per axis, 3 features: 4e15 numbers, 16 PB (14.2 PiB)
+    assert VoxelGrid.parameter_bytes(VoxelGridConfig(resolution=100_000, n_features=3)) == 4 * (4 * 10**15 + 1)

@@ -284,3 +284,57 @@ def test_registration(tiny_prior):
     assert isinstance(build_named("guidance", "sds", {}, tiny_prior), SDSGuidance)
     paas = build_named("guidance", "paas", {"n_samples": 2}, tiny_prior)
     assert isinstance(paas, PAASGuidance) and paas.cfg.n_samples == 2
+
+
+# ---------------------------------------------------------------- non-finite scores
+def poison_eps(prior, value: float):
+    """Patch this prior instance's predict_eps: ``value`` in one pixel of e_c, the rest untouched."""
+    original = prior.predict_eps
+
+    def predict_eps(*args, **kwargs):
+        e_c, e_u = original(*args, **kwargs)
+        e_c = e_c.clone()
+        e_c[0, 0, 0, 0] = value
+        return e_c, e_u
+
+    prior.predict_eps = predict_eps
+
+
+def test_inject_gradient_of_a_non_finite_g_is_non_finite():
+    z = latent()
+    for bad, check in [(float("nan"), torch.isnan), (float("inf"), torch.isinf), (-float("inf"), torch.isinf)]:
+        g = torch.zeros_like(z)
+        g[1, 2, 3, 4] = bad
+        assert check(sm.inject_gradient(z, g))
+
+
+def test_clamp_score_clamps_finite_entries_only():
+    g = torch.tensor([-5.0, 0.5, 5.0, float("nan"), float("inf"), -float("inf")])
+    out = sm.clamp_score(g, 1.0)
+    assert out[:3].tolist() == [-1.0, 0.5, 1.0]
+    assert out[3].isnan() and out[4] == float("inf") and out[5] == -float("inf")
+    assert sm.clamp_score(g, None) is g
+
+
+@pytest.mark.parametrize("make, over, value", [
+    (make_sds, {}, float("nan")),
+    (make_sds, {"grad_clip": 0.05}, float("inf")),  # a clamp would turn inf into 0.05
+    (make_paas, {}, float("nan")),
+    (make_paas, {"n_samples": 2}, float("inf")),
+])
+def test_a_non_finite_eps_makes_the_loss_non_finite(fresh_prior, make, over, value):
+    """One bad pixel of the prior's prediction reaches the loss (the system then skips the step);
+    before, nan_to_num zeroed it and the step trained on the rest as if nothing had happened."""
+    text = fresh_prior.condition(PROMPT, ["front", "back"])
+    poison_eps(fresh_prior, value)
+    out = make(fresh_prior, **over)(latent(), True, text, torch.Generator().manual_seed(0))
+    assert not torch.isfinite(out["loss"]) and not torch.isfinite(out["grad_norm"])
+
+
+def test_ssd_passes_a_non_finite_eps_on(fresh_prior):
+    from scorelift.plugins.guidance.ssd import SSDGuidance
+
+    text = fresh_prior.condition(PROMPT, ["front", "back"])
+    poison_eps(fresh_prior, float("nan"))
+    ssd = SSDGuidance(yaml_defaults("guidance", "ssd", grad_clip=0.05), fresh_prior)
+    assert torch.isnan(ssd(latent(), True, text, torch.Generator().manual_seed(0))["loss"])

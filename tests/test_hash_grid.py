@@ -100,3 +100,43 @@ def test_config_errors(over, words):
         make(**over)
     for word in words:
         assert word in str(err.value)
+
+
+# ---------------------------------------------------------------- memory estimate
+@pytest.mark.parametrize("over", [
+    {},  # SMALL: levels 4, 8, 16, 32; the last (33^3 corners) hashed into 4096 rows
+    dict(n_levels=2, log2_hashmap_size=4, mlp_layers=0),  # every level hashed into 16 rows, linear heads
+    dict(features_per_level=3, mlp_layers=2, feature_activation="none", n_features=4, per_level_scale=1.0),
+])
+def test_parameter_bytes_counts_what_init_allocates(over):
+    """The start-up memory check's estimate is exactly the built geometry's parameters (the
+    tables and both heads); the buffers (bbox, level mask) are a few numbers."""
+    geom = make(**over)
+    real = sum(p.numel() * p.element_size() for p in geom.parameters())
+    assert type(geom).parameter_bytes(geom.cfg) == real
+    assert sum(b.numel() for b in geom.buffers()) == 6 + geom.cfg.n_levels
+
+
+def test_parameter_bytes_by_hand():
+    """2 levels of 2 features from 4 cells at scale 2: 5^3 = 125 and 9^3 = 729 rows (dense, T = 1024);
+    heads of width 8: Linear(4, 8) + Linear(8, 1) = 40 + 9, Linear(4, 8) + Linear(8, 3) = 40 + 27.
+    With T = 64 both levels hash into 64 rows."""
+    from scorelift.plugins.geometry.hash_grid import HashGrid, HashGridConfig
+
+    small = dict(n_levels=2, features_per_level=2, base_resolution=4, per_level_scale=2.0, mlp_width=8, mlp_layers=1)
+    assert HashGrid.parameter_bytes(HashGridConfig(log2_hashmap_size=10, **small)) == 4 * ((125 + 729) * 2 + 49 + 67) == 7296
+    assert HashGrid.parameter_bytes(HashGridConfig(log2_hashmap_size=6, **small)) == 4 * (128 * 2 + 49 + 67) == 1488
+
+
+@pytest.mark.parametrize("over, words", [
+    (dict(n_levels=3000), ["n_levels=3000", "10^", "2^24"]),  # 4 * 2^2999 overflows a float
+    (dict(n_levels=24, per_level_scale=2.0), ["n_levels=24", "2^24"]),  # finest 4 * 2^23 = 2^25
+    (dict(mlp_width=0), ["mlp_width=0", ">= 1"]),
+    (dict(mlp_layers=-1), ["mlp_layers=-1", ">= 0"]),
+])
+def test_levels_too_fine_and_empty_heads_are_config_errors(over, words):
+    with pytest.raises(ConfigError) as err:
+        make(**over)
+    for word in words:
+        assert word in str(err.value)
+    make(n_levels=23, per_level_scale=2.0, log2_hashmap_size=4)  # finest 4 * 2^22 = 2^24: allowed

@@ -113,3 +113,23 @@ def test_state_dict_round_trip(setup, fresh_prior):
     t = torch.tensor([100, 900])
     torch.testing.assert_close(a.lora_eps(z, t, text.cond, cams.c2w), b.lora_eps(z, t, text.cond, cams.c2w))
     assert len(a.state_dict()["lora"]) > 0
+
+
+@pytest.mark.parametrize("value, clip", [(float("nan"), None), (float("inf"), 0.05)])
+def test_a_non_finite_prior_eps_makes_the_loss_non_finite(setup, value, clip):
+    """One bad pixel of the prior's eps is not zeroed (nor clamped to +-grad_clip): g and the loss
+    are non-finite, so the system skips the step and counts it."""
+    prior, text, cams, z = setup
+    original = prior.predict_eps
+
+    def predict_eps(*args, **kwargs):  # this prior instance only
+        e_c, e_u = original(*args, **kwargs)
+        e_c = e_c.clone()
+        e_c[0, 0, 0, 0] = value
+        return e_c, e_u
+
+    prior.predict_eps = predict_eps
+    vsd = make_vsd(prior, grad_clip=clip)
+    out = vsd(z.clone().requires_grad_(True), True, text, torch.Generator().manual_seed(0), cams)
+    assert not torch.isfinite(out["loss"]) and not torch.isfinite(out["grad_norm"])
+    assert torch.isfinite(out["lora_loss"])  # the LoRA's own loss is untouched

@@ -30,6 +30,9 @@ class Geometry(BaseModulePart):
 
     # feature_activation option -> "latent" or "rgb", for geometries whose Config has that option.
     feature_kinds: dict[str, str] = {}
+    # The Config options that set ``parameter_bytes`` (named, with their values, by the start-up
+    # memory check when the parameters would not fit), e.g. ("resolution", "n_features").
+    size_options: tuple[str, ...] = ()
 
     @classmethod
     def feature_kind_of(cls, cfg) -> str | None:
@@ -37,6 +40,14 @@ class Geometry(BaseModulePart):
         before it is built (the start-up check compares it with the prior and the guidance).
         Default: ``feature_kinds[cfg.feature_activation]``; None when that cannot be told."""
         return cls.feature_kinds.get(getattr(cfg, "feature_activation", None))
+
+    @classmethod
+    def parameter_bytes(cls, cfg) -> int | None:
+        """Bytes of the parameters that a geometry built from the parsed config ``cfg`` allocates
+        (every ``torch.nn.Parameter`` of its ``__init__``, at the default dtype), told before it is
+        built: the start-up check adds gradients and optimizer state and compares the sum with
+        the device's memory. None (the default) when it cannot be told; the check then skips it."""
+        return None
 
     def forward(self, points: torch.Tensor) -> GeometryOutput:
         """points: [N, 3] world coordinates -> GeometryOutput with N entries."""

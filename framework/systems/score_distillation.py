@@ -28,7 +28,7 @@ from scorelift.interfaces import DiffusionPrior, RenderOutput
 from scorelift.registry import register
 from scorelift.schedule import check_scheduled, scheduled
 from scorelift.systems import contracts
-from scorelift.systems.optim import OptimizerConfig, build_optimizer
+from scorelift.systems.optim import OptimizerConfig, build_optimizer, check_optimizer_config
 
 # Independent random streams of one training step (see step_generator).
 STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
@@ -101,8 +101,9 @@ class ScoreDistillationSystem(pl.LightningModule):
     @classmethod
     def check_config(cls, cfg) -> None:
         """Start-up check of the run config's ``system`` section: its keys and types, each loss's
-        config, and one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``)."""
-        from scorelift.checks import check_part
+        config, one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``) and the
+        optimizer (name, args tried on the run's device, learning rates in range)."""
+        from scorelift.checks import check_part, pick_device
 
         system = parse_config(SystemConfig, cfg["system"], "system")
         for name, opts in system.losses.items():
@@ -119,6 +120,7 @@ class ScoreDistillationSystem(pl.LightningModule):
             raise ConfigError(f"system.loss_weights lacks {sorted(missing)}; give every configured term a weight.")
         for key, value in system.loss_weights.items():
             check_scheduled(value, f"system.loss_weights.{key}")
+        check_optimizer_config(system.optimizer, pick_device(cfg["device"]))
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, cameras: CameraBatch, generator: torch.Generator | None = None) -> RenderOutput:

@@ -97,8 +97,19 @@ BACKEND_HELP = (
 _IMPORTS: dict[str, str | None] = {}  # module -> None when it imports, else the error text
 
 
+# The finest level's cells per axis at most (the default's finest is 4096 = 2^12). Points reach the
+# encoding as float32 in [0, 1], spaced 2^-24 near 1, so no point could tell finer cells apart; the
+# bound also keeps level_resolutions from overflowing a float (1.447^l does past l = 1900).
+MAX_LEVEL_RESOLUTION = 2**24
+
+
 def level_resolutions(base: int, scale: float, n_levels: int) -> list[int]:
     return [int(math.floor(base * scale**level)) for level in range(n_levels)]
+
+
+def table_sizes(resolutions: list[int], table_size: int) -> list[int]:
+    """Rows of each level's table: its (N_l + 1)^3 grid corners while they fit in T, else T."""
+    return [min(table_size, (n + 1) ** 3) for n in resolutions]
 
 
 def _import_error(module: str) -> str | None:
@@ -162,7 +173,7 @@ class HashEncoding(torch.nn.Module):
         self.per_level_scale = scale
         self.seed = seed
         self.backend = check_backend(backend)
-        sizes = [min(self.table_size, (n + 1) ** 3) for n in self.resolutions]
+        sizes = table_sizes(self.resolutions, self.table_size)
         gen = torch.Generator().manual_seed(seed)
         self.tables = torch.nn.ParameterList(
             [torch.nn.Parameter((torch.rand(s, features_per_level, generator=gen) * 2 - 1) * 1e-4) for s in sizes]
@@ -274,12 +285,20 @@ def mlp(n_in: int, n_out: int, width: int, layers: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*mods)
 
 
+def mlp_parameter_count(n_in: int, n_out: int, width: int, layers: int) -> int:
+    """Elements of ``mlp(n_in, n_out, width, layers)``'s parameters: a weight [b, a] and a bias [b]
+    per Linear(a, b)."""
+    dims = [n_in] + [width] * layers + [n_out]
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+
+
 @register("geometry", "hash-grid")
 class HashGrid(Geometry):
     """Parameters: the encoding's L tables [T_l, F] and the two heads' weights. Buffer ``bbox`` [2, 3]."""
 
     Config = HashGridConfig
     feature_kinds = FEATURE_KINDS
+    size_options = ("log2_hashmap_size", "n_levels", "features_per_level", "mlp_width", "mlp_layers", "n_features")
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -318,9 +337,38 @@ class HashGrid(Geometry):
                 f"geometry (hash-grid) base_resolution={c.base_resolution} must be >= 2 and "
                 f"per_level_scale={c.per_level_scale} >= 1 (threestudio: 16 and 1.447)."
             )
+        # In log10 space: base * scale^(L - 1) itself overflows a float for a large level count
+        # (the 1e-9 absorbs the logs' rounding, so that exactly 2^24 passes).
+        finest = math.log10(c.base_resolution) + (c.n_levels - 1) * math.log10(c.per_level_scale)
+        if finest > math.log10(MAX_LEVEL_RESOLUTION) + 1e-9:
+            raise ConfigError(
+                f"geometry (hash-grid) n_levels={c.n_levels}, base_resolution={c.base_resolution} and "
+                f"per_level_scale={c.per_level_scale} give the finest level base_resolution * per_level_scale^"
+                f"(n_levels - 1) = about 10^{finest:.1f} cells per axis, more than 2^24 (16777216): float32 points "
+                f"in [0, 1] cannot tell finer cells apart. Use fewer levels or a smaller per_level_scale "
+                f"(threestudio: 16 levels from 16 at 1.447, the finest 4096)."
+            )
+        if c.mlp_width < 1 or c.mlp_layers < 0:
+            raise ConfigError(
+                f"geometry (hash-grid) mlp_width={c.mlp_width} must be >= 1 and mlp_layers={c.mlp_layers} >= 0 "
+                f"(hidden units and hidden layers of each head; threestudio: 64 and 1)."
+            )
         if c.start_levels is not None and not 1 <= c.start_levels <= c.n_levels:
             raise ConfigError(f"geometry (hash-grid) start_levels={c.start_levels} must lie in 1..n_levels={c.n_levels}.")
         check_backend(c.backend)
+
+    @classmethod
+    def parameter_bytes(cls, c: HashGridConfig) -> int:
+        """What ``__init__`` allocates as parameters, at the default dtype: the L tables [T_l, F]
+        (``table_sizes``) and the two heads, ``mlp(L F, 1, width, layers)`` and ``mlp(L F, C, width,
+        layers)``. The buffers (bbox [2, 3], level_mask [L]) are left out."""
+        resolutions = level_resolutions(c.base_resolution, c.per_level_scale, c.n_levels)
+        tables = sum(table_sizes(resolutions, 2**c.log2_hashmap_size)) * c.features_per_level
+        n_in = c.n_levels * c.features_per_level
+        heads = mlp_parameter_count(n_in, 1, c.mlp_width, c.mlp_layers) + mlp_parameter_count(
+            n_in, c.n_features, c.mlp_width, c.mlp_layers
+        )
+        return (tables + heads) * torch.get_default_dtype().itemsize
 
     def update_step(self, step: int, max_steps: int) -> None:
         """Progressive levels: start_levels active at step 0, one more every update_steps."""

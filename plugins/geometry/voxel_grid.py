@@ -97,6 +97,7 @@ class VoxelGrid(Geometry):
 
     Config = VoxelGridConfig
     feature_kinds = FEATURE_KINDS
+    size_options = ("resolution", "n_features")
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -140,6 +141,14 @@ class VoxelGrid(Geometry):
             )
         if c.feature_init_std < 0:
             raise ConfigError(f"geometry (voxel-grid) feature_init_std={c.feature_init_std} must be >= 0.")
+
+    @classmethod
+    def parameter_bytes(cls, c: VoxelGridConfig) -> int:
+        """What ``__init__`` allocates as parameters: density_grid [1, 1, R, R, R], feature_grid
+        [1, C, R, R, R] and d_scale [] (a parameter even when frozen), at the default dtype:
+        ((1 + C) R^3 + 1) elements. The bbox buffer (6 numbers) is left out."""
+        elements = (1 + c.n_features) * c.resolution**3 + 1
+        return elements * torch.get_default_dtype().itemsize
 
     # ---- geometry of the grid -------------------------------------------------------------
 

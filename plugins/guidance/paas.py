@@ -116,7 +116,8 @@ class PAASGuidance(Guidance):
                 # (D - y)/sigma and (D - z_ve)/sigma in closed form, with D = z_ve - sigma e_cfg:
                 # dividing by a small sigma (0.03 at t = 0) would only add rounding error.
                 ascent += (n - e_cfg) if self.cfg.var_red else -e_cfg
-            g = torch.nan_to_num(-ascent / self.cfg.n_samples, nan=0.0, posinf=0.0, neginf=0.0)
+            # Not zeroed where non-finite: the loss turns non-finite and the system skips the step.
+            g = -ascent / self.cfg.n_samples
         return {
             "loss": sm.inject_gradient(y, g),
             "grad_norm": g.norm().detach(),

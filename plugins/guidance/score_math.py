@@ -46,10 +46,21 @@ def inject_gradient(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     z: [B, ...] the differentiable render (latent); g: [B, ...] the method's dL/dz per sample.
     ``0.5 * |z - sg(z - g)|^2 / B``: the division by B makes the loss a batch mean, as in the doc
     and threestudio, so dL/dz_b = g_b / B. Its value is 0.5 |g|^2 / B and says nothing about progress.
+    A NaN or infinite entry of g makes the loss NaN or inf (the square of z - (z - g) is), so the
+    system skips the step and counts it (``system.max_nonfinite_steps``) instead of training on it.
     """
     B = z.shape[0]
     target = (z.float() - g.float()).detach()
     return 0.5 * F.mse_loss(z.float(), target, reduction="sum") / B
+
+
+def clamp_score(g: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """``g`` [B, ...] clamped element-wise to [-clip, clip] (``grad_clip``; None: unchanged). Only
+    finite entries are clamped: a clamp keeps NaN but would turn +-inf into +-clip, a plausible
+    value, and a non-finite score must reach the loss as such so that the step is skipped."""
+    if clip is None:
+        return g
+    return torch.where(torch.isfinite(g), g.clamp(-clip, clip), g)
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -91,9 +91,9 @@ class SDSGuidance(Guidance):
             )
             delta = self.direction(e_c.to(dev).float(), e_u.to(dev).float(), eps, t)
             w = (1.0 - ab) if self.cfg.weighting == "sds" else torch.ones_like(ab)
-            g = torch.nan_to_num(w * delta, nan=0.0, posinf=0.0, neginf=0.0)
-            if self.grad_clip is not None:
-                g = g.clamp(-self.grad_clip, self.grad_clip)
+            # No nan_to_num: a non-finite score makes the loss non-finite and the system skips the
+            # step (zeroing it would train on zeros without a word).
+            g = sm.clamp_score(w * delta, self.grad_clip)
         return {
             "loss": sm.inject_gradient(z, g),
             "grad_norm": g.norm().detach(),

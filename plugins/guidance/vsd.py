@@ -190,9 +190,8 @@ class VSDGuidance(Guidance):
             else:
                 e_zero = self.lora_eps(z_t, t, emb, torch.zeros_like(c2w))
                 e_lora = e_zero + self.cfg.lora_cfg_scale * (e_cam - e_zero)
-            g = torch.nan_to_num((1.0 - ab) * (e_prior - e_lora), nan=0.0, posinf=0.0, neginf=0.0)
-            if self.grad_clip is not None:
-                g = g.clamp(-self.grad_clip, self.grad_clip)
+            # Not zeroed where non-finite: the loss turns non-finite and the system skips the step.
+            g = sm.clamp_score((1.0 - ab) * (e_prior - e_lora), self.grad_clip)
         return g
 
     def __call__(

@@ -4,8 +4,8 @@ writes anything.
 What a run writes, and how each part is estimated (bytes):
 
 - checkpoints: the system's state (every tensor of its state_dict and of the guidance's state)
-  plus the optimizer's moments for each trainable parameter (2 for the Adam family, 1 for SGD
-  with momentum), times ``trainer.keep_checkpoints`` + 1 (the new file is written beside the
+  plus the optimizer's state for each trainable parameter (``optim.state_slots``: 2 for the Adam
+  family, 1 for SGD with momentum), times ``trainer.keep_checkpoints`` + 1 (the new file is written beside the
   ones kept before the oldest is removed). A resume counts the checkpoints already there.
 - validation images: ``max_steps / validation_every`` PNG grids of 2 x n_validation_views tiles,
   at their raw RGB size (a PNG is at most about that), twice (the PNG and TensorBoard's copy).
@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from scorelift.errors import ConfigError
-from scorelift.outputs.checkpoint import candidates, human_bytes
+from scorelift.outputs.checkpoint import candidates
+from scorelift.systems.optim import state_slots
+from scorelift.units import human_bytes
 
-OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "adamax": 2}
 SMALL_FILES = 1 << 20
 BYTES_PER_LOGGED_VALUE = 64
 VIDEO_FRACTION = 0.1
@@ -56,13 +57,6 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def optimizer_slots(optimizer_cfg) -> int:
-    name = str(optimizer_cfg.name)
-    if name == "sgd":
-        return 1 if float(dict(optimizer_cfg.args).get("momentum", 0) or 0) > 0 else 0
-    return OPTIMIZER_SLOTS.get(name, 2)
-
-
 def checkpoint_bytes(system) -> int:
     """One checkpoint of ``system`` (a ScoreDistillationSystem-like module with ``guidance`` and
     ``cfg.optimizer``): its state, the guidance's state and the optimizer's moments."""
@@ -72,7 +66,7 @@ def checkpoint_bytes(system) -> int:
     guidance_trainable = 0
     if guidance is not None and hasattr(guidance, "parameters"):
         guidance_trainable = sum(p.numel() * p.element_size() for p in guidance.parameters() if p.requires_grad)
-    slots = optimizer_slots(system.cfg.optimizer)
+    slots = state_slots(system.cfg.optimizer.name, dict(system.cfg.optimizer.args))
     return tensor_bytes(system.state_dict()) + guidance_state + slots * (trainable + guidance_trainable) + (64 << 10)
 
 

@@ -31,7 +31,6 @@ from scorelift.outputs.checkpoint import (
     DirectCheckpointIO,
     checkpoint_dir,
     checkpoint_path,
-    human_bytes,
     no_space_error,
     read_step,
     remove_dead_writers_files,
@@ -47,6 +46,7 @@ from scorelift.run_info import record_end, write_run_info
 from scorelift.run_lock import RunLock
 from scorelift.stop_signals import GracefulStop, StopSignals
 from scorelift.trainer_options import check_trainer
+from scorelift.units import human_bytes
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import scorelift.checks as checks
-from scorelift.checks import check_memory, check_part, human_bytes
+import scorelift.memory as memory
+from scorelift.checks import check_part
+from scorelift.memory import check_memory
+from scorelift.units import human_bytes
 from scorelift.compose import compose_config
 from scorelift.errors import ConfigError
 from scorelift.run import checkpoint_path, run
@@ -97,7 +99,7 @@ def test_state_slots():
 # ---------------------------------------------------------------- geometry memory
 def memory_case(monkeypatch, free: int, *overrides: str):
     """check_memory on a composed config, the device reporting ``free`` bytes."""
-    monkeypatch.setattr(checks, "available_memory", lambda device: (free, f"the test device has {human_bytes(free)} free"))
+    monkeypatch.setattr(memory, "available_memory", lambda device: (free, f"the test device has {human_bytes(free)} free"))
     cfg = compose_config(["device=cpu", *overrides], with_hydra=False)
     check_memory(cfg, {"geometry": check_part("geometry", cfg.geometry, "geometry")})
 
@@ -141,7 +143,7 @@ def test_memory_check_names_the_option_above_its_default(monkeypatch):
 
 
 def test_memory_of_this_machine_is_read():
-    found = checks.available_memory(CPU)
+    found = memory.available_memory(CPU)
     if found is None:  # neither /proc/meminfo nor sysconf's available pages (e.g. Windows): the check is skipped
         pytest.skip("this platform reports no available RAM")
     assert found[0] > 0 and "RAM available" in found[1]
@@ -150,10 +152,10 @@ def test_memory_of_this_machine_is_read():
 def test_cpu_memory_honours_a_cgroup_limit_and_falls_back(tmp_path, monkeypatch):
     limit = tmp_path / "memory.max"
     limit.write_text("12345\n")
-    monkeypatch.setattr(checks, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
-    assert checks.cpu_available_bytes() == (12345, f"the container's memory limit in {limit}")
+    monkeypatch.setattr(memory, "CGROUP_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    assert memory.cpu_available_bytes() == (12345, f"the container's memory limit in {limit}")
     limit.write_text("max\n")  # cgroup v2's "no limit"
-    assert checks.cpu_available_bytes()[1] == "MemAvailable in /proc/meminfo"
+    assert memory.cpu_available_bytes()[1] == "MemAvailable in /proc/meminfo"
     read_text = Path.read_text
 
     def no_meminfo(self, *args, **kwargs):
@@ -162,7 +164,7 @@ def test_cpu_memory_honours_a_cgroup_limit_and_falls_back(tmp_path, monkeypatch)
         return read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", no_meminfo)
-    have, where = checks.cpu_available_bytes()
+    have, where = memory.cpu_available_bytes()
     assert have > 0 and where == "sysconf's available pages"
     sysconf = os.sysconf
 
@@ -172,7 +174,7 @@ def test_cpu_memory_honours_a_cgroup_limit_and_falls_back(tmp_path, monkeypatch)
         return sysconf(name)
 
     monkeypatch.setattr(os, "sysconf", no_available_pages)
-    have, where = checks.cpu_available_bytes()
+    have, where = memory.cpu_available_bytes()
     assert have == sysconf("SC_PHYS_PAGES") * sysconf("SC_PAGE_SIZE") and where == "sysconf's physical pages"
 
 

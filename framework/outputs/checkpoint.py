@@ -31,6 +31,7 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from scorelift.atomic import temp_path
 from scorelift.errors import RunWriteError
+from scorelift.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 class DirectCheckpointIO(CheckpointIO):

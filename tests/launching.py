@@ -68,3 +68,14 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def final_step(run_dir: Path) -> int:
     return read_step(checkpoint_path(run_dir))
+
+
+def error_paragraph(stderr) -> str:
+    """The one ``scorelift: error:`` line, which must end the output (one paragraph, no
+    traceback); ``stderr``: the text, or a result dict holding it."""
+    text = stderr["stderr"] if isinstance(stderr, dict) else stderr
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("scorelift: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], text[-3000:]
+    assert "Traceback" not in text
+    return errors[0]

@@ -4,7 +4,7 @@ no .hydra/, no launch.log, no outputs folder. A resume with a bad override leave
 names byte-identical.
 
 launch.py starts in about 7 s here (imports), so the cases run in one subprocess that executes
-launch.py as ``__main__`` once per case (runpy: the same code path as ``python launch.py``).
+launch.py as ``__main__`` once per case (tests/run_cases.py: the same code path as ``python launch.py``).
 A finished tiny run made by a real ``python launch.py`` (the normal short run) is resumed with bad
 overrides, then once with a good one.
 """
@@ -21,44 +21,12 @@ import pytest
 import torch
 
 from tests.conftest import pipeline_variant
+from tests.launching import error_paragraph
 from tests.test_system import small_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 LATENT = 8  # the conftest tiny pipeline: 8 x 8 latents, 16 x 16 pixels
 SHAPES_LIMIT = 16  # the shapes prior's tokenizer takes 16 tokens
-
-# Runs launch.py as __main__ for each case of a JSON list; writes {id: result} to a JSON file.
-DRIVER = r"""
-import contextlib, hashlib, io, json, runpy, sys
-from pathlib import Path
-
-def snapshot(folder):
-    if not folder:
-        return None
-    root = Path(folder)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-cases, out_file, launch = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], sys.argv[3]
-results = {}
-for case in cases:
-    from hydra.core.global_hydra import GlobalHydra
-    GlobalHydra.instance().clear()
-    before = snapshot(case.get("watch"))
-    sys.argv = [launch, *case["args"]]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            runpy.run_path(launch, run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException as exc:
-            code, _ = "exception", print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-    results[case["id"]] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                           "before": before, "after": snapshot(case.get("watch"))}
-Path(out_file).write_text(json.dumps(results))
-"""
-
 
 def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -215,7 +183,7 @@ def results(tiny_pipeline_dir, finished_run, tmp_path_factory) -> dict:
     (root / "cases.json").write_text(json.dumps(cases))
     out_file = root / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(root / "cases.json"), str(out_file), str(REPO / "launch.py")],
+        [sys.executable, str(REPO / "tests" / "run_cases.py"), str(root / "cases.json"), str(out_file), str(REPO / "launch.py")],
         cwd=REPO, env=dict(env(), HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf")), capture_output=True, text=True,
         timeout=600,
     )
@@ -240,15 +208,6 @@ BAD_RESUMES = [
     "resume-foreign-system", "resume-foreign-ckpt", "resume-bad-type", "resume-bad-name", "resume-bad-key",
     "resume-bad-prompt", "resume-bad-camera", "resume-bad-resolution", "resume-bad-trainer",
 ]
-
-
-def error_paragraph(result: dict) -> str:
-    """The one 'scorelift: error:' line, which must end the output (a paragraph, no traceback)."""
-    lines = [line for line in result["stderr"].splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("scorelift: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result["stderr"][-3000:]
-    assert "Traceback" not in result["stderr"]
-    return errors[0]
 
 
 @pytest.mark.parametrize("cid", BAD)

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import scorelift.run as run_module
@@ -20,7 +19,7 @@ from scorelift.errors import ConfigError
 from scorelift.launcher import main as launcher_main
 from scorelift.outputs.checkpoint import checkpoint_dir, checkpoint_path, read_step
 from scorelift.run import run
-from tests.test_system import compose_cfg, small_run_overrides
+from tests.test_system import CrashAtStep, compose_cfg, small_run_overrides
 
 LATENT = 8
 
@@ -38,15 +37,6 @@ def files(run_dir: Path) -> dict[str, int]:
 def same_state(a: Path, b: Path) -> bool:
     sa, sb = (torch.load(p, weights_only=False)["state_dict"] for p in (a, b))
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-class CrashAtStep(pl.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def crash_at(monkeypatch, step: int) -> None:

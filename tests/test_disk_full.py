@@ -21,7 +21,7 @@ import pytest
 
 from scorelift.errors import EXIT_BAD_INPUT, EXIT_WRITE_FAILED
 from scorelift.outputs.checkpoint import checkpoint_path, read_step
-from tests.launching import REPO, env, launch, run_args, start, wait_for_checkpoint
+from tests.launching import REPO, env, error_paragraph, launch, run_args, start, wait_for_checkpoint
 
 BIG_GRID = "geometry.resolution=48"  # 48^3 x 5 float32 = 2.2 MB of parameters, ~6.6 MB a checkpoint
 MID_GRID = "geometry.resolution=24"  # ~0.8 MB a checkpoint
@@ -47,12 +47,6 @@ def small_volume(tmp_path):
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("scorelift: error: ") and "Traceback" not in stderr, stderr[-3000:]
-    return lines[-1]
-
-
 def temp_files(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
 
@@ -62,7 +56,7 @@ def test_a_run_larger_than_its_volume_refuses_to_start(small_volume, tiny_pipeli
     run_dir = volume / "run"
     done = launch(run_args(tiny_pipeline_dir, run_dir, 100, BIG_GRID))
     assert done.returncode == EXIT_BAD_INPUT
-    message = error_line(done.stderr)
+    message = error_paragraph(done.stderr)
     assert "would write about" in message and "has only" in message and "trainer.keep_checkpoints=1" in message
     assert list(volume.iterdir()) == []  # nothing was written
 
@@ -75,7 +69,7 @@ def test_a_checkpoint_over_the_file_size_limit_refuses_to_start(tiny_pipeline_di
     done = subprocess.run(run_args(tiny_pipeline_dir, run_dir, 100, BIG_GRID), cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert done.returncode == EXIT_BAD_INPUT
-    message = error_line(done.stderr)
+    message = error_paragraph(done.stderr)
     assert "file-size limit" in message and "1.0 MiB" in message
     assert not run_dir.exists()
 
@@ -85,7 +79,7 @@ def stopped_for_space(proc, run_dir: Path, checkpointed: int, words: list[str]) 
     checkpoint of step ``checkpointed`` or later is intact."""
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == EXIT_WRITE_FAILED, err[-3000:]
-    message = error_line(err)
+    message = error_paragraph(err)
     for word in words:
         assert word in message, (word, message)
     assert "is intact" in message and f"resume={run_dir}" in message

@@ -8,7 +8,7 @@ guidance and the package's valid one, and fails at start-up (exit 2, one paragra
 written) for each refused name. The built-in ``sds`` keeps its class and its config.
 
 launch.py starts in about 7 s, so the launcher cases run in one subprocess that executes
-launch.py as ``__main__`` once per case (runpy: the code path of ``python launch.py``), as
+launch.py as ``__main__`` once per case (tests/run_cases.py: the code path of ``python launch.py``), as
 tests/test_bad_input.py does. Collisions and local plugin files are tested in this process.
 """
 
@@ -26,6 +26,7 @@ import pytest
 from scorelift import registry
 from scorelift.errors import ConfigError, PluginError
 from scorelift.plugins.guidance.sds import SDSGuidance as BuiltinSDS
+from tests.launching import error_paragraph
 from tests.test_system import small_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,28 +95,8 @@ REFUSED = [
 PACKAGE_WORDS = [f"Plugin {MODULE} (package {PACKAGE} {VERSION})", "Fix the package or uninstall it",
                  "the package's other plugins included"]
 
-# Runs launch.py as __main__ for each case of a JSON list, then asks the registry of that same
-# process what it holds; writes both to a JSON file.
-DRIVER = r"""
-import contextlib, io, json, runpy, sys
-from pathlib import Path
-
-cases, out_file, launch = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], sys.argv[3]
-results = {}
-for case in cases:
-    from hydra.core.global_hydra import GlobalHydra
-    GlobalHydra.instance().clear()
-    sys.argv = [launch, *case["args"]]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            runpy.run_path(launch, run_name="__main__")
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException as exc:
-            code, _ = "exception", print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-    results[case["id"]] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
-
+# What the registry of the process that ran the cases holds (a probe case of tests/run_cases.py).
+REGISTRY_PROBE = """
 from scorelift import registry
 from scorelift.plugins.guidance.sds import SDSGuidance
 from scorelift.errors import PluginError
@@ -124,9 +105,8 @@ try:
     found = None
 except PluginError as exc:
     found = str(exc)
-results["registry"] = {"sds_is_builtin": registry.find("guidance", "sds") is SDSGuidance,
-                       "failures": registry.load_failures(), "find_refused": found}
-Path(out_file).write_text(json.dumps(results))
+result = {"sds_is_builtin": registry.find("guidance", "sds") is SDSGuidance,
+          "failures": registry.load_failures(), "find_refused": found}
 """
 
 
@@ -181,10 +161,11 @@ def results(tiny_pipeline_dir, tmp_path_factory) -> dict:
     for case in cases:
         case["dir"] = str(root / "runs" / case["id"])
         case["args"].append(f"hydra.run.dir={case['dir']}")
-    (root / "cases.json").write_text(json.dumps(cases))
+    (root / "cases.json").write_text(json.dumps([*cases, {"id": "registry", "probe": REGISTRY_PROBE}]))
     out_file = root / "results.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), str(REPO)]), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"), str(out_file), str(REPO / "launch.py")],
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "run_cases.py"), str(root / "cases.json"), str(out_file),
+                           str(REPO / "launch.py")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(out_file.read_text())
@@ -229,15 +210,6 @@ def test_a_builtin_and_the_packages_valid_guidance_still_run(results):
         log = (run_dir / "launch.log").read_text()  # the run's log names each refusal, once
         assert log.count("registers guidance 'faulty-not-a-guidance'") == 1
         assert log.count("registers guidance 'sds' (class SDSGuidance in module scorelift_faulty_plugins") == 1
-
-
-def error_paragraph(result: dict) -> str:
-    """The one 'scorelift: error:' line, which must end the output (a paragraph, no traceback)."""
-    lines = [line for line in result["stderr"].splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("scorelift: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result["stderr"][-3000:]
-    assert "Traceback" not in result["stderr"]
-    return errors[0]
 
 
 @pytest.mark.parametrize("cid, given, name, cls", [

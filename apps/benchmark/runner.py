@@ -148,7 +148,7 @@ def resumable_segments(out: Path, cell: Cell) -> list[dict] | None:
     SIGTERM, see ``processes.die_with_runner``) counts as stopped when the run says so in
     run_info.json; its wall time is taken up to the last write of stdout.log."""
     folder = cell_dir(out, cell)
-    record = read_json(folder / SEGMENTS)
+    record = read_json(folder / SEGMENTS) or segments_of_an_earlier_runner(folder)
     if not record or record.get("fingerprint") != cell.fingerprint or not record.get("segments"):
         return None
     if not has_checkpoint(folder / "run"):
@@ -165,6 +165,17 @@ def resumable_segments(out: Path, cell: Cell) -> list[dict] | None:
         last.update(outcome="stopped", returncode=None, wall_s=round(max(0.0, ended - last["started"]), 2),
                     note="the runner ended before this process did; wall time up to the last line of stdout.log")
     return segments if last["outcome"] == "stopped" else None
+
+
+def segments_of_an_earlier_runner(folder: Path) -> dict | None:
+    """The one segment of a cell that a runner without segments.json recorded as failed with exit
+    75 (stopped by a signal, e.g. the terminal's Ctrl+C): resumable like any stopped cell."""
+    failed = read_json(folder / "failed.json") or {}
+    if failed.get("returncode") != EXIT_STOPPED or "cell_wall_s" not in failed:
+        return None
+    return {"fingerprint": failed.get("fingerprint"), "segments": [{
+        "how": "start", "command": failed.get("command"), "outcome": "stopped", "returncode": EXIT_STOPPED,
+        "wall_s": failed["cell_wall_s"], "note": "stopped (exit 75)"}]}
 
 
 def cell_state(out: Path, cell: Cell) -> str:
@@ -212,6 +223,7 @@ def launch(out: Path, cell: Cell, env: dict) -> RunningCell:
         earlier, cmd, mode = [], fresh_command(folder, cell), "w"
     else:
         cmd, mode = resume_command(folder), "a"
+        (folder / "failed.json").unlink(missing_ok=True)  # an earlier runner's record of the stop
     segment = {"how": "resume" if earlier else "start", "command": cmd[1:], "started": time.time()}
     segments = [*earlier, segment]
     write_json_atomic(folder / SEGMENTS, {"fingerprint": cell.fingerprint, "segments": segments})

@@ -1,6 +1,7 @@
 """Stopping the benchmark runner with real signals: SIGTERM and SIGINT stop its cells with a
 checkpoint and exit 75, the same command then resumes them to the weights of an uninterrupted
-run, and a runner killed with SIGKILL leaves no cell running (Linux: the parent-death signal).
+run, a cell killed at the end of --stop-grace stays resumable, and a runner killed with SIGKILL
+leaves no cell running (Linux: the parent-death signal).
 
 The cells are tiny (the random 8 x 8 Stable Diffusion pipeline, a 12^3 voxel grid) but long
 enough to be caught mid-run: 150 steps, a checkpoint every 5. Every process a cell starts is in
@@ -324,3 +325,24 @@ def test_which_cells_resume_and_which_start_again(tmp_path):
     assert runner.outcome_of(-9, "the grace period ran out", True) == "stopped"
     assert runner.outcome_of(-9, None, False) == "failed"  # killed by someone else, not while stopping
     assert runner.outcome_of(2, None, True) == "failed" and runner.outcome_of(0, None, True) == "finished"
+
+
+def test_a_cell_still_held_by_a_process_is_waited_for_not_deleted(tmp_path):
+    """A run directory whose lock is held (the cell of a killed runner, still writing its
+    checkpoint) is waited for, and left alone if it stays held."""
+    import threading
+
+    from scorelift.run_lock import RunLock
+
+    cell = spec_mod.Cell("sds", "a red cube", 0, ("guidance=sds",))
+    run = tmp_path / "cells" / cell.key / "run"
+    run.mkdir(parents=True)
+    lines: list[str] = []
+    stop = processes.StopRequests()  # not entered: no handlers, never requested
+    with RunLock(run):
+        assert runner.wait_for_earlier_processes(tmp_path, [cell], 0.3, stop, lines.append) == []
+    assert "still in use" in lines[0] and "skipped: sds | a red cube | seed 0" in lines[-1]
+    assert run.is_dir()
+    lock = RunLock(run).__enter__()
+    threading.Timer(0.3, lock.__exit__).start()
+    assert runner.wait_for_earlier_processes(tmp_path, [cell], 10, stop, lines.append) == [cell]

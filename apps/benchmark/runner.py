@@ -526,23 +526,23 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, 
     """Run every unfinished cell, ``workers`` at a time, slowest first (see ``schedule``);
     stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to this process
     stops the cells (``CellPool``); the outcome's ``stopped_by`` then names the signal."""
-    todo = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
-    resuming = sum(resumable_segments(out, c) is not None for c in todo)
-    also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
-    log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)}{also} with {workers} worker(s).")
+    unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
     outcome = RunOutcome()
-    if not todo:
-        return outcome
     with processes.StopRequests() as stop:
-        todo = wait_for_earlier_processes(out, todo, stop_grace_s, stop, log)
-        if not stop.requested:
-            warm_evaluation_cache(sorted({c.prompt for c in todo}))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
-               "PYTHONUNBUFFERED": "1"}
-        with MpsDaemon(mps and not stop.requested, log) as daemon, GpuSampler(out / "gpu_util.csv"):
-            env.update(daemon.env)
-            pool = CellPool(out, todo, workers, env, stop, stop_grace_s, log)
-            outcome.records = pool.run()
-            outcome.mps, outcome.not_started = daemon.status, len(pool.pending)
+        todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
+        resuming = sum(resumable_segments(out, c) is not None for c in todo)
+        also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
+        log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} "
+            f"with {workers} worker(s).")
+        if todo:
+            if not stop.requested:
+                warm_evaluation_cache(sorted({c.prompt for c in todo}))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
+                   "PYTHONUNBUFFERED": "1"}
+            with MpsDaemon(mps and not stop.requested, log) as daemon, GpuSampler(out / "gpu_util.csv"):
+                env.update(daemon.env)
+                pool = CellPool(out, todo, workers, env, stop, stop_grace_s, log)
+                outcome.records = pool.run()
+                outcome.mps, outcome.not_started = daemon.status, len(pool.pending)
         outcome.stopped_by = stop.name
     return outcome

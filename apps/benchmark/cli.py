@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from scorelift.benchmark import report, runner, spec as spec_mod
-from scorelift.errors import ScoreliftError
-from scorelift.run_info import git_commit, package_versions
+from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
   python benchmark.py ci --out outputs/bench-ci                      # the small preset CI runs
@@ -21,7 +20,19 @@ EPILOG = """examples:
   python benchmark.py full --out outputs/bench --methods sds,ssd --seeds 0
   python benchmark.py full --out benchmarks/shapes-full --report-only  # re-tabulate finished cells
   python benchmark.py ci --out outputs/bench-ci --set device=cpu      # extra launch.py overrides for every cell
-Run the same command again to resume: finished cells are kept, the rest run."""
+Run the same command again to resume: finished cells are kept, stopped ones resume from their
+checkpoint, the rest start again.
+
+Stopping: SIGTERM, SIGINT (Ctrl+C) or SIGUSR1 stops the benchmark. No new cell starts; each
+running cell is sent SIGTERM, writes a checkpoint and exits, and what still runs after
+--stop-grace seconds is killed (it resumes from its last periodic checkpoint). A second signal
+kills at once. No cell outlives the runner (on Linux not even when the runner is killed).
+
+exit codes:
+  0   every cell finished; the report is written
+  1   a cell failed (see its stdout.log) or was not run; the report lists it
+  2   bad input (an unknown preset, method or option)
+  75  stopped (by a signal, or a cell was stopped): run the same command again to resume"""
 
 
 def machine_description() -> str:
@@ -62,6 +73,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mps", action="store_true",
                     help="run the cells under NVIDIA's Multi-Process Service so their kernels share the GPU at once")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
+    ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
+                    help="when stopped: how long running cells get to write a checkpoint and exit before they are "
+                         f"killed (default {runner.DEFAULT_STOP_GRACE_S:g}; keep it below a scheduler's kill delay)")
     return ap.parse_args(argv)
 
 
@@ -72,13 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec_mod.select(spec_mod.load_spec(args.preset), args.methods, args.seeds, args.prompts)
         if args.workers < 1:
             raise spec_mod.ConfigError(f"--workers {args.workers} must be at least 1.")
+        if not args.stop_grace >= 0:
+            raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)
         threads = args.threads_per_run or max(1, (os.cpu_count() or 1) // args.workers)
         start = time.perf_counter()
-        ran, mps = ([], "off") if args.report_only else runner.run_cells(
-            out, cells, args.workers, threads, args.mps, relative_cost=spec.relative_cost)
+        outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
+            out, cells, args.workers, threads, args.mps, relative_cost=spec.relative_cost,
+            stop_grace_s=args.stop_grace)
+        if outcome.stopped_by:
+            return stopped(outcome, out, cells)
+        # Imported here, not at the top: run_info imports torch (seconds of start-up), which the
+        # runner does not need to start its cells.
+        from scorelift.run_info import git_commit, package_versions
+
         info = {
             "preset": spec.name,
             "command": "python benchmark.py " + " ".join(shlex.quote(a) for a in argv),
@@ -87,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             "git_commit": git_commit(),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": round(time.perf_counter() - start, 1),
-            "cells_run": len(ran),
+            "cells_run": len(outcome.records),
             "workers": args.workers,
             "threads_per_run": threads,
-            "mps": mps,
+            "mps": outcome.mps,
         }
         if args.report_only and (out / "benchmark_info.json").is_file():
             info = {**json.loads((out / "benchmark_info.json").read_text()), "report_rewritten": info["finished"]}
@@ -101,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark.py: error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in result["rows"] if r["status"] != "ok"]
+    only_stopped = failed and all(r["status"].startswith("stopped") for r in failed)
     print(f"Report: {out / 'report.html'} and {out / 'report.md'} ({len(cells) - len(failed)}/{len(cells)} cells finished).")
     for s in result["summary"]:
         if not s["finished"]:
@@ -108,4 +132,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {s['method']:<10} IoU {s['iou']:.3f} ± {s['iou_std']:.3f}  identification {s['identification']:.3f} "
               f"± {s['identification_std']:.3f}  colour error {s['colour_error']:.3f}  {s['median_s_per_it']:.4f} s/it")
-    return 1 if failed else 0
+    if only_stopped:
+        print(f"{len(failed)} cell(s) stopped with a checkpoint: run the same command again to resume them (exit 75).")
+    return EXIT_STOPPED if only_stopped else 1 if failed else 0
+
+
+def stopped(outcome: runner.RunOutcome, out: Path, cells: list) -> int:
+    """The runner was stopped by a signal: one line saying what is where (the lines of the
+    stopped cells came before it), no report (it would be of a run cut short); exit 75."""
+    finished = sum(runner.is_finished(out, c) for c in cells)
+    print(f"benchmark.py: stopped by {outcome.stopped_by}: {len(outcome.stopped)} cell(s) stopped, "
+          f"{outcome.not_started} not started, {finished} of {len(cells)} finished; no report written. Run the same "
+          f"command again to resume (exit code 75: stopped, resume me).", file=sys.stderr)
+    return EXIT_STOPPED

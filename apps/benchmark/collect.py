@@ -9,7 +9,7 @@ import math
 import statistics
 from pathlib import Path
 
-from scorelift.benchmark.runner import cell_dir, is_finished
+from scorelift.benchmark.runner import cell_dir, cell_state, is_finished
 from scorelift.benchmark.spec import Cell
 
 QUALITY = ("iou", "colour_error", "identification")
@@ -27,9 +27,11 @@ def _read_json(path: Path) -> dict:
 def cell_result(out: Path, cell: Cell) -> dict:
     folder = cell_dir(out, cell)
     row = {"method": cell.method, "prompt": cell.prompt, "seed": cell.seed}
-    if not is_finished(out, cell):
+    state = cell_state(out, cell)
+    if state != "finished":
         failed = folder / "failed.json"
-        row["status"] = f"failed (exit {_read_json(failed).get('returncode')})" if failed.is_file() else "not run"
+        row["status"] = {"stopped": "stopped (the next run resumes it)", "not run": "not run",
+                         "failed": f"failed (exit {_read_json(failed).get('returncode')})"}[state]
         return row
     run = folder / "run"
     metrics, timing, record = _read_json(run / "metrics.json"), _read_json(run / "timing.json"), _read_json(folder / "cell.json")

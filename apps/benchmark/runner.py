@@ -1,16 +1,27 @@
-"""Running a benchmark's cells: each one a ``launch.py`` process, several at once, resumable.
+"""Running a benchmark's cells: each one a ``scorelift`` process, several at once, resumable and stoppable.
 
 Layout under the output folder:
-    cells/<method>/<prompt-slug>/s<seed>/run/        the launch.py run directory
-    cells/<method>/<prompt-slug>/s<seed>/stdout.log  its output
-    cells/<method>/<prompt-slug>/s<seed>/cell.json   written last, only when the run succeeded
+    cells/<method>/<prompt-slug>/s<seed>/run/            the scorelift run directory
+    cells/<method>/<prompt-slug>/s<seed>/stdout.log      its output (of every process it ran in)
+    cells/<method>/<prompt-slug>/s<seed>/segments.json   the processes it ran in so far: how each ended, its wall time
+    cells/<method>/<prompt-slug>/s<seed>/cell.json       written last, only when the run finished
+    cells/<method>/<prompt-slug>/s<seed>/failed.json     when it failed
 
-A cell with a ``cell.json`` whose fingerprint matches is finished and is not run again; any other
-cell starts from scratch (a half-finished run is deleted, so its timing is never a mix of two
-processes). GPU utilisation is sampled with nvidia-smi while cells run, where nvidia-smi exists.
+A cell with a ``cell.json`` whose fingerprint matches is finished and is not run again. A cell
+that was stopped (its process exited 75, "stopped, resume me", or the runner killed it while
+stopping) and whose run holds a checkpoint is resumed (``scorelift resume=<run>``), so its
+compute is not lost: a resumed run trains to the same weights as an uninterrupted one, its
+timing.json covers all its steps, and its cell.json's ``cell_wall_s`` is the sum of its
+segments. Any other cell starts from scratch: a failed run is deleted first.
 
-Cells sharing one GPU as separate processes time-slice it: one process's kernels run at a time.
-The shapes prior's steps are many small kernels, so with ``mps=True`` the runner starts NVIDIA's
+SIGTERM, SIGINT or SIGUSR1 to the runner stops it (``CellPool``): no new cell starts, each
+running one is sent SIGTERM and given ``stop_grace_s`` to write its checkpoint and exit, and
+``run_cells`` reports the signal (the command line then exits 75). Cells run in sessions of their
+own and, on Linux, die with the runner however it dies (``processes``).
+
+GPU utilisation is sampled with nvidia-smi while cells run, where nvidia-smi exists. Cells
+sharing one GPU as separate processes time-slice it: one process's kernels run at a time. The
+shapes prior's steps are many small kernels, so with ``mps=True`` the runner starts NVIDIA's
 Multi-Process Service daemon for the cells (if ``nvidia-cuda-mps-control`` exists), which lets
 kernels of different processes run on the GPU at the same time, and stops it afterwards.
 """
@@ -20,18 +31,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from scorelift.benchmark import processes
 from scorelift.benchmark.spec import Cell
+from scorelift.errors import EXIT_STOPPED, RunDirInUse
+from scorelift.run_lock import check_not_in_use
 
 # Each cell is one scorelift run in its own process: the installed package's entry point.
 LAUNCH = [sys.executable, "-m", "scorelift"]
+DEFAULT_STOP_GRACE_S = 60.0  # for a stopped cell to finish its step, write its checkpoint and exit
+POLL_S = 0.2  # how often the runner looks at its cells (a stop signal wakes it at once)
+SEGMENTS = "segments.json"
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
@@ -78,32 +98,237 @@ def schedule(cells: list[Cell], out: Path, relative_cost: dict[str, float]) -> l
     return sorted(cells, key=cost, reverse=True)  # sorted() is stable
 
 
-def run_cell(out: Path, cell: Cell, env: dict) -> dict:
-    """Run one cell to completion in its own process; returns its cell.json content (status ok
-    or failed). Output goes to the cell's stdout.log."""
+# ------------------------------------------------------------------------------ a cell's records
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def has_checkpoint(run: Path) -> bool:
+    """Whether a run directory holds a checkpoint to resume from (the run picks the newest
+    readable one itself)."""
+    folder = run / "checkpoints"
+    return (folder / "last.ckpt").is_file() or any(folder.glob("step_*.ckpt"))
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The global step of the run's last.ckpt, read without loading its tensors; None if unreadable."""
+    try:
+        import torch
+
+        return int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False,
+                              mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001  (only for a message: missing, damaged or foreign, say nothing)
+        return None
+
+
+def last_invocation_status(run: Path) -> str | None:
+    """How the run's last process ended by its own account (run_info.json): finished, stopped,
+    failed, write failed; None when it did not say (it was killed, or never started)."""
+    info = read_json(run / "run_info.json") or {}
+    invocations = info.get("invocations") or [{}]
+    return invocations[-1].get("status")
+
+
+def resumable_segments(out: Path, cell: Cell) -> list[dict] | None:
+    """The segments (processes) the cell ran in so far, if it was stopped and can be resumed;
+    None when it is to start from scratch.
+
+    Resumable: its segments.json is of this cell (same fingerprint), the last segment ended
+    stopped (exit 75, or killed while the runner was stopping) and the run holds a checkpoint. A
+    segment the runner could not close (the runner itself was killed; its cells then got
+    SIGTERM, see ``processes.die_with_runner``) counts as stopped when the run says so in
+    run_info.json; its wall time is taken up to the last write of stdout.log."""
     folder = cell_dir(out, cell)
-    if folder.exists():
-        shutil.rmtree(folder)  # stale or unfinished: start clean
-    folder.mkdir(parents=True)
-    cmd = [
-        *LAUNCH, *cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}",
-        f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false",
-    ]
-    start = time.perf_counter()
-    with open(folder / "stdout.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    record = read_json(folder / SEGMENTS) or segments_of_an_earlier_runner(folder)
+    if not record or record.get("fingerprint") != cell.fingerprint or not record.get("segments"):
+        return None
+    if not has_checkpoint(folder / "run"):
+        return None
+    segments = [dict(s) for s in record["segments"]]
+    last = segments[-1]
+    if "outcome" not in last:
+        if last_invocation_status(folder / "run") != "stopped":
+            return None
+        try:
+            ended = (folder / "stdout.log").stat().st_mtime
+        except OSError:
+            ended = last["started"]
+        last.update(outcome="stopped", returncode=None, wall_s=round(max(0.0, ended - last["started"]), 2),
+                    note="the runner ended before this process did; wall time up to the last line of stdout.log")
+    return segments if last["outcome"] == "stopped" else None
+
+
+def segments_of_an_earlier_runner(folder: Path) -> dict | None:
+    """The one segment of a cell that a runner without segments.json recorded as failed with exit
+    75 (stopped by a signal, e.g. the terminal's Ctrl+C): resumable like any stopped cell."""
+    failed = read_json(folder / "failed.json") or {}
+    if failed.get("returncode") != EXIT_STOPPED or "cell_wall_s" not in failed:
+        return None
+    return {"fingerprint": failed.get("fingerprint"), "segments": [{
+        "how": "start", "command": failed.get("command"), "outcome": "stopped", "returncode": EXIT_STOPPED,
+        "wall_s": failed["cell_wall_s"], "note": "stopped (exit 75)"}]}
+
+
+def cell_state(out: Path, cell: Cell) -> str:
+    """finished, stopped (to be resumed), failed, or not run: what the next invocation finds."""
+    if is_finished(out, cell):
+        return "finished"
+    if resumable_segments(out, cell) is not None:
+        return "stopped"
+    return "failed" if (cell_dir(out, cell) / "failed.json").is_file() else "not run"
+
+
+def fresh_command(folder: Path, cell: Cell) -> list[str]:
+    return [*LAUNCH, *cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}",
+            f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false"]
+
+
+def resume_command(folder: Path) -> list[str]:
+    """``resume=`` re-applies the run's saved overrides (the cell's), so nothing else is needed."""
+    return [*LAUNCH, f"resume={folder / 'run'}"]
+
+
+# ------------------------------------------------------------------------------ a cell's process
+@dataclass
+class RunningCell:
+    """A cell's process and what the runner knows of it."""
+
+    cell: Cell
+    proc: subprocess.Popen
+    log: IO
+    segments: list[dict]  # earlier segments, then this one (open: no "outcome" yet)
+    started: float  # time.perf_counter() at the start of this segment
+    killed: str | None = None  # why it was sent SIGKILL (the grace period ran out, a second signal, ...)
+
+
+def launch(out: Path, cell: Cell, env: dict) -> RunningCell:
+    """Start the cell's process: resume it if it was stopped (``resumable_segments``), else from
+    scratch in a clean folder (what a failed, foreign or uncheckpointed run left is deleted, so no
+    file of the cell mixes two runs). segments.json records the segment before the process starts."""
+    folder = cell_dir(out, cell)
+    earlier = resumable_segments(out, cell)
+    if earlier is None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        earlier, cmd, mode = [], fresh_command(folder, cell), "w"
+    else:
+        cmd, mode = resume_command(folder), "a"
+        (folder / "failed.json").unlink(missing_ok=True)  # an earlier runner's record of the stop
+    segment = {"how": "resume" if earlier else "start", "command": cmd[1:], "started": time.time()}
+    segments = [*earlier, segment]
+    write_json_atomic(folder / SEGMENTS, {"fingerprint": cell.fingerprint, "segments": segments})
+    log = open(folder / "stdout.log", mode)
+    if earlier:
+        log.write(f"\n[scorelift-bench] resuming the stopped run (segment {len(segments)}): {' '.join(cmd[1:])}\n")
+        log.flush()
+    try:
+        proc = processes.start_process(cmd, log, env)
+    except BaseException:
+        log.close()
+        raise
+    return RunningCell(cell, proc, log, segments, time.perf_counter())
+
+
+def outcome_of(returncode: int, killed: str | None, runner_stopping: bool) -> str:
+    """finished (exit 0), stopped (exit 75: checkpoint written; or ended by a signal while the
+    runner was stopping, a SIGKILL after the grace period included) or failed (anything else)."""
+    if returncode == 0:
+        return "finished"
+    if returncode == EXIT_STOPPED or killed or (returncode < 0 and runner_stopping):
+        return "stopped"
+    return "failed"
+
+
+def settle(out: Path, running: RunningCell, runner_stopping: bool) -> dict:
+    """Record a cell whose process has ended (and been reaped): close its segment in
+    segments.json; then cell.json (finished: written last, only then), failed.json (the next
+    invocation starts it from scratch), or nothing more (stopped: the next one resumes it).
+    Returns the cell's record (status ok, stopped or failed)."""
+    cell, folder, rc = running.cell, cell_dir(out, running.cell), running.proc.returncode
+    running.log.close()
+    outcome = outcome_of(rc, running.killed, runner_stopping)
+    segments = [*running.segments[:-1], {**running.segments[-1], "outcome": outcome, "returncode": rc,
+                                          "wall_s": round(time.perf_counter() - running.started, 2)}]
+    if outcome == "stopped":
+        segments[-1]["note"] = stop_note(rc, running.killed, folder / "run")
     record = {
         "method": cell.method, "prompt": cell.prompt, "seed": cell.seed, "fingerprint": cell.fingerprint,
-        "command": cmd[1:], "returncode": proc.returncode, "cell_wall_s": round(time.perf_counter() - start, 2),
-        "status": "ok" if proc.returncode == 0 else "failed",
+        "command": segments[0]["command"], "returncode": rc,
+        "cell_wall_s": round(sum(s["wall_s"] for s in segments), 2),  # every process of the cell
+        "status": {"finished": "ok", "stopped": "stopped", "failed": "failed"}[outcome],
+        "resumed": len(segments) - 1, "segments": segments,
     }
-    if proc.returncode == 0:
-        tmp = folder / "cell.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(folder / "cell.json")
-    else:
+    write_json_atomic(folder / SEGMENTS, {"fingerprint": cell.fingerprint, "segments": segments})
+    if outcome == "finished":
+        write_json_atomic(folder / "cell.json", record)
+        (folder / SEGMENTS).unlink(missing_ok=True)  # cell.json holds them now
+    elif outcome == "failed":
         (folder / "failed.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def stop_note(returncode: int, killed: str | None, run: Path) -> str:
+    """How a stopped cell's process ended, in words."""
+    if killed:
+        return f"killed (SIGKILL: {killed})"
+    if returncode == EXIT_STOPPED:
+        info = read_json(run / "run_info.json") or {}
+        by = ((info.get("invocations") or [{}])[-1]).get("signal")
+        return f"stopped by {by} (exit 75)" if by else "stopped (exit 75)"
+    try:
+        return f"ended by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"exit {returncode}"
+
+
+def describe_stopped(out: Path, cell: Cell, record: dict) -> str:
+    """One line for a stopped cell: how it ended and what the next invocation does with it."""
+    cell_text = f"{cell.method} | {cell.prompt} | seed {cell.seed}"
+    run = cell_dir(out, cell) / "run"
+    last = record["segments"][-1]
+    how = last.get("note", f"exit {record['returncode']}")
+    if not has_checkpoint(run):
+        return f"stopped: {cell_text}: {how}, before its first checkpoint; the next run starts it again."
+    step = checkpoint_step(run)
+    at = f"step {step}" if step is not None else "its last checkpoint"
+    return f"stopped: {cell_text}: {how}, checkpoint at {at}; the next run resumes it from there."
+
+
+def wait_for_earlier_processes(out: Path, cells: list[Cell], timeout: float, stop: processes.StopRequests,
+                               log=print) -> list[Cell]:
+    """``cells`` less those whose run directory is still held by a live process (the cell of an
+    earlier runner that was killed, still writing its checkpoint), after waiting up to ``timeout``
+    s for them; a stop signal ends the wait. Deleting or resuming a run that is still running
+    would mix two writers."""
+    def busy(cell: Cell) -> bool:
+        run = cell_dir(out, cell) / "run"
+        try:
+            check_not_in_use(run)
+        except RunDirInUse:
+            return True
+        return False
+
+    held = [c for c in cells if (cell_dir(out, c) / "run" / ".lock").is_file() and busy(c)]
+    if held:
+        log(f"{len(held)} cell(s) still in use by a process of an earlier run (stopping?): waiting up to {timeout:g} s.")
+    deadline = time.monotonic() + timeout
+    while held and time.monotonic() < deadline and not stop.requested:
+        stop.wait(POLL_S)
+        held = [c for c in held if busy(c)]
+    for cell in held:
+        log(f"skipped: {cell.method} | {cell.prompt} | seed {cell.seed}: {cell_dir(out, cell) / 'run'} is still in use "
+            f"by another process; run the same command again once it has ended.")
+    return [c for c in cells if c not in held]
 
 
 class GpuSampler:
@@ -189,34 +414,135 @@ def warm_evaluation_cache(prompts: list[str]) -> None:
         evaluation_truth()
 
 
+# ------------------------------------------------------------------------------ running them all
+class CellPool:
+    """Runs cells ``workers`` at a time, each a child process started from this (the main) thread,
+    and stops them when the runner is asked to stop (``stop``): no new cell starts, every running
+    one gets FORWARDED_SIGNAL (checkpoint, exit 75), and what is still running ``grace_s`` s later
+    (or at a second stop signal) is killed with SIGKILL, process group and all; a killed cell
+    resumes from its last periodic checkpoint. No cell outlives ``run``, whatever ends it."""
+
+    def __init__(self, out: Path, todo: list[Cell], workers: int, env: dict, stop: processes.StopRequests,
+                 grace_s: float = DEFAULT_STOP_GRACE_S, log=print):
+        self.out, self.workers, self.env, self.stop, self.grace_s, self.log = out, max(1, workers), env, stop, grace_s, log
+        self.pending = deque(todo)
+        self.total = len(todo)
+        self.running: list[RunningCell] = []
+        self.records: list[dict] = []
+        self.deadline: float | None = None  # time.monotonic() when the survivors are killed
+        self._hurried = False
+
+    def run(self) -> list[dict]:
+        """Run (or stop) every cell; returns the record of each cell that ran (``settle``)."""
+        try:
+            while self.running or (self.pending and not self.stop.requested):
+                self._handle_stop()
+                self._start_more()
+                self._collect_ended()
+                if self.running:
+                    self.stop.wait(POLL_S)
+        finally:
+            self._end_all()
+        return self.records
+
+    def _start_more(self) -> None:
+        while self.pending and len(self.running) < self.workers and not self.stop.requested:
+            self.running.append(launch(self.out, self.pending.popleft(), self.env))
+
+    def _handle_stop(self) -> None:
+        """On the first stop signal, forward it and set the deadline; at a second one, or when
+        the deadline has passed, kill what is still running."""
+        if not self.stop.requested:
+            return
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace_s
+            self.log(f"Stopping ({self.stop.name}): no new cells start; the {len(self.running)} running cell(s) get "
+                     f"{processes.FORWARDED_SIGNAL.name} to write a checkpoint and exit, within {self.grace_s:g} s "
+                     f"(then SIGKILL). A second signal kills them now.")
+            for running in self.running:
+                processes.signal_process(running.proc)
+        if self.stop.count > 1 and not self._hurried:
+            self._hurried, self.deadline = True, time.monotonic()
+            self.log("A second stop signal: killing the running cells now (they resume from their last periodic checkpoint).")
+        if time.monotonic() >= self.deadline:
+            why = "a second stop signal" if self._hurried else f"still running {self.grace_s:g} s after the stop signal"
+            for running in self.running:
+                if not running.killed and not processes.has_exited(running.proc):
+                    processes.kill_group(running.proc)
+                    running.killed = why
+
+    def _collect_ended(self) -> None:
+        for running in [r for r in self.running if processes.has_exited(r.proc)]:
+            processes.kill_group(running.proc)  # what the cell left in its group (none, normally)
+            running.proc.wait()
+            self.running.remove(running)
+            record = settle(self.out, running, self.stop.requested)
+            self.records.append(record)
+            self.log(self._line(running.cell, record))
+
+    def _line(self, cell: Cell, record: dict) -> str:
+        if record["status"] == "stopped":
+            return describe_stopped(self.out, cell, record)
+        head = f"[{len(self.records)}/{self.total}] {cell.method} | {cell.prompt} | seed {cell.seed}: "
+        if record["status"] != "ok":
+            return head + f"FAILED (exit {record['returncode']}, see {cell_dir(self.out, cell) / 'stdout.log'}) ({record['cell_wall_s']:.0f} s)"
+        metrics = read_json(cell_dir(self.out, cell) / "run" / "metrics.json") or {}
+        result = f"IoU {metrics['iou']:.3f} id {metrics['identification']:.2f} " if "iou" in metrics else ""
+        parts = f" in {record['resumed'] + 1} segments" if record["resumed"] else ""
+        return head + f"{result}({record['cell_wall_s']:.0f} s{parts})"
+
+    def _end_all(self) -> None:
+        """Whatever is still running when ``run`` ends (only after an error in it, or an
+        interrupt): SIGKILL, reap, record as stopped."""
+        if not self.running:
+            return
+        for running in self.running:
+            processes.kill_group(running.proc)
+            running.killed = "the runner ended on an error"
+        for running in list(self.running):
+            running.proc.wait()
+            self.running.remove(running)
+            self.records.append(settle(self.out, running, True))
+
+
+@dataclass
+class RunOutcome:
+    """What ``run_cells`` did: the records of the cells run now (``settle``), the MPS status, and
+    the signal that stopped the runner (None: it was not stopped)."""
+
+    records: list[dict] = field(default_factory=list)
+    mps: str = "off"
+    stopped_by: str | None = None
+    not_started: int = 0
+
+    @property
+    def stopped(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "stopped"]
+
+
 def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, mps: bool = False,
-              log=print, relative_cost: dict[str, float] | None = None) -> tuple[list[dict], str]:
-    """Run every unfinished cell, ``workers`` at a time, slowest first (see ``schedule``); returns
-    the records of the cells run now and the MPS status ("off", "on", or why it is not on)."""
-    todo = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
-    log(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {workers} worker(s).")
-    if not todo:
-        return [], "off"
-    warm_evaluation_cache(sorted({c.prompt for c in todo}))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
-           "PYTHONUNBUFFERED": "1"}
-    done: list[dict] = []
-    lock = threading.Lock()
-
-    def one(cell: Cell) -> dict:
-        record = run_cell(out, cell, env)
-        with lock:
-            done.append(record)
-            metrics = cell_dir(out, cell) / "run" / "metrics.json"
-            result = ""
-            if record["status"] == "ok" and metrics.is_file():
-                m = json.loads(metrics.read_text())
-                result = f"IoU {m['iou']:.3f} id {m['identification']:.2f} "
-            status = "" if record["status"] == "ok" else f"FAILED (exit {record['returncode']}, see {cell_dir(out, cell) / 'stdout.log'}) "
-            log(f"[{len(done)}/{len(todo)}] {cell.method} | {cell.prompt} | seed {cell.seed}: {status}{result}({record['cell_wall_s']:.0f} s)")
-        return record
-
-    with MpsDaemon(mps, log) as daemon, GpuSampler(out / "gpu_util.csv"), ThreadPoolExecutor(max(1, workers)) as pool:
-        env.update(daemon.env)
-        list(pool.map(one, todo))
-    return done, daemon.status
+              log=print, relative_cost: dict[str, float] | None = None,
+              stop_grace_s: float = DEFAULT_STOP_GRACE_S) -> RunOutcome:
+    """Run every unfinished cell, ``workers`` at a time, slowest first (see ``schedule``);
+    stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to this process
+    stops the cells (``CellPool``); the outcome's ``stopped_by`` then names the signal."""
+    unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
+    outcome = RunOutcome()
+    with processes.StopRequests() as stop:
+        todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
+        resuming = sum(resumable_segments(out, c) is not None for c in todo)
+        also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
+        log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} "
+            f"with {workers} worker(s).")
+        if todo:
+            if not stop.requested:
+                warm_evaluation_cache(sorted({c.prompt for c in todo}))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
+                   "PYTHONUNBUFFERED": "1"}
+            with MpsDaemon(mps and not stop.requested, log) as daemon, GpuSampler(out / "gpu_util.csv"):
+                env.update(daemon.env)
+                pool = CellPool(out, todo, workers, env, stop, stop_grace_s, log)
+                outcome.records = pool.run()
+                outcome.mps, outcome.not_started = daemon.status, len(pool.pending)
+        outcome.stopped_by = stop.name
+    return outcome

@@ -1,0 +1,159 @@
+"""The benchmark runner's child processes: started so that none outlives the runner, and the
+signals that stop the runner.
+
+Every cell runs in a session of its own (``start_new_session``), for two reasons:
+
+* Ctrl+C in a terminal sends SIGINT to the whole foreground process group. Were the cells in the
+  runner's group they would get it directly *and* again from the runner; a scorelift run takes a
+  second SIGINT as "stop at once, without the checkpoint". In their own session they get only
+  the one signal the runner forwards.
+* A cell's own children (ffmpeg writing its turntable, say) share its process group, so one
+  ``killpg`` at the end of the grace period ends all of them.
+
+The polite stop goes to the cell's main process only (``signal_process``): the scorelift run then
+finishes its step, writes its checkpoint and exits 75, and its helpers finish their work (a
+SIGTERM to ffmpeg mid-write would turn a clean stop into a failed run). The SIGKILL after the
+grace period, and the sweep after a cell has exited, go to the whole group (``kill_group``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+# What the runner sends each running cell when it is stopped, whichever signal it got itself:
+# SIGTERM is in every run's default trainer.stop_signals, and a repeat of it changes nothing (a
+# second SIGINT would interrupt a run without its checkpoint). Also the parent-death signal below.
+FORWARDED_SIGNAL = signal.SIGTERM
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class StopRequests:
+    """While active (a ``with`` block in the main thread), the stop signals only record that the
+    runner is to stop (the first signal in ``received``, how many arrived in ``count``) and wake
+    ``wait``; the previous handlers are back on exit. Outside the main thread, where Python cannot
+    install handlers, it does nothing."""
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.received: signal.Signals | None = None
+        self.count = 0
+        self._wake = threading.Event()
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str | None:
+        return self.received.name if self.received is not None else None
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.received is None:
+            self.received = signal.Signals(signum)
+        self._wake.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a stop signal ends the sleep at once."""
+        if self._wake.wait(seconds):
+            self._wake.clear()
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_prctl():
+    """libc's prctl on Linux (None elsewhere, or where it cannot be loaded)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_runner():
+    """A ``preexec_fn`` that makes the kernel send the child FORWARDED_SIGNAL when the runner dies,
+    or None where that is not available.
+
+    Why the kernel: a runner that dies without running its handlers (SIGKILL, the OOM killer, a
+    crash of the interpreter) cannot stop its cells itself. Linux's ``prctl(PR_SET_PDEATHSIG)``
+    needs no change in the cells and no watcher process; a watchdog thread in each cell that polls
+    its parent, or a pipe whose end it watches, would need both. The signal is SIGTERM rather than
+    SIGKILL: the orphaned cell then stops as a forwarded stop does (checkpoint, run_info.json says
+    stopped, exit 75), so the next invocation resumes it without losing steps, and a scorelift run
+    always ends on SIGTERM (gracefully where trainer.stop_signals has it, by its default action
+    otherwise). Other systems (macOS) have no such call: there the cells of a runner killed with
+    SIGKILL run on to their end, as they always did.
+
+    Two caveats of the call, and what is done about them: the signal follows the death of the
+    *thread* that started the child, so the runner starts every cell from its main thread (which
+    lives as long as the runner); and a runner that dies between the fork and the call would be
+    missed, so the child checks that its parent is still the runner before it execs.
+    """
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    runner = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: calls only, no imports
+        prctl(PR_SET_PDEATHSIG, int(FORWARDED_SIGNAL), 0, 0, 0)
+        if os.getppid() != runner:  # the runner died before the call took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_process(cmd: list[str], log, env: dict) -> subprocess.Popen:
+    """``cmd`` as a child in a session of its own (see the module docstring), its output to the
+    open file ``log``, ending when the runner dies (``die_with_runner``, on Linux)."""
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=die_with_runner())
+
+
+def has_exited(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` has ended, without reaping it where the system allows (``waitid`` with
+    WNOWAIT): until it is reaped its id stays reserved, so ``kill_group`` on its group cannot hit a
+    new process that was given the same id."""
+    if proc.returncode is not None:
+        return True
+    if hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped already
+            return True
+    return proc.poll() is not None
+
+
+def signal_process(proc: subprocess.Popen, sig: signal.Signals = FORWARDED_SIGNAL) -> None:
+    """Send ``sig`` to ``proc`` itself (not its group); nothing if it has gone."""
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s whole process group (it leads one: ``start_process``); nothing if the
+    group has gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from scorelift.atomic import write_text_atomic
 from scorelift.benchmark import processes
 from scorelift.benchmark.spec import Cell
 from scorelift.errors import EXIT_STOPPED, RunDirInUse
@@ -100,9 +101,7 @@ def schedule(cells: list[Cell], out: Path, relative_cost: dict[str, float]) -> l
 
 # ------------------------------------------------------------------------------ a cell's records
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def read_json(path: Path) -> dict | None:
@@ -120,12 +119,11 @@ def has_checkpoint(run: Path) -> bool:
 
 
 def checkpoint_step(run: Path) -> int | None:
-    """The global step of the run's last.ckpt, read without loading its tensors; None if unreadable."""
+    """The global step of the run's last.ckpt (checked whole, tensors not loaded); None if unreadable."""
     try:
-        import torch
+        from scorelift.outputs.checkpoint import read_step  # imports torch: only when a cell was stopped
 
-        return int(torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False,
-                              mmap=True)["global_step"])
+        return read_step(run / "checkpoints" / "last.ckpt")
     except Exception:  # noqa: BLE001  (only for a message: missing, damaged or foreign, say nothing)
         return None
 

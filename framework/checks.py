@@ -283,8 +283,10 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
         raise ConfigError(f"The config cannot be resolved: {first_line}") from None
     check_finite(resolved)
     pick_device(cfg.device)
-    if not isinstance(cfg.deterministic, bool):
-        raise ConfigError(f"deterministic={cfg.deterministic!r} must be true or false.")
+    # fast_path: absent from the config.yaml of a run made before it existed (resumed as on).
+    for key, value in (("deterministic", cfg.deterministic), ("fast_path", cfg.get("fast_path", True))):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false.")
     prompt = check_prompt(cfg.prompt)
     check_trainer(cfg)
     check_sampler_config(parse_config(CameraSamplerConfig, cfg.data, "data"))

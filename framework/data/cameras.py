@@ -214,12 +214,14 @@ def turntable_cameras(n_frames: int, elevation: float, distance: float, fovy_deg
     return make_cameras(elevation, azimuth, distance, fovy_deg, height)
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator whose state depends only on (seed, step, stream).
+def step_generator(seed: int, step: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` (the CPU by default) whose state depends only on (seed, step, stream).
 
     Every random draw of training step ``step`` comes from such generators, so a resumed run
-    draws exactly what an uninterrupted one would, with no RNG state to checkpoint.
+    draws exactly what an uninterrupted one would, with no RNG state to checkpoint. A CUDA
+    generator with the same seed draws other numbers than the CPU's (Philox, not Mersenne Twister),
+    but just as reproducibly.
     """
-    g = torch.Generator()
+    g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1))
     return g

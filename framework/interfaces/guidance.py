@@ -29,6 +29,10 @@ class Guidance(BasePart):
     supports_rgb: bool = True
     # Capabilities the prior must declare (``DiffusionPrior.capabilities``), e.g. ("trainable_denoiser",).
     requires: tuple[str, ...] = ()
+    # True: the method draws on ``generator.device``, so on the GPU fast path (scorelift.fast_path)
+    # it is given a generator on the run's device. False (a method written for CPU generators): it
+    # always gets a CPU generator.
+    draws_on_device: bool = False
 
     def __init__(self, cfg, prior: DiffusionPrior):
         super().__init__(cfg)
@@ -43,7 +47,8 @@ class Guidance(BasePart):
         cameras=None,
     ) -> GuidanceOutput:
         """image: [B, C, H, W]: normalised prior latents (C = prior.latent_channels) if
-        ``is_latent`` else RGB in [0, 1] (C = 3). ``generator`` (CPU) draws every random number."""
+        ``is_latent`` else RGB in [0, 1] (C = 3). ``generator`` draws every random number: a CPU
+        generator, or one on the run's device when the method sets ``draws_on_device``."""
         raise NotImplementedError
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:

@@ -32,6 +32,10 @@ class RenderOutput:
 class Renderer(BaseModulePart):
     """Volume-renders ``geometry`` along rays and composites it over ``background``."""
 
+    # True: draws on ``generator.device`` (given a generator on the run's device on the GPU fast
+    # path); False: always given a CPU generator. See Guidance.draws_on_device.
+    draws_on_device: bool = False
+
     def forward(
         self,
         geometry: Geometry,
@@ -40,6 +44,6 @@ class Renderer(BaseModulePart):
         rays_d: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> RenderOutput:
-        """rays_o, rays_d: [B, H, W, 3] (unit directions). ``generator`` (CPU) drives stratified
-        jitter in training mode; None (or eval mode) samples deterministically."""
+        """rays_o, rays_d: [B, H, W, 3] (unit directions). ``generator`` (CPU, or the run's device
+        with ``draws_on_device``) drives stratified jitter in training mode; None (or eval mode) samples deterministically."""
         raise NotImplementedError

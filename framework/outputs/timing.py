@@ -2,8 +2,9 @@
 
 The benchmark and the GPU figures read this file: median seconds per optimizer step (the first
 ``warmup`` steps excluded: they pay for CUDA context, cuDNN autotuning and allocator growth),
-wall time, peak memory (CUDA max allocated on a GPU run, the process's max RSS otherwise) and the
-final loss (mean total loss of the last ``FINAL_LOSS_STEPS`` steps: one step's loss is a single noisy
+wall time, every step's time (``step_seconds``, for other statistics: the GPU speed benchmark takes
+the median and spread of steps 20-80), peak memory (CUDA max allocated, and max reserved by the
+caching allocator, on a GPU run; the process's max RSS otherwise) and the final loss (mean total loss of the last ``FINAL_LOSS_STEPS`` steps: one step's loss is a single noisy
 draw of t and noise).
 """
 
@@ -28,6 +29,11 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux and in bytes on macOS
     return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss"
+
+
+def peak_reserved_bytes(device: torch.device) -> int | None:
+    """CUDA max reserved (what the caching allocator held from the driver) on ``device``; None on the CPU."""
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
 
 
 class StepTimer(pl.Callback):
@@ -86,8 +92,10 @@ class StepTimer(pl.Callback):
             "train_steps_s": sum(self.step_seconds),  # the optimizer steps alone, warm-up included
             "peak_memory_bytes": peak,
             "peak_memory_kind": kind,
+            "peak_reserved_bytes": peak_reserved_bytes(device),
             "final_loss": statistics.fmean(self.step_losses[-FINAL_LOSS_STEPS:]) if self.step_losses else None,
             "device": str(device),
+            "step_seconds": [round(s, 7) for s in self.step_seconds],
         }
 
     def on_train_end(self, trainer, pl_module) -> None:

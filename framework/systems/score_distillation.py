@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from scorelift import builders
+from scorelift import builders, fast_path
 from scorelift.config import parse_config
 from scorelift.data.cameras import (
     CameraBatch,
@@ -160,10 +160,10 @@ class ScoreDistillationSystem(pl.LightningModule):
         cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS))
         view_names = cameras.view_names()  # read on the CPU: on the GPU each angle would be a sync
         cameras = cameras.to(self.device)
-        out = self.render(cameras, step_generator(self.seed, step, STREAM_RENDER))
+        out = self.render(cameras, self.part_generator(self.renderer, step, STREAM_RENDER))
         image = out.color.permute(0, 3, 1, 2)
         text = self.prior.condition(self.prompt, view_names)
-        guidance_out = self.guidance(image, self.is_latent, text, step_generator(self.seed, step, STREAM_GUIDANCE), cameras)
+        guidance_out = self.guidance(image, self.is_latent, text, self.part_generator(self.guidance, step, STREAM_GUIDANCE), cameras)
         losses = {name: loss(out, cameras) for name, loss in self.loss_terms.items()}
         if not self.plugin_outputs_checked:
             self.check_plugin_outputs(guidance_out, losses, image)
@@ -186,6 +186,11 @@ class ScoreDistillationSystem(pl.LightningModule):
         self.log("loss", total.detach(), prog_bar=True, on_step=True)
         self.log("train/opacity_mean", out.opacity.detach().mean(), on_step=True)
         return total
+
+    def part_generator(self, part, step: int, stream: int) -> torch.Generator:
+        """The generator of ``part``'s draws in this step: on the run's GPU on the fast path, if the
+        part draws on its generator's device (``draws_on_device``), else on the CPU."""
+        return step_generator(self.seed, step, stream, fast_path.draw_device(part, self.device))
 
     def check_plugin_outputs(self, guidance_out, losses: dict, image: torch.Tensor) -> None:
         """PluginError (one paragraph naming the plugin and the contract) if the guidance or a loss

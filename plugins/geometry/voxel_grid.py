@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from scorelift import fast_path
 from scorelift.errors import ConfigError
 from scorelift.interfaces.geometry import Geometry, GeometryOutput
 from scorelift.registry import register
@@ -30,6 +31,11 @@ from scorelift.registry import register
 # tanh: latents bounded to +-3 (three standard deviations of the prior's normalised latents), so
 # a faint fog cannot paint an object with huge feature values instead of growing density.
 FEATURE_KINDS = {"none": "latent", "tanh": "latent", "sigmoid": "rgb"}
+# On the fast path (scorelift.fast_path), CPU lookups of at least CPU_SLICES * CPU_SLICE_MIN_POINTS
+# points run as CPU_SLICES batch entries (VoxelGrid._sample_in_slices): 2.3x faster forward and
+# backward on 2 cores at 700k points.
+CPU_SLICES = 4
+CPU_SLICE_MIN_POINTS = 4096
 LATENT_BOUND = 3.0
 
 
@@ -172,7 +178,9 @@ class VoxelGrid(Geometry):
 
     @staticmethod
     def _sample(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """Trilinear lookup. grid: [1, C, D, H, W]; coords: [N, 3] (x, y, z) in [-1, 1] -> [N, C].
+        """Trilinear lookup. grid: [1, C, D, H, W]; coords: [N, 3] (x, y, z) in [-1, 1] -> [N, C]
+        (a transposed view of channel-major memory: each channel's N values are contiguous, so the
+        per-channel activations that follow stream through memory instead of striding over it).
 
         ``padding_mode='border'`` keeps points just outside finite (their density is zeroed
         by the caller) instead of blending toward a zero padding inside the last half voxel.
@@ -180,10 +188,32 @@ class VoxelGrid(Geometry):
         if torch.are_deterministic_algorithms_enabled():
             return trilinear_gather(grid, coords)
         n = coords.shape[0]
+        coords = coords.to(grid.dtype)
+        if coords.device.type == "cpu" and n >= CPU_SLICES * CPU_SLICE_MIN_POINTS and fast_path.enabled():
+            return VoxelGrid._sample_in_slices(grid, coords)
         out = F.grid_sample(
-            grid, coords.reshape(1, n, 1, 1, 3).to(grid.dtype), mode="bilinear", padding_mode="border", align_corners=True
+            grid, coords.reshape(1, n, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
         )  # [1, C, N, 1, 1]
         return out.reshape(grid.shape[1], n).t()
+
+    @staticmethod
+    def _sample_in_slices(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The same lookup as ``_sample`` with the points cut into CPU_SLICES batch entries over one
+        expanded (not copied) grid. PyTorch's CPU grid_sample parallelises over the batch only, so
+        one batch of a million points ran on one core; CPU_SLICES entries run on all of them. The
+        values are the same bit for bit; the grid's gradient is summed from CPU_SLICES partial sums
+        (a fixed count, so the result does not depend on the machine's thread count), which rounds
+        differently from one sum, by about 1e-7 relative."""
+        n, C = coords.shape[0], grid.shape[1]
+        per_slice = -(-n // CPU_SLICES)
+        padded = torch.zeros(CPU_SLICES * per_slice, 3, dtype=coords.dtype)  # the pad points' outputs are dropped
+        padded[:n] = coords
+        out = F.grid_sample(
+            grid.expand(CPU_SLICES, -1, -1, -1, -1), padded.reshape(CPU_SLICES, per_slice, 1, 1, 3),
+            mode="bilinear", padding_mode="border", align_corners=True,
+        )  # [CPU_SLICES, C, per_slice, 1, 1]
+        # [C, CPU_SLICES * per_slice] channel-major (one copy), then the transposed view [n, C]
+        return out.reshape(CPU_SLICES, C, per_slice).transpose(0, 1).reshape(C, CPU_SLICES * per_slice)[:, :n].t()
 
     def _activate_density(self, raw: torch.Tensor) -> torch.Tensor:
         """raw grid values -> non-negative density, SJC's softplus(g * exp(d_scale) + shift)."""

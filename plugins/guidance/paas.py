@@ -49,6 +49,7 @@ class PAASConfig:
 @register("guidance", "paas")
 class PAASGuidance(Guidance):
     Config = PAASConfig
+    draws_on_device = True  # every draw goes through score_math on generator.device
 
     @classmethod
     def check_config(cls, c: PAASConfig) -> None:
@@ -95,7 +96,7 @@ class PAASGuidance(Guidance):
         """image: [B, C, h, w] latents (SJC renders latents) or [B, 3, H, W] RGB in [0, 1].
 
         Draws t ([B], random schedule only) then n_samples noises (like y) from ``generator``
-        on the CPU; one t per image for all its draws. Returns {"loss", "grad_norm",
+        (on its device); one t per image for all its draws. Returns {"loss", "grad_norm",
         "sigma_mean", "t_mean"}; diagnostics detached.
         """
         prior = self.prior

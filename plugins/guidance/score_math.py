@@ -94,15 +94,18 @@ def step_range(min_percent: float, max_percent: float, num_train_timesteps: int)
 def sample_timesteps(
     batch_size: int, t_min: int, t_max: int, generator: torch.Generator, device: torch.device | str
 ) -> torch.Tensor:
-    """[B] integer timesteps uniform on {t_min, ..., t_max} (inclusive), drawn on the CPU."""
-    return to_device(torch.randint(t_min, t_max + 1, (batch_size,), generator=generator), device)
+    """[B] integer timesteps uniform on {t_min, ..., t_max} (inclusive), drawn on the generator's device."""
+    draws = torch.randint(t_min, t_max + 1, (batch_size,), generator=generator, device=generator.device)
+    return to_device(draws, device)
 
 
 def sample_noise(
     shape: torch.Size | tuple[int, ...], generator: torch.Generator, device: torch.device | str
 ) -> torch.Tensor:
-    """Standard normal float32 noise of ``shape``, drawn on the CPU then moved to ``device``."""
-    return to_device(torch.randn(tuple(shape), generator=generator, dtype=torch.float32), device)
+    """Standard normal float32 noise of ``shape``, drawn on the generator's device (the CPU, or the
+    run's GPU on the fast path) and moved to ``device``."""
+    draws = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
+    return to_device(draws, device)
 
 
 def per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -45,6 +45,9 @@ class SDSConfig:
 @register("guidance", "sds")
 class SDSGuidance(Guidance):
     Config = SDSConfig
+    # Draws through score_math on generator.device. A subclass that draws in its own __call__ with
+    # CPU-only calls sets this back to False.
+    draws_on_device = True
 
     @classmethod
     def check_config(cls, c: SDSConfig) -> None:
@@ -75,7 +78,7 @@ class SDSGuidance(Guidance):
     ) -> GuidanceOutput:
         """image: [B, C, h, w] latents or [B, 3, H, W] RGB in [0, 1]; text: [B, L, D] embeddings.
 
-        Draws t ([B]) then eps (like z) from ``generator`` on the CPU.
+        Draws t ([B]) then eps (like z) from ``generator``, on its device.
         Returns {"loss", "grad_norm" (|g| over the batch), "t_mean"}; diagnostics detached.
         """
         prior = self.prior

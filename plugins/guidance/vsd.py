@@ -81,6 +81,7 @@ class VSDGuidance(Guidance):
     Config = VSDConfig
     supports_latent = False  # the LoRA model learns the distribution of VAE-encoded RGB renders
     requires = ("trainable_denoiser",)  # the LoRA model is a trained copy of the prior's UNet
+    draws_on_device = True
 
     @classmethod
     def check_config(cls, c: VSDConfig) -> None:
@@ -164,7 +165,7 @@ class VSDGuidance(Guidance):
         B, dev = z0.shape[0], z0.device
         t = sm.sample_timesteps(B, 0, self.prior.num_train_timesteps - 1, generator, dev)
         noise = sm.sample_noise(z0.shape, generator, dev)
-        drop = to_device(torch.rand(B, generator=generator) < self.cfg.camera_drop_prob, dev)
+        drop = to_device(torch.rand(B, generator=generator, device=generator.device) < self.cfg.camera_drop_prob, dev)
         c2w = torch.where(drop.view(B, 1, 1), torch.zeros_like(c2w), c2w)
         ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z0.ndim)
         z_t = ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise

@@ -18,7 +18,9 @@ from typing import Any, Optional
 
 import torch
 
+from scorelift import fast_path
 from scorelift.config import parse_config
+from scorelift.cuda_graphs import GraphedInference
 from scorelift.errors import ConfigError, PriorLoadError
 from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
 from scorelift.registry import register
@@ -338,6 +340,18 @@ class StableDiffusionPrior(DiffusionPrior):
             module.to(device)
             module.eval()
             module.requires_grad_(False)
+        # The fast path (scorelift.fast_path). On CUDA: NHWC convolutions in the UNet and the VAE, and
+        # the frozen UNet's forward replayed as a CUDA graph (the same kernels, one launch instead of
+        # hundreds). On the CPU: the UNet's convolutions in NHWC, which oneDNN runs 13 % faster
+        # (the shapes prior, batch 8); the VAE's gain nothing there and stay NCHW.
+        on_cuda = fast_path.applies(device)
+        self.unet_channels_last = fast_path.enabled()
+        self.vae_channels_last = on_cuda
+        if self.unet_channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if self.vae_channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+        self._eps_model = GraphedInference(self._unet_forward, "UNet forward") if on_cuda else self._unet_forward
 
         sched = self.scheduler.config
         self.num_train_timesteps = int(sched.num_train_timesteps)
@@ -478,20 +492,29 @@ class StableDiffusionPrior(DiffusionPrior):
         x = rgb.float()
         if x.shape[-2:] != (self.pixel_size, self.pixel_size):
             x = resize_bilinear(x, (self.pixel_size, self.pixel_size))
-        x = (2.0 * x - 1.0).to(self.vae.dtype)
+        x = self._layout((2.0 * x - 1.0).to(self.vae.dtype), self.vae_channels_last)
         z = self.vae.encode(x).latent_dist.mean.float()
         return (z - self.vae_shift) * self.vae_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] normalised latents -> [B, 3, pixel_size, pixel_size] float32 RGB in [0, 1]."""
         z = latents.float() / self.vae_scale + self.vae_shift
-        x = self.vae.decode(z.to(self.vae.dtype)).sample.float()
+        x = self.vae.decode(self._layout(z.to(self.vae.dtype), self.vae_channels_last)).sample.float()
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ UNet
     def trainable_denoiser_copy(self) -> torch.nn.Module:
         """A deep copy of the frozen UNet (still frozen: the caller picks what to train)."""
         return copy.deepcopy(self.unet)
+
+    def _unet_forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, h, w], t: [N] long, emb: [N, L, D], all on the device in the UNet's dtype -> [N, C, h, w]."""
+        return self.unet(x, t, encoder_hidden_states=emb).sample
+
+    @staticmethod
+    def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """[N, C, h, w] in the layout of the network it goes into (channels-last on the fast path)."""
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     @torch.no_grad()
     def predict_eps(
@@ -507,7 +530,7 @@ class StableDiffusionPrior(DiffusionPrior):
         t = t.to(self.device).long().reshape(B)
         x = torch.cat([z_t, z_t]).to(device=self.device, dtype=self.unet.dtype)
         emb = torch.cat([cond, uncond]).to(device=self.device, dtype=self.unet.dtype)
-        out = self.unet(x, torch.cat([t, t]), encoder_hidden_states=emb).sample.float()
+        out = self._eps_model(self._layout(x, self.unet_channels_last), torch.cat([t, t]), emb).float()
         if self.prediction_type == "v_prediction":
             ab = self.alphas_cumprod[torch.cat([t, t])].reshape(2 * B, 1, 1, 1)
             z32 = torch.cat([z_t, z_t]).to(device=self.device, dtype=torch.float32)  # not the fp16 copy

@@ -11,8 +11,9 @@ is cut into intervals, and one sample per interval is evaluated:
 - ``num_samples = S > 0``: each ray's segment is split into S equal intervals.
 
 In training mode with a generator, each sample lies uniformly at random inside its interval
-(stratified jitter, drawn on the CPU then moved, so a run does not depend on the device's
-RNG); otherwise at the interval midpoint. Only samples inside a ray's segment are passed to
+(stratified jitter, drawn on the generator's device: the CPU, or the GPU on the fast path, since
+drawing the N x S numbers on the CPU and copying them cost about 8 ms of a GPU step at SJC's
+4096 x 347); otherwise at the interval midpoint. Only samples inside a ray's segment are passed to
 the geometry, which is exact: the others have zero interval length and so zero weight.
 """
 
@@ -83,6 +84,7 @@ class VolumeRenderer(Renderer):
     """
 
     Config = VolumeRendererConfig
+    draws_on_device = True
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -136,7 +138,7 @@ class VolumeRenderer(Renderer):
         jitter = None
         if self.training and generator is not None:
             # Drawn for all rays at once, so the result does not depend on chunk_size.
-            jitter = to_device(torch.rand((N, S), generator=generator, dtype=d.dtype), d.device)
+            jitter = to_device(torch.rand((N, S), generator=generator, dtype=d.dtype, device=generator.device), d.device)
 
         chunk = self.cfg.chunk_size or N
         parts = []

@@ -45,5 +45,6 @@ class Renderer(BaseModulePart):
         generator: torch.Generator | None = None,
     ) -> RenderOutput:
         """rays_o, rays_d: [B, H, W, 3] (unit directions). ``generator`` (CPU, or the run's device
-        with ``draws_on_device``) drives stratified jitter in training mode; None (or eval mode) samples deterministically."""
+        with ``draws_on_device``) drives stratified jitter in training mode; None (or eval mode)
+        samples deterministically."""
         raise NotImplementedError

@@ -4,8 +4,8 @@ The benchmark and the GPU figures read this file: median seconds per optimizer s
 ``warmup`` steps excluded: they pay for CUDA context, cuDNN autotuning and allocator growth),
 wall time, every step's time (``step_seconds``, for other statistics: the GPU speed benchmark takes
 the median and spread of steps 20-80), peak memory (CUDA max allocated, and max reserved by the
-caching allocator, on a GPU run; the process's max RSS otherwise) and the final loss (mean total loss of the last ``FINAL_LOSS_STEPS`` steps: one step's loss is a single noisy
-draw of t and noise).
+caching allocator, on a GPU run; the process's max RSS otherwise) and the final loss (mean total
+loss of the last ``FINAL_LOSS_STEPS`` steps: one step's loss is a single noisy draw of t and noise).
 """
 
 from __future__ import annotations

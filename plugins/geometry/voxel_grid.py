@@ -203,7 +203,7 @@ class VoxelGrid(Geometry):
         one batch of a million points ran on one core; CPU_SLICES entries run on all of them. The
         values are the same bit for bit; the grid's gradient is summed from CPU_SLICES partial sums
         (a fixed count, so the result does not depend on the machine's thread count), which rounds
-        differently from one sum, by about 1e-7 relative."""
+        differently from one sum (at most 2.9e-6 apart for 700k random points on a unit-normal grid)."""
         n, C = coords.shape[0], grid.shape[1]
         per_slice = -(-n // CPU_SLICES)
         padded = torch.zeros(CPU_SLICES * per_slice, 3, dtype=coords.dtype)  # the pad points' outputs are dropped

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scorelift import builders, registry
+from scorelift import builders, fast_path, registry
 from scorelift.config import parse_config
 from scorelift.errors import ConfigError, PluginError
 from scorelift.memory import check_memory
@@ -283,8 +283,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
         raise ConfigError(f"The config cannot be resolved: {first_line}") from None
     check_finite(resolved)
     pick_device(cfg.device)
-    # fast_path: absent from the config.yaml of a run made before it existed (resumed as on).
-    for key, value in (("deterministic", cfg.deterministic), ("fast_path", cfg.get("fast_path", True))):
+    for key, value in (("deterministic", cfg.deterministic), ("fast_path", fast_path.setting(cfg))):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false.")
     prompt = check_prompt(cfg.prompt)

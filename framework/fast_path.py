@@ -36,6 +36,12 @@ def configure(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
+def setting(cfg) -> bool:
+    """The run config's ``fast_path`` (true when absent: the config.yaml of a run made before the
+    switch existed resumes with it on)."""
+    return cfg.get("fast_path", True)
+
+
 def enabled() -> bool:
     return _enabled
 

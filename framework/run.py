@@ -236,7 +236,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
             # cuBLAS reads this when its first handle is made, which may happen while the prior is built
             # (before Lightning, which sets it too, starts).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        fast_path.configure(cfg.get("fast_path", True))  # before the parts are built: they ask it how to set up
+        fast_path.configure(fast_path.setting(cfg))  # before the parts are built: they ask it how to set up
         system = build_system(cfg, device)
         if cfg.mode == "train":
             check_disk_space(cfg, system, run_dir, point.step if point is not None else 0)

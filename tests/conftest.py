@@ -59,10 +59,10 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     )
 
 
-def load_prior(model: Path | str, **overrides):
+def load_prior(model: Path | str, device: str = "cpu", **overrides):
     from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
 
-    return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides))
+    return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides), device)
 
 
 @pytest.fixture(scope="session")

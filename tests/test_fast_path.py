@@ -21,8 +21,7 @@ from scorelift.plugins.guidance.vsd import VSDGuidance
 from scorelift.plugins.geometry.voxel_grid import CPU_SLICE_MIN_POINTS, CPU_SLICES, VoxelGrid, VoxelGridConfig
 from scorelift.plugins.renderers.volume import VolumeRenderer
 from scorelift.run import run
-from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
-from tests.conftest import load_prior, yaml_defaults
+from tests.conftest import load_prior
 from tests.test_system import compose_cfg, final_params, small_run_overrides
 
 CUDA = torch.cuda.is_available()
@@ -128,7 +127,7 @@ def test_a_cpu_step_generator_draws_what_it_drew_before_the_fast_path():
 @needs_cuda
 def test_graphed_unet_equals_the_eager_unet_on_fresh_inputs(tiny_pipeline_dir):
     fast_path.configure(True)
-    prior = StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(tiny_pipeline_dir), dtype="float32"), "cuda")
+    prior = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
     assert isinstance(prior._eps_model, GraphedInference)
     text = prior.condition("a red cube", ["front", "side"])
     for trial in range(3):  # capture on the first call, replay on the next with new numbers
@@ -144,11 +143,10 @@ def test_graphed_unet_equals_the_eager_unet_on_fresh_inputs(tiny_pipeline_dir):
 
 @needs_cuda
 def test_graphed_unet_matches_the_pure_path_within_rounding(tiny_pipeline_dir):
-    cfg = yaml_defaults("prior", "stable-diffusion", model=str(tiny_pipeline_dir), dtype="float32")
     fast_path.configure(True)
-    fast = StableDiffusionPrior(cfg, "cuda")
+    fast = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
     fast_path.configure(False)
-    plain = StableDiffusionPrior(cfg, "cuda")
+    plain = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
     assert not isinstance(plain._eps_model, GraphedInference)
     text = plain.condition("a red cube", ["front", "side"])
     z = torch.randn(2, 4, 8, 8, device="cuda")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tools.gpu_speed_benchmark import percentile, step_statistics
-from tools.gpu_step_profile import busy_time_us
+from tools.gpu_step_profile import busy_time_us, is_gpu_work
 
 
 def test_percentiles_interpolate_linearly_between_order_statistics():
@@ -33,6 +33,20 @@ def test_step_statistics_use_only_the_window_of_steps():
 def test_busy_time_counts_overlapping_kernels_once():
     # [0, 10] and [5, 12] overlap (12 us together), [20, 25] stands alone, [21, 22] lies inside it.
     assert busy_time_us([(20, 25), (0, 10), (5, 12), (21, 22)]) == 17
+
+
+def test_a_user_annotation_on_the_gpu_timeline_is_not_gpu_work():
+    # Lightning's "Optimizer.step#..." range is mirrored on the GPU timeline, spanning every kernel
+    # of the step; counted as a kernel it made the whole step look busy.
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(name, device_type, **kw):
+        return FunctionEvent(id=0, name=name, thread=0, start_us=0, end_us=10, device_type=device_type, **kw)
+
+    assert is_gpu_work(event("ampere_sgemm", DeviceType.CUDA))
+    assert not is_gpu_work(event("Optimizer.step#Adamax.step", DeviceType.CUDA, is_user_annotation=True))
+    assert not is_gpu_work(event("cudaLaunchKernel", DeviceType.CPU))
 
 
 def test_compare_prints_the_speed_up_of_each_method(tmp_path):

@@ -75,6 +75,10 @@ setup(
         "transformers>=4.40",
         "safetensors",
         "hydra-core>=1.3",
+        # The benchmark's cells run as submitit jobs, locally or on SLURM; its local controller is
+        # started the way this version starts it (scorelift.benchmark.local_cells), hence the pin.
+        "submitit==1.5.4",
+        "hydra-submitit-launcher==1.2.0",  # launch.py -m hydra/launcher=submitit_local|submitit_slurm
         "omegaconf>=2.3",
         "imageio>=2.30",
         "imageio-ffmpeg",

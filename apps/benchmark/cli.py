@@ -18,10 +18,12 @@ EPILOG = """examples:
   python benchmark.py ci --out outputs/bench-ci                      # the small preset CI runs
   python benchmark.py full --out benchmarks/shapes-full --workers 16 # 12 prompts x 4 methods x 3 seeds (GPU)
   python benchmark.py full --out outputs/bench --methods sds,ssd --seeds 0
+  python benchmark.py full --out outputs/bench --workers 16 --mps --gpus 0,1  # 16 cells on each of GPUs 0 and 1
   python benchmark.py full --out benchmarks/shapes-full --report-only  # re-tabulate finished cells
   python benchmark.py ci --out outputs/bench-ci --set device=cpu      # extra launch.py overrides for every cell
 Run the same command again to resume: finished cells are kept, stopped ones resume from their
-checkpoint, the rest start again.
+checkpoint, the rest start again. Cells run as submitit jobs on this machine: --workers at once
+on each GPU it sees (each cell pinned to one GPU), or --workers at once on the CPU.
 
 Stopping: SIGTERM, SIGINT (Ctrl+C) or SIGUSR1 stops the benchmark. No new cell starts; each
 running cell is sent SIGTERM, writes a checkpoint and exits, and what still runs after
@@ -63,9 +65,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", help=f"a preset name ({', '.join(spec_mod.preset_names())}) or a YAML file")
     ap.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    ap.add_argument("--workers", type=int, default=1, help="cells run at once (default 1)")
+    ap.add_argument("--workers", "--cells-per-gpu", type=int, default=1, dest="workers",
+                    help="cells run at once on each GPU, or on the CPU where there is no GPU (default 1)")
+    ap.add_argument("--gpus", help="comma-separated GPU indices to use (default: every GPU this process sees)")
     ap.add_argument("--threads-per-run", type=int, default=None,
-                    help="CPU threads per cell (default: CPU count / workers, at least 1)")
+                    help="CPU threads per cell (default: CPU count / cells run at once, at least 1)")
     ap.add_argument("--methods", help="comma-separated subset of the preset's methods")
     ap.add_argument("--seeds", help="comma-separated seeds instead of the preset's")
     ap.add_argument("--prompts", help="comma-separated prompts instead of the preset's")
@@ -79,6 +83,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def parse_gpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdigit() for t in items) or len(set(items)) != len(items):
+        raise spec_mod.ConfigError(f"--gpus {text!r} must be distinct comma-separated GPU indices, such as 0,1,3.")
+    return [int(t) for t in items]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -88,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             raise spec_mod.ConfigError(f"--workers {args.workers} must be at least 1.")
         if not args.stop_grace >= 0:
             raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
+        gpus = parse_gpus(args.gpus)
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)
-        threads = args.threads_per_run or max(1, (os.cpu_count() or 1) // args.workers)
         start = time.perf_counter()
         outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
-            out, cells, args.workers, threads, args.mps, relative_cost=spec.relative_cost,
-            stop_grace_s=args.stop_grace)
+            out, cells, args.workers, args.threads_per_run, args.mps, relative_cost=spec.relative_cost,
+            stop_grace_s=args.stop_grace, gpus=gpus)
         if outcome.stopped_by:
             return stopped(outcome, out, cells)
         # Imported here, not at the top: run_info imports torch (seconds of start-up), which the
@@ -112,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": round(time.perf_counter() - start, 1),
             "cells_run": len(outcome.records),
             "workers": args.workers,
-            "threads_per_run": threads,
+            "gpus": outcome.gpus,
+            "threads_per_run": outcome.threads_per_run,
             "mps": outcome.mps,
         }
         if args.report_only and (out / "benchmark_info.json").is_file():

@@ -121,6 +121,15 @@ def die_with_runner():
     return preexec
 
 
+def die_with_parent() -> None:
+    """Have the kernel send this process FORWARDED_SIGNAL when its parent dies (Linux; nothing
+    elsewhere). A benchmark job process calls it first: if submitit's controller (or SLURM's step
+    daemon) is killed, the job still stops its cell with a checkpoint instead of running on."""
+    prctl = _libc_prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(FORWARDED_SIGNAL), 0, 0, 0)
+
+
 def start_process(cmd: list[str], log, env: dict) -> subprocess.Popen:
     """``cmd`` as a child in a session of its own (see the module docstring), its output to the
     open file ``log``, ending when the runner dies (``die_with_runner``, on Linux)."""

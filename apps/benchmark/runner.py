@@ -14,10 +14,10 @@ compute is not lost: a resumed run trains to the same weights as an uninterrupte
 timing.json covers all its steps, and its cell.json's ``cell_wall_s`` is the sum of its
 segments. Any other cell starts from scratch: a failed run is deleted first.
 
-SIGTERM, SIGINT or SIGUSR1 to the runner stops it (``CellPool``): no new cell starts, each
-running one is sent SIGTERM and given ``stop_grace_s`` to write its checkpoint and exit, and
-``run_cells`` reports the signal (the command line then exits 75). Cells run in sessions of their
-own and, on Linux, die with the runner however it dies (``processes``).
+How the cells are run (each a submitit job whose task, ``cell_task.CellTask``, starts, watches,
+stops and records the cell's process) is ``local_cells`` on this machine and ``slurm_cells`` on
+a cluster; this module holds what both share: a cell's folder and records, the order cells start
+in, what a stopped cell resumes from, and the MPS daemon and GPU sampler of a local run.
 
 GPU utilisation is sampled with nvidia-smi while cells run, where nvidia-smi exists. Cells
 sharing one GPU as separate processes time-slice it: one process's kernels run at a time. The
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -412,95 +411,49 @@ def warm_evaluation_cache(prompts: list[str]) -> None:
         evaluation_truth()
 
 
-# ------------------------------------------------------------------------------ running them all
-class CellPool:
-    """Runs cells ``workers`` at a time, each a child process started from this (the main) thread,
-    and stops them when the runner is asked to stop (``stop``): no new cell starts, every running
-    one gets FORWARDED_SIGNAL (checkpoint, exit 75), and what is still running ``grace_s`` s later
-    (or at a second stop signal) is killed with SIGKILL, process group and all; a killed cell
-    resumes from its last periodic checkpoint. No cell outlives ``run``, whatever ends it."""
+# ------------------------------------------------------------------------------ what the driver prints
+def cell_line(out: Path, cell: Cell, record: dict, done: int, total: int) -> str:
+    """The driver's line for a cell whose process has ended: its quality, or why it stopped or failed."""
+    if record["status"] == "stopped":
+        return describe_stopped(out, cell, record)
+    head = f"[{done}/{total}] {cell.method} | {cell.prompt} | seed {cell.seed}: "
+    if record["status"] != "ok":
+        return head + f"FAILED (exit {record['returncode']}, see {cell_dir(out, cell) / 'stdout.log'}) ({record['cell_wall_s']:.0f} s)"
+    metrics = read_json(cell_dir(out, cell) / "run" / "metrics.json") or {}
+    result = f"IoU {metrics['iou']:.3f} id {metrics['identification']:.2f} " if "iou" in metrics else ""
+    parts = f" in {record['resumed'] + 1} segments" if record["resumed"] else ""
+    return head + f"{result}({record['cell_wall_s']:.0f} s{parts})"
 
-    def __init__(self, out: Path, todo: list[Cell], workers: int, env: dict, stop: processes.StopRequests,
-                 grace_s: float = DEFAULT_STOP_GRACE_S, log=print):
-        self.out, self.workers, self.env, self.stop, self.grace_s, self.log = out, max(1, workers), env, stop, grace_s, log
-        self.pending = deque(todo)
-        self.total = len(todo)
-        self.running: list[RunningCell] = []
-        self.records: list[dict] = []
-        self.deadline: float | None = None  # time.monotonic() when the survivors are killed
-        self._hurried = False
 
-    def run(self) -> list[dict]:
-        """Run (or stop) every cell; returns the record of each cell that ran (``settle``)."""
+def close_abandoned(out: Path, cell: Cell, stopping: bool, why: str) -> dict:
+    """The record of a cell whose job ended without returning it (the job was killed, or its task
+    raised): its open segment is closed from the files, as stopped when the driver was stopping
+    (the next invocation resumes it from its last periodic checkpoint) and as failed otherwise."""
+    folder = cell_dir(out, cell)
+    if is_finished(out, cell):  # it finished; only the job's result went missing
+        return read_json(folder / "cell.json")
+    segments = [dict(s) for s in ((read_json(folder / SEGMENTS) or {}).get("segments") or [])]
+    if segments and "outcome" not in segments[-1]:
         try:
-            while self.running or (self.pending and not self.stop.requested):
-                self._handle_stop()
-                self._start_more()
-                self._collect_ended()
-                if self.running:
-                    self.stop.wait(POLL_S)
-        finally:
-            self._end_all()
-        return self.records
-
-    def _start_more(self) -> None:
-        while self.pending and len(self.running) < self.workers and not self.stop.requested:
-            self.running.append(launch(self.out, self.pending.popleft(), self.env))
-
-    def _handle_stop(self) -> None:
-        """On the first stop signal, forward it and set the deadline; at a second one, or when
-        the deadline has passed, kill what is still running."""
-        if not self.stop.requested:
-            return
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.grace_s
-            self.log(f"Stopping ({self.stop.name}): no new cells start; the {len(self.running)} running cell(s) get "
-                     f"{processes.FORWARDED_SIGNAL.name} to write a checkpoint and exit, within {self.grace_s:g} s "
-                     f"(then SIGKILL). A second signal kills them now.")
-            for running in self.running:
-                processes.signal_process(running.proc)
-        if self.stop.count > 1 and not self._hurried:
-            self._hurried, self.deadline = True, time.monotonic()
-            self.log("A second stop signal: killing the running cells now (they resume from their last periodic checkpoint).")
-        if time.monotonic() >= self.deadline:
-            why = "a second stop signal" if self._hurried else f"still running {self.grace_s:g} s after the stop signal"
-            for running in self.running:
-                if not running.killed and not processes.has_exited(running.proc):
-                    processes.kill_group(running.proc)
-                    running.killed = why
-
-    def _collect_ended(self) -> None:
-        for running in [r for r in self.running if processes.has_exited(r.proc)]:
-            processes.kill_group(running.proc)  # what the cell left in its group (none, normally)
-            running.proc.wait()
-            self.running.remove(running)
-            record = settle(self.out, running, self.stop.requested)
-            self.records.append(record)
-            self.log(self._line(running.cell, record))
-
-    def _line(self, cell: Cell, record: dict) -> str:
-        if record["status"] == "stopped":
-            return describe_stopped(self.out, cell, record)
-        head = f"[{len(self.records)}/{self.total}] {cell.method} | {cell.prompt} | seed {cell.seed}: "
-        if record["status"] != "ok":
-            return head + f"FAILED (exit {record['returncode']}, see {cell_dir(self.out, cell) / 'stdout.log'}) ({record['cell_wall_s']:.0f} s)"
-        metrics = read_json(cell_dir(self.out, cell) / "run" / "metrics.json") or {}
-        result = f"IoU {metrics['iou']:.3f} id {metrics['identification']:.2f} " if "iou" in metrics else ""
-        parts = f" in {record['resumed'] + 1} segments" if record["resumed"] else ""
-        return head + f"{result}({record['cell_wall_s']:.0f} s{parts})"
-
-    def _end_all(self) -> None:
-        """Whatever is still running when ``run`` ends (only after an error in it, or an
-        interrupt): SIGKILL, reap, record as stopped."""
-        if not self.running:
-            return
-        for running in self.running:
-            processes.kill_group(running.proc)
-            running.killed = "the runner ended on an error"
-        for running in list(self.running):
-            running.proc.wait()
-            self.running.remove(running)
-            self.records.append(settle(self.out, running, True))
+            ended = (folder / "stdout.log").stat().st_mtime
+        except OSError:
+            ended = time.time()
+        segments[-1].update(outcome="stopped" if stopping else "failed", returncode=None,
+                            wall_s=round(max(0.0, ended - segments[-1]["started"]), 2), note=f"killed ({why})")
+        write_json_atomic(folder / SEGMENTS, {"fingerprint": cell.fingerprint, "segments": segments})
+    outcome = segments[-1]["outcome"] if segments else "failed"
+    record = {
+        "method": cell.method, "prompt": cell.prompt, "seed": cell.seed, "fingerprint": cell.fingerprint,
+        "command": segments[0]["command"] if segments else None,
+        "returncode": segments[-1].get("returncode") if segments else None,
+        "cell_wall_s": round(sum(s.get("wall_s", 0.0) for s in segments), 2),
+        "status": {"finished": "ok", "stopped": "stopped"}.get(outcome, "failed"),
+        "resumed": max(0, len(segments) - 1), "segments": segments, "note": why,
+    }
+    if record["status"] == "failed":
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "failed.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 @dataclass
@@ -509,6 +462,8 @@ class RunOutcome:
     the signal that stopped the runner (None: it was not stopped)."""
 
     records: list[dict] = field(default_factory=list)
+    gpus: list[int] = field(default_factory=list)
+    threads_per_run: int = 1
     mps: str = "off"
     stopped_by: str | None = None
     not_started: int = 0
@@ -518,29 +473,36 @@ class RunOutcome:
         return [r for r in self.records if r["status"] == "stopped"]
 
 
-def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int, mps: bool = False,
+def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int | None = None, mps: bool = False,
               log=print, relative_cost: dict[str, float] | None = None,
-              stop_grace_s: float = DEFAULT_STOP_GRACE_S) -> RunOutcome:
-    """Run every unfinished cell, ``workers`` at a time, slowest first (see ``schedule``);
-    stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to this process
-    stops the cells (``CellPool``); the outcome's ``stopped_by`` then names the signal."""
+              stop_grace_s: float = DEFAULT_STOP_GRACE_S, gpus: list[int] | None = None) -> RunOutcome:
+    """Run every unfinished cell on this machine through submitit's local executor
+    (``local_cells``): ``workers`` cells at once on each GPU of ``gpus`` (default: every GPU
+    this process sees), or ``workers`` at once on the CPU where there is none; slowest first (see
+    ``schedule``); stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to
+    this process stops the cells; the outcome's ``stopped_by`` then names the signal.
+    ``threads_per_run`` defaults to the CPU count over the number of cells run at once."""
+    from scorelift.benchmark.local_cells import detect_gpus, run_local
+
+    gpus = detect_gpus() if gpus is None else list(gpus)
+    at_once = max(1, workers) * max(1, len(gpus))
+    threads = threads_per_run or max(1, (os.cpu_count() or 1) // at_once)
     unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
-    outcome = RunOutcome()
+    outcome = RunOutcome(gpus=gpus, threads_per_run=threads)
     with processes.StopRequests() as stop:
         todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
         resuming = sum(resumable_segments(out, c) is not None for c in todo)
         also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
+        where = f"on {len(gpus)} GPU(s) ({', '.join(map(str, gpus))}), {workers} per GPU" if gpus else "on the CPU"
         log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} "
-            f"with {workers} worker(s).")
+            f"with {workers} worker(s) {where}.")
         if todo:
             if not stop.requested:
                 warm_evaluation_cache(sorted({c.prompt for c in todo}))
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_run), "MKL_NUM_THREADS": str(threads_per_run),
-                   "PYTHONUNBUFFERED": "1"}
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
             with MpsDaemon(mps and not stop.requested, log) as daemon, GpuSampler(out / "gpu_util.csv"):
                 env.update(daemon.env)
-                pool = CellPool(out, todo, workers, env, stop, stop_grace_s, log)
-                outcome.records = pool.run()
-                outcome.mps, outcome.not_started = daemon.status, len(pool.pending)
+                outcome.records, outcome.not_started = run_local(out, todo, gpus, workers, env, stop, stop_grace_s, log)
+                outcome.mps = daemon.status
         outcome.stopped_by = stop.name
     return outcome

@@ -76,6 +76,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra launch.py overrides for every cell")
     ap.add_argument("--mps", action="store_true",
                     help="run the cells under NVIDIA's Multi-Process Service so their kernels share the GPU at once")
+    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local: this machine's GPUs or CPUs (default); slurm: submit the cells as SLURM job arrays "
+                         "(the --out folder must be on a filesystem the nodes share)")
+    ap.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
+    ap.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit of each job (default 60)")
+    ap.add_argument("--slurm-gpus-per-job", type=int, default=0, help="GPUs each job asks for (default 0)")
+    ap.add_argument("--slurm-cpus-per-job", type=int, default=1, help="CPUs each job asks for (default 1)")
+    ap.add_argument("--cells-per-job", type=int, default=1, help="cells each SLURM job runs, one after another (default 1)")
+    ap.add_argument("--array-parallelism", type=int, default=256, help="array tasks SLURM runs at once (default 256)")
+    ap.add_argument("--sbatch", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra sbatch options for every job, such as qos=high or constraint=h100")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
     ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
                     help="when stopped: how long running cells get to write a checkpoint and exit before they are "
@@ -92,6 +103,23 @@ def parse_gpus(text: str | None) -> list[int] | None:
     return [int(t) for t in items]
 
 
+def slurm_options(args: argparse.Namespace):
+    from scorelift.benchmark.slurm_cells import SlurmOptions
+
+    extra = {}
+    for item in args.sbatch:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise spec_mod.ConfigError(f"--sbatch {item!r} must be KEY=VALUE, such as qos=high (an sbatch long "
+                                       "option without its dashes).")
+        extra[key.lstrip("-")] = value
+    opts = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time, gpus_per_job=args.slurm_gpus_per_job,
+                        cpus_per_job=args.slurm_cpus_per_job, cells_per_job=args.cells_per_job,
+                        array_parallelism=args.array_parallelism, sbatch=extra)
+    opts.check()
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -102,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.stop_grace >= 0:
             raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
         gpus = parse_gpus(args.gpus)
+        slurm = slurm_options(args) if args.executor == "slurm" else None
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)
         start = time.perf_counter()
         outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
             out, cells, args.workers, args.threads_per_run, args.mps, relative_cost=spec.relative_cost,
-            stop_grace_s=args.stop_grace, gpus=gpus)
+            stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm)
         if outcome.stopped_by:
             return stopped(outcome, out, cells)
         # Imported here, not at the top: run_info imports torch (seconds of start-up), which the

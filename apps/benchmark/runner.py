@@ -475,15 +475,19 @@ class RunOutcome:
 
 def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int | None = None, mps: bool = False,
               log=print, relative_cost: dict[str, float] | None = None,
-              stop_grace_s: float = DEFAULT_STOP_GRACE_S, gpus: list[int] | None = None) -> RunOutcome:
+              stop_grace_s: float = DEFAULT_STOP_GRACE_S, gpus: list[int] | None = None, slurm=None) -> RunOutcome:
     """Run every unfinished cell on this machine through submitit's local executor
     (``local_cells``): ``workers`` cells at once on each GPU of ``gpus`` (default: every GPU
     this process sees), or ``workers`` at once on the CPU where there is none; slowest first (see
     ``schedule``); stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to
     this process stops the cells; the outcome's ``stopped_by`` then names the signal.
-    ``threads_per_run`` defaults to the CPU count over the number of cells run at once."""
+    ``threads_per_run`` defaults to the CPU count over the number of cells run at once.
+    With ``slurm`` (``slurm_cells.SlurmOptions``) the cells go to a SLURM cluster as job arrays
+    instead (``slurm_cells.run_slurm``)."""
     from scorelift.benchmark.local_cells import detect_gpus, run_local
 
+    if slurm is not None:
+        return run_cells_on_slurm(out, cells, slurm, threads_per_run, log, relative_cost, stop_grace_s)
     gpus = detect_gpus() if gpus is None else list(gpus)
     at_once = max(1, workers) * max(1, len(gpus))
     threads = threads_per_run or max(1, (os.cpu_count() or 1) // at_once)
@@ -504,5 +508,26 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int |
                 env.update(daemon.env)
                 outcome.records, outcome.not_started = run_local(out, todo, gpus, workers, env, stop, stop_grace_s, log)
                 outcome.mps = daemon.status
+        outcome.stopped_by = stop.name
+    return outcome
+
+
+def run_cells_on_slurm(out: Path, cells: list[Cell], slurm, threads_per_run: int | None, log,
+                       relative_cost: dict[str, float] | None, stop_grace_s: float) -> RunOutcome:
+    """``run_cells`` on a SLURM cluster: every unfinished cell, slowest first, as job arrays."""
+    from scorelift.benchmark.slurm_cells import run_slurm
+
+    threads = threads_per_run or slurm.cpus_per_job
+    unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
+    outcome = RunOutcome(threads_per_run=threads, mps="off (SLURM)")
+    with processes.StopRequests() as stop:
+        todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
+        resuming = sum(resumable_segments(out, c) is not None for c in todo)
+        also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
+        log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} on SLURM.")
+        if todo and not stop.requested:
+            warm_evaluation_cache(sorted({c.prompt for c in todo}))
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+            outcome.records, outcome.not_started = run_slurm(out, todo, slurm, env, stop, stop_grace_s, log)
         outcome.stopped_by = stop.name
     return outcome

@@ -1,0 +1,119 @@
+"""The benchmark on a real SLURM cluster: cells as submitit job arrays, cancelled and resumed.
+
+Needs a SLURM cluster whose nodes see this machine's /tmp: where none is up, the module starts a
+one-node one on this machine (``tests/slurm_cluster.sh``: Debian's slurm-wlm and munge, as root)
+and stops it afterwards. If it cannot start, these tests fail; they are not skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "tests" / "slurm_cluster.sh"
+STEPS = 40
+
+
+def cluster_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return state.returncode == 0 and any(s in state.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """A running cluster: the one that is up, or a one-node one started here (and stopped, by
+    PID, after this module). If it cannot start, the tests fail with its output."""
+    started = False
+    if not cluster_is_up():
+        proc = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not cluster_is_up():
+            pytest.fail(f"could not start the one-node SLURM cluster (bash {SCRIPT} start, exit {proc.returncode}):\n"
+                        f"{proc.stdout}{proc.stderr}")
+        started = True
+    yield
+    if started:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+
+
+def rows(out: Path) -> dict:
+    with open(out / "results.csv", newline="") as fh:
+        return {(r["method"], r["prompt"]): r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory) -> Path:
+    """One cell on the shapes prior, long enough to be cancelled while it trains."""
+    path = tmp_path_factory.mktemp("slurm-preset") / "long.yaml"
+    path.write_text(json.dumps({
+        "description": "one cell of 40 steps, checkpointed every 5", "prompts": ["a red cube"], "seeds": [0],
+        "steps": STEPS, "eval_every": 0, "methods": {"paas": ["system=sjc", "guidance=paas"]},
+        "common": ["prior=shapes", "data.batch_size=1", "system.views.n_frames=4", "trainer.checkpoint_every=5",
+                   "evaluators=[]"],
+    }))
+    return path
+
+
+def test_the_ci_cells_as_a_job_array_give_the_local_numbers(tmp_path):
+    args = ["ci", "--methods", "paas,sds", "--prompts", "a red cube", "--threads-per-run", "1"]
+    on_slurm = bench(*args, "--out", str(tmp_path / "slurm"), "--executor", "slurm")
+    assert on_slurm.returncode == 0, on_slurm.stdout + on_slurm.stderr
+    assert "Submitted 2 cell(s) as 2 array task(s) of job" in on_slurm.stdout
+    assert "cells: 2 done, 0 failed; jobs: 0 running, 0 queued" in on_slurm.stdout
+    here = bench(*args, "--out", str(tmp_path / "local"), "--workers", "2")
+    assert here.returncode == 0, here.stdout + here.stderr
+    keys = ("status", "iou", "colour_error", "identification", "final_loss")
+    got, want = rows(tmp_path / "slurm"), rows(tmp_path / "local")
+    assert got.keys() == want.keys() and len(got) == 2
+    assert all({k: got[c][k] for k in keys} == {k: want[c][k] for k in keys} for c in want)
+    jobs = json.loads((tmp_path / "slurm" / "slurm_jobs.json").read_text())["submissions"]
+    assert len(jobs) == 1 and len(jobs[0]["tasks"]) == 2
+
+
+def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(preset, tmp_path):
+    out = tmp_path / "slurm"
+    cmd = [sys.executable, str(REPO / "benchmark.py"), str(preset), "--out", str(out), "--executor", "slurm",
+           "--stop-grace", "20", "--threads-per-run", "1"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    ckpt = out / "cells" / "paas" / "a_red_cube" / "s0" / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not ckpt.is_file():
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline, "the cell wrote no checkpoint within 300 s"
+        time.sleep(0.2)
+    job = json.loads((out / "slurm_jobs.json").read_text())["submissions"][0]["job_ids"][0]
+    subprocess.run(["scancel", job], check=True, timeout=60)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 75, stdout + stderr
+    assert "stopped: paas | a red cube | seed 0: stopped by SIGTERM (exit 75), checkpoint at step" in stdout, stdout
+    assert not (ckpt.parent.parent.parent / "cell.json").exists()
+
+    again = bench(str(preset), "--out", str(out), "--executor", "slurm", "--threads-per-run", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "running 1 (1 stopped earlier: resumed) on SLURM" in again.stdout
+    record = json.loads((out / "cells" / "paas" / "a_red_cube" / "s0" / "cell.json").read_text())
+    assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
+    assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 2  # history kept
+
+    straight = bench(str(preset), "--out", str(tmp_path / "local"), "--threads-per-run", "1")
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    resumed = torch.load(ckpt, map_location="cpu", weights_only=False)
+    plain = torch.load(tmp_path / "local" / "cells" / "paas" / "a_red_cube" / "s0" / "run" / "checkpoints" / "last.ckpt",
+                       map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == plain["global_step"] == STEPS
+    assert all(torch.equal(resumed["state_dict"][k], plain["state_dict"][k]) for k in plain["state_dict"])

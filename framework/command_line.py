@@ -29,6 +29,8 @@ EPILOG = """examples:
   scorelift resume=outputs/sjc-paas/a_red_cube@20261123-101500 trainer.max_steps=20000
   scorelift mode=export resume=outputs/sjc-paas/a_red_cube@20261123-101500
   scorelift -m guidance=sds,ssd seed=0,1,2                  six runs, one after another
+  scorelift -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu guidance=sds,ssd seed=0,1,2
+                                                            the six as one SLURM job array
   scorelift --cfg job system=dreamfusion                    print the composed config, run nothing
   scorelift --list                                          every registered part
 
@@ -114,7 +116,7 @@ def expand_resume(overrides: list[str]) -> list[str]:
 
 def saved_overrides(overrides: list[str]) -> list[str]:
     """What a run saves in .hydra/overrides.yaml: the overrides of the run itself, not Hydra's."""
-    return [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -129,14 +131,16 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException:
         raise parse_error(overrides) from None
-    choices = []
+    # Keyed as Hydra's basic sweeper keys them (a key given twice: its place, the last value), so that
+    # job N here is job N of Hydra's multirun (the submitit launchers).
+    choices: dict[str, list[str]] = {}
     for override in parsed:
+        key = override.get_key_element()
         if override.is_sweep_override():
-            key = override.get_key_element()
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            choices.append([override.input_line])
-    return [list(job) for job in itertools.product(*choices)]
+            choices[key] = [override.input_line]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 # ------------------------------------------------------------------------------ --list

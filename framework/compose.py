@@ -110,7 +110,8 @@ def check_override_targets(overrides: list[str]) -> None:
     keys, groups = root_layout()
     for override in overrides:
         key = override_key(override)
-        if "." in key or override.startswith(("+", "~")) or key in keys or key in groups or key == "hydra":
+        if ("." in key or override.startswith(("+", "~")) or key in keys or key in groups or key == "hydra"
+                or key.startswith("hydra/")):  # Hydra's own groups: hydra/launcher=submitit_slurm
             continue
         raise ConfigError(
             f"{override}: {key!r} is neither a config group that the command line can pick nor a key of the "
@@ -188,6 +189,15 @@ def load_local_plugins(overrides: list[str]) -> None:
         registry.load_plugin_file(str(path))
 
 
+def search_path_override(overrides: list[str]) -> list[str]:
+    """``hydra.searchpath=[...]`` naming the installed packages' config modules and the plugins'
+    config folders (none where the command line sets the search path itself)."""
+    if find_override(overrides, "hydra.searchpath"):
+        return []
+    searchpath = [f"pkg://{m}" for m in extra_config_modules()] + [f"file://{r}" for r in plugin_config_roots()]
+    return ["hydra.searchpath=[" + ",".join(searchpath) + "]"]
+
+
 def compose_config(overrides: list[str], with_hydra: bool = True) -> DictConfig:
     """The run config ``overrides`` compose into (with the ``hydra`` node unless told otherwise).
 
@@ -202,8 +212,7 @@ def compose_config(overrides: list[str], with_hydra: bool = True) -> DictConfig:
 
     load_local_plugins(overrides)
     check_override_targets(overrides)
-    searchpath = [f"pkg://{m}" for m in extra_config_modules()] + [f"file://{r}" for r in plugin_config_roots()]
-    extra = [] if find_override(overrides, "hydra.searchpath") else ["hydra.searchpath=[" + ",".join(searchpath) + "]"]
+    extra = search_path_override(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None, job_name="scorelift"):

@@ -80,6 +80,7 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     from scorelift.checks import check_inputs
     from scorelift.library_noise import quiet_known_library_noise
+    from scorelift.multirun import SUBMITIT_LAUNCHERS, launcher_choice, run_on_submitit, sweep_job_plan
     from scorelift.run import run
 
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quiet_known_library_noise()
     try:
+        launcher = check_launcher(launcher_choice(args.overrides), args.multirun, SUBMITIT_LAUNCHERS)
         jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
         composed = [compose_job(job) for job in jobs]
         configs = [cfg for cfg, _ in composed]
@@ -101,15 +103,37 @@ def main(argv: list[str] | None = None) -> int:
             sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
         run_dirs = [run_dir_of(cfg, i if args.multirun else None, sweep_dir) for i, cfg in enumerate(configs)]
         configs = [job_config(cfg) for cfg in configs]
-        for cfg, run_dir in zip(configs, run_dirs):
-            check_inputs(cfg, run_dir)
+        # A sweep folder given again resumes: finished jobs are skipped, stopped ones continue.
+        plans = ([sweep_job_plan(cfg, run_dir, overrides or []) for cfg, run_dir, (_, overrides) in zip(configs, run_dirs, composed)]
+                 if args.multirun else ["new"])
+        for cfg, run_dir, plan in zip(configs, run_dirs, plans):
+            if plan != "skip":
+                check_inputs(cfg, run_dir)
     except ScoreliftError as exc:
         return fail(exc)
 
     setup_console_logging()
-    for (_, overrides), cfg, run_dir in zip(composed, configs, run_dirs):
+    if launcher in SUBMITIT_LAUNCHERS:
+        return run_on_submitit(args.overrides, sweep_dir, launcher)
+    for (_, overrides), cfg, run_dir, plan in zip(composed, configs, run_dirs, plans):
+        if plan == "skip":
+            print(f"scorelift: {run_dir} holds a finished run of this job: skipped.", file=sys.stderr)
+            continue
         try:
             run(cfg, run_dir, overrides=overrides, checked=True)
         except ScoreliftError as exc:
             return fail(exc)
     return 0
+
+
+def check_launcher(choice: str | None, multirun: bool, submitit: tuple[str, ...]) -> str | None:
+    """The sweep's launcher: None or ``basic`` (here, one run after another) or a submitit one."""
+    if choice is None:
+        return None
+    if not multirun:
+        raise ConfigError(f"hydra/launcher={choice} launches the runs of a sweep; add -m (e.g. `scorelift -m "
+                          f"hydra/launcher={choice} seed=0,1,2`), or leave it out for a single run.")
+    if choice != "basic" and choice not in submitit:
+        raise ConfigError(f"hydra/launcher={choice}: scorelift runs a sweep here one run after another (basic, the "
+                          f"default) or as submitit jobs ({', '.join(submitit)}).")
+    return None if choice == "basic" else choice

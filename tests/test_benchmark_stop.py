@@ -346,3 +346,18 @@ def test_a_cell_still_held_by_a_process_is_waited_for_not_deleted(tmp_path):
     lock = RunLock(run).__enter__()
     threading.Timer(0.3, lock.__exit__).start()
     assert runner.wait_for_earlier_processes(tmp_path, [cell], 10, stop, lines.append) == [cell]
+
+
+def test_a_stop_delivered_twice_at_once_counts_once_and_a_later_one_twice():
+    """GNU timeout sends SIGTERM to the runner and then to its process group: one stop, two
+    signals. Only a stop more than SAME_STOP_S after the previous one hurries the cells."""
+    with processes.StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        stop.wait(0.05)
+        assert (stop.name, stop.count) == ("SIGTERM", 1)
+        time.sleep(processes.SAME_STOP_S + 0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        stop.wait(0.05)
+        assert (stop.name, stop.count) == ("SIGTERM", 2)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

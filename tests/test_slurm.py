@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,10 +97,23 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
         assert driver.poll() is None, driver.communicate()
         assert time.monotonic() < deadline, "the cell wrote no checkpoint within 300 s"
         time.sleep(0.2)
+    # A stopped driver detaches: its job runs on, and the same command, run again, waits for it.
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert "keep running on the cluster" in stdout, stdout + stderr
     job = json.loads((out / "slurm_jobs.json").read_text())["submissions"][0]["job_ids"][0]
-    subprocess.run(["scancel", job], check=True, timeout=60)
-    stdout, stderr = driver.communicate(timeout=300)
-    assert driver.returncode == 75, stdout + stderr
+    assert job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=60).stdout
+    log = tmp_path / "second-driver.log"
+    with open(log, "w") as fh:
+        driver = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        deadline = time.monotonic() + 120
+        while "1 cell(s) are held by jobs of an earlier run that are still queued or running" not in log.read_text():
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        subprocess.run(["scancel", job], check=True, timeout=60)
+        driver.wait(timeout=300)
+    stdout = log.read_text()
+    assert driver.returncode == 75, stdout
     assert "stopped: paas | a red cube | seed 0: stopped by SIGTERM (exit 75), checkpoint at step" in stdout, stdout
     assert not (ckpt.parent.parent.parent / "cell.json").exists()
 
@@ -108,7 +122,7 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
     assert "running 1 (1 stopped earlier: resumed) on SLURM" in again.stdout
     record = json.loads((out / "cells" / "paas" / "a_red_cube" / "s0" / "cell.json").read_text())
     assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
-    assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 2  # history kept
+    assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 2  # history kept; the attach submitted none
 
     straight = bench(str(preset), "--out", str(tmp_path / "local"), "--threads-per-run", "1")
     assert straight.returncode == 0, straight.stdout + straight.stderr
@@ -117,3 +131,32 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
                        map_location="cpu", weights_only=False)
     assert resumed["global_step"] == plain["global_step"] == STEPS
     assert all(torch.equal(resumed["state_dict"][k], plain["state_dict"][k]) for k in plain["state_dict"])
+
+
+def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preemption(tiny_pipeline_dir, tmp_path):
+    """``launch.py -m hydra/launcher=submitit_slurm seed=0,0``: two identical runs as one job array;
+    job 0 gets the preemption signal submitit listens for (SIGUSR2, what SLURM sends ahead of a time
+    limit), checkpoints, is requeued by submitit and resumes to the weights of the uninterrupted job 1."""
+    from tests.launching import env, same_weights, wait_for_checkpoint
+    from tests.test_multirun import sweep_args
+
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_args(tiny_pipeline_dir, sweep_dir, "0,0", launcher="submitit_slurm", steps=40)
+    driver = subprocess.Popen([*args, "trainer.checkpoint_every=2", "hydra.launcher.timeout_min=30"], cwd=REPO,
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(driver, sweep_dir / "0", 4, timeout=300)
+    task = next((sweep_dir / ".submitit").glob("*_0")).name  # "<array job id>_0"
+    subprocess.run(["scancel", "--signal=USR2", task], check=True, timeout=60)
+    deadline = time.monotonic() + 120
+    while "Requeued job" not in "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*")):
+        assert time.monotonic() < deadline and driver.poll() is None, "job 0 was not requeued"
+        time.sleep(0.2)
+    # SLURM holds a requeued job for about two minutes (its BeginTime); let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True, timeout=60)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stdout + stderr[-3000:]
+    assert f"job 0: finished {sweep_dir / '0'}" in stdout and f"sweep {sweep_dir}: 2 of 2 runs finished" in stdout
+    assert "sacct" not in stdout + stderr  # job states come from squeue: no accounting database needed
+    runs = json.loads((sweep_dir / "0" / "run_info.json").read_text())["invocations"]
+    assert [(r["status"], r.get("signal")) for r in runs] == [("stopped", "SIGUSR2"), ("finished", None)]
+    assert same_weights(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep_dir / "1" / "checkpoints" / "last.ckpt")

@@ -25,25 +25,32 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 # What the runner sends each running cell when it is stopped, whichever signal it got itself:
 # SIGTERM is in every run's default trainer.stop_signals, and a repeat of it changes nothing (a
 # second SIGINT would interrupt a run without its checkpoint). Also the parent-death signal below.
 FORWARDED_SIGNAL = signal.SIGTERM
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# Stop signals this soon after the previous one count as the same stop: one stop often arrives
+# twice at once (GNU timeout signals its child and then the child's whole process group; a
+# terminal's Ctrl+C reaches every process of the foreground group).
+SAME_STOP_S = 1.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class StopRequests:
     """While active (a ``with`` block in the main thread), the stop signals only record that the
-    runner is to stop (the first signal in ``received``, how many arrived in ``count``) and wake
-    ``wait``; the previous handlers are back on exit. Outside the main thread, where Python cannot
-    install handlers, it does nothing."""
+    runner is to stop (the first signal in ``received``; in ``count``, how many stops arrived,
+    signals within ``SAME_STOP_S`` of the previous one counting as the same) and wake ``wait``;
+    the previous handlers are back on exit. Outside the main thread, where Python cannot install
+    handlers, it does nothing."""
 
     def __init__(self, signals=STOP_SIGNALS):
         self.signals = tuple(signals)
         self.received: signal.Signals | None = None
         self.count = 0
+        self._last = float("-inf")  # time.monotonic() of the last stop signal
         self._wake = threading.Event()
         self._previous: dict = {}
 
@@ -56,7 +63,10 @@ class StopRequests:
         return self.received.name if self.received is not None else None
 
     def _handle(self, signum, frame) -> None:
-        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= SAME_STOP_S:
+            self.count += 1
+        self._last = now
         if self.received is None:
             self.received = signal.Signals(signum)
         self._wake.set()

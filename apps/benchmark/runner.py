@@ -515,19 +515,22 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int |
 def run_cells_on_slurm(out: Path, cells: list[Cell], slurm, threads_per_run: int | None, log,
                        relative_cost: dict[str, float] | None, stop_grace_s: float) -> RunOutcome:
     """``run_cells`` on a SLURM cluster: every unfinished cell, slowest first, as job arrays."""
-    from scorelift.benchmark.slurm_cells import run_slurm
+    from scorelift.benchmark.slurm_cells import held_by_live_jobs, run_slurm
 
     threads = threads_per_run or slurm.cpus_per_job
     unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
     outcome = RunOutcome(threads_per_run=threads, mps="off (SLURM)")
+    held = held_by_live_jobs(out)  # cells an earlier, detached run's jobs still hold: waited for, not resubmitted
+    attached = [c for c in unfinished if c.key in held]
     with processes.StopRequests() as stop:
-        todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
+        todo = wait_for_earlier_processes(out, [c for c in unfinished if c.key not in held], stop_grace_s, stop, log)
         resuming = sum(resumable_segments(out, c) is not None for c in todo)
         also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
         log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} on SLURM.")
-        if todo and not stop.requested:
+        if (todo or attached) and not stop.requested:
             warm_evaluation_cache(sorted({c.prompt for c in todo}))
             env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-            outcome.records, outcome.not_started = run_slurm(out, todo, slurm, env, stop, stop_grace_s, log)
+            outcome.records, outcome.not_started = run_slurm(out, todo, slurm, env, stop, stop_grace_s, log,
+                                                             attached=held, attached_cells=attached)
         outcome.stopped_by = stop.name
     return outcome

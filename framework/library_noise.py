@@ -8,6 +8,9 @@ missing weight, a real deprecation in code we call) still gets through:
 - Lightning: the "TPU available" line and its "Tip: ... litlogger" advertisement.
 - Lightning's own internal deprecation "`isinstance(treespec, LeafSpec)` is deprecated",
   raised from its _pytree helper on every fit with this torch: nothing in our code to change.
+- Lightning, on any machine where SLURM's ``srun`` is installed: "The `srun` command is available
+  on your system but is not used". Its hint (start multi-process training under srun) does not
+  apply: a run is one process on one device, and on a cluster submitit starts it under srun.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class _DropMessages(logging.Filter):
 def quiet_known_library_noise() -> None:
     """Install the filters (idempotent). Call before diffusers or Lightning is first used."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in lightning.filters):
         lightning.addFilter(_DropMessages(_LIGHTNING_STARTS))

@@ -217,3 +217,23 @@ def test_wall_time_of_a_benchmark_run_in_slices_is_their_sum():
     assert "wall time 1174 s in 3 invocations (seeds 0: 375 s, seeds 1: 397 s, seeds 2: 402 s; 144 cells, 16 at a time, MPS on)." in line
     del info["slices"]
     assert "wall time of the last invocation 1174 s (cells run then: 144, 16 at a time, MPS on)." in info_lines(info, None)[-1]
+
+
+def test_a_failed_cell_is_reported_with_its_log_and_re_run_only_when_asked(tmp_path):
+    preset = tmp_path / "failing.yaml"
+    preset.write_text(json.dumps({
+        "description": "one cell whose run is refused at its start-up check", "prompts": ["a red cube"], "seeds": [0],
+        "steps": 2, "eval_every": 0, "methods": {"broken": ["guidance=paas", "data.batch_size=0"]}, "common": []}))
+    out = tmp_path / "out"
+    first = bench(str(preset), "--out", str(out), check=False)
+    log = out / "cells" / "broken" / "a_red_cube" / "s0" / "stdout.log"
+    assert first.returncode == 1, first.stdout
+    assert f"[1/1] broken | a red cube | seed 0: FAILED (exit 2, see {log})" in first.stdout, first.stdout
+    assert "data.batch_size" in log.read_text()
+    again = bench(str(preset), "--out", str(out), check=False)
+    assert again.returncode == 1
+    assert (f"1 cell(s) failed earlier and are not run again (--retry-failed runs them): broken | a red cube | "
+            f"seed 0: {log}") in again.stdout
+    assert "0 of 1 cells already finished; running 0" in again.stdout
+    retried = bench(str(preset), "--out", str(out), "--retry-failed", check=False)
+    assert retried.returncode == 1 and "running 1 with" in retried.stdout and "failed earlier" not in retried.stdout

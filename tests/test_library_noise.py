@@ -35,5 +35,6 @@ def test_only_the_known_messages_are_dropped():
         warnings.simplefilter("default")
         quiet_known_library_noise()  # re-inserts its ignore filter ahead of "default"
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
+        warnings.warn("The `srun` command is available on your system but is not used. HINT: ...", UserWarning)
         warnings.warn("some other deprecation", DeprecationWarning)
     assert [str(w.message) for w in caught] == ["some other deprecation"]

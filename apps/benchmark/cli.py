@@ -88,6 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sbatch", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra sbatch options for every job, such as qos=high or constraint=h100")
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
+    ap.add_argument("--retry-failed", action="store_true",
+                    help="run the cells that failed earlier again (by default they are reported, not re-run)")
     ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
                     help="when stopped: how long running cells get to write a checkpoint and exit before they are "
                          f"killed (default {runner.DEFAULT_STOP_GRACE_S:g}; keep it below a scheduler's kill delay)")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
             out, cells, args.workers, args.threads_per_run, args.mps, relative_cost=spec.relative_cost,
-            stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm)
+            stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:
             return stopped(outcome, out, cells)
         # Imported here, not at the top: run_info imports torch (seconds of start-up), which the

@@ -12,7 +12,8 @@ that was stopped (its process exited 75, "stopped, resume me", or the runner kil
 stopping) and whose run holds a checkpoint is resumed (``scorelift resume=<run>``), so its
 compute is not lost: a resumed run trains to the same weights as an uninterrupted one, its
 timing.json covers all its steps, and its cell.json's ``cell_wall_s`` is the sum of its
-segments. Any other cell starts from scratch: a failed run is deleted first.
+segments. A cell that failed (failed.json) is reported and left alone unless the runner is
+asked to retry failures; any other cell starts from scratch (what a failed run left is deleted first).
 
 How the cells are run (each a submitit job whose task, ``cell_task.CellTask``, starts, watches,
 stops and records the cell's process) is ``local_cells`` on this machine and ``slurm_cells`` on
@@ -182,6 +183,18 @@ def cell_state(out: Path, cell: Cell) -> str:
     if resumable_segments(out, cell) is not None:
         return "stopped"
     return "failed" if (cell_dir(out, cell) / "failed.json").is_file() else "not run"
+
+
+def cells_to_run(out: Path, cells: list[Cell], retry_failed: bool, log) -> list[Cell]:
+    """The unfinished cells of ``cells``, without those that failed earlier unless
+    ``retry_failed`` (a failure is looked at before it costs compute again)."""
+    unfinished = [c for c in cells if not is_finished(out, c)]
+    failed = [c for c in unfinished if cell_state(out, c) == "failed"]
+    if failed and not retry_failed:
+        log(f"{len(failed)} cell(s) failed earlier and are not run again (--retry-failed runs them): "
+            + "; ".join(f"{c.method} | {c.prompt} | seed {c.seed}: {cell_dir(out, c) / 'stdout.log'}" for c in failed))
+        return [c for c in unfinished if c not in failed]
+    return unfinished
 
 
 def fresh_command(folder: Path, cell: Cell) -> list[str]:
@@ -475,11 +488,13 @@ class RunOutcome:
 
 def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int | None = None, mps: bool = False,
               log=print, relative_cost: dict[str, float] | None = None,
-              stop_grace_s: float = DEFAULT_STOP_GRACE_S, gpus: list[int] | None = None, slurm=None) -> RunOutcome:
+              stop_grace_s: float = DEFAULT_STOP_GRACE_S, gpus: list[int] | None = None, slurm=None,
+              retry_failed: bool = False) -> RunOutcome:
     """Run every unfinished cell on this machine through submitit's local executor
     (``local_cells``): ``workers`` cells at once on each GPU of ``gpus`` (default: every GPU
     this process sees), or ``workers`` at once on the CPU where there is none; slowest first (see
-    ``schedule``); stopped cells resume (``resumable_segments``). SIGTERM, SIGINT or SIGUSR1 to
+    ``schedule``); stopped cells resume (``resumable_segments``); cells that failed earlier run
+    again only with ``retry_failed``. SIGTERM, SIGINT or SIGUSR1 to
     this process stops the cells; the outcome's ``stopped_by`` then names the signal.
     ``threads_per_run`` defaults to the CPU count over the number of cells run at once.
     With ``slurm`` (``slurm_cells.SlurmOptions``) the cells go to a SLURM cluster as job arrays
@@ -487,18 +502,18 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int |
     from scorelift.benchmark.local_cells import detect_gpus, run_local
 
     if slurm is not None:
-        return run_cells_on_slurm(out, cells, slurm, threads_per_run, log, relative_cost, stop_grace_s)
+        return run_cells_on_slurm(out, cells, slurm, threads_per_run, log, relative_cost, stop_grace_s, retry_failed)
     gpus = detect_gpus() if gpus is None else list(gpus)
     at_once = max(1, workers) * max(1, len(gpus))
     threads = threads_per_run or max(1, (os.cpu_count() or 1) // at_once)
-    unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
+    unfinished = schedule(cells_to_run(out, cells, retry_failed, log), out, relative_cost or {})
     outcome = RunOutcome(gpus=gpus, threads_per_run=threads)
     with processes.StopRequests() as stop:
         todo = wait_for_earlier_processes(out, unfinished, stop_grace_s, stop, log)
         resuming = sum(resumable_segments(out, c) is not None for c in todo)
         also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
         where = f"on {len(gpus)} GPU(s) ({', '.join(map(str, gpus))}), {workers} per GPU" if gpus else "on the CPU"
-        log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} "
+        log(f"{sum(is_finished(out, c) for c in cells)} of {len(cells)} cells already finished; running {len(todo)}{also} "
             f"with {workers} worker(s) {where}.")
         if todo:
             if not stop.requested:
@@ -513,12 +528,12 @@ def run_cells(out: Path, cells: list[Cell], workers: int, threads_per_run: int |
 
 
 def run_cells_on_slurm(out: Path, cells: list[Cell], slurm, threads_per_run: int | None, log,
-                       relative_cost: dict[str, float] | None, stop_grace_s: float) -> RunOutcome:
+                       relative_cost: dict[str, float] | None, stop_grace_s: float, retry_failed: bool) -> RunOutcome:
     """``run_cells`` on a SLURM cluster: every unfinished cell, slowest first, as job arrays."""
     from scorelift.benchmark.slurm_cells import held_by_live_jobs, run_slurm
 
     threads = threads_per_run or slurm.cpus_per_job
-    unfinished = schedule([c for c in cells if not is_finished(out, c)], out, relative_cost or {})
+    unfinished = schedule(cells_to_run(out, cells, retry_failed, log), out, relative_cost or {})
     outcome = RunOutcome(threads_per_run=threads, mps="off (SLURM)")
     held = held_by_live_jobs(out)  # cells an earlier, detached run's jobs still hold: waited for, not resubmitted
     attached = [c for c in unfinished if c.key in held]
@@ -526,7 +541,7 @@ def run_cells_on_slurm(out: Path, cells: list[Cell], slurm, threads_per_run: int
         todo = wait_for_earlier_processes(out, [c for c in unfinished if c.key not in held], stop_grace_s, stop, log)
         resuming = sum(resumable_segments(out, c) is not None for c in todo)
         also = f" ({resuming} stopped earlier: resumed)" if resuming else ""
-        log(f"{len(cells) - len(unfinished)} of {len(cells)} cells already finished; running {len(todo)}{also} on SLURM.")
+        log(f"{sum(is_finished(out, c) for c in cells)} of {len(cells)} cells already finished; running {len(todo)}{also} on SLURM.")
         if (todo or attached) and not stop.requested:
             warm_evaluation_cache(sorted({c.prompt for c in todo}))
             env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}

@@ -5,9 +5,10 @@
 
 Nothing is written before the config has been composed and checked and the parts have been
 built, so bad input exits with code 2 and one paragraph and leaves nothing behind. A sweep
-(``-m``) composes and checks every run before the first one starts. Exit codes: 0 finished, 2 bad
-input, 74 a write found no space, 75 stopped by a signal with a checkpoint ("resume me"); see
-``scorelift.errors``.
+(``-m``) composes and checks every run before the first one starts, then runs them here, one
+after another, or as submitit jobs (``hydra/launcher=submitit_local|submitit_slurm``, see
+``scorelift.multirun``). Exit codes: 0 finished, 2 bad input, 74 a write found no space, 75
+stopped by a signal with a checkpoint ("resume me"); see ``scorelift.errors``.
 """
 
 from __future__ import annotations

@@ -74,12 +74,14 @@ setup(
         "diffusers>=0.30",
         "transformers>=4.40",
         "safetensors",
-        "hydra-core>=1.3",
+        # Below 1.4 and 2.4: hydra-submitit-launcher asks for hydra-core>=1.1.0.dev7, a pre-release
+        # specifier that lets pip pick release candidates (1.4.0rc3 with omegaconf 2.4.1rc1).
+        "hydra-core>=1.3,<1.4",
         # The benchmark's cells run as submitit jobs, locally or on SLURM; its local controller is
         # started the way this version starts it (scorelift.benchmark.local_cells), hence the pin.
         "submitit==1.5.4",
         "hydra-submitit-launcher==1.2.0",  # launch.py -m hydra/launcher=submitit_local|submitit_slurm
-        "omegaconf>=2.3",
+        "omegaconf>=2.3,<2.4",
         "imageio>=2.30",
         "imageio-ffmpeg",
         "numpy",

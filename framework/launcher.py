@@ -81,7 +81,7 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     from scorelift.checks import check_inputs
     from scorelift.library_noise import quiet_known_library_noise
-    from scorelift.multirun import SUBMITIT_LAUNCHERS, launcher_choice, run_on_submitit, sweep_job_plan
+    from scorelift.multirun import SUBMITIT_LAUNCHERS, launcher_choice, report, run_on_submitit, sweep_job_plan
     from scorelift.run import run
 
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc)
 
     setup_console_logging()
+    if args.multirun and set(plans) == {"skip"}:  # every job finished before: nothing to run or submit
+        return report([{"run_dir": str(d), "status": "skipped", "message": "finished before"} for d in run_dirs], sweep_dir)
     if launcher in SUBMITIT_LAUNCHERS:
         return run_on_submitit(args.overrides, sweep_dir, launcher)
     for (_, overrides), cfg, run_dir, plan in zip(composed, configs, run_dirs, plans):

@@ -14,6 +14,7 @@ import json
 import signal
 import socket
 import sys
+import time
 
 import pytest
 
@@ -40,6 +41,14 @@ def invocations(run_dir) -> list[dict]:
 def metric_steps(run_dir) -> list[int]:
     with open(run_dir / "logs" / "metrics.csv", newline="") as fh:
         return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def steps_on_disk(run_dir) -> list[int]:
+    """metric_steps of a file that may be being written this instant (then: what is readable)."""
+    try:
+        return metric_steps(run_dir)
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
@@ -72,7 +81,13 @@ def test_a_stop_signal_checkpoints_exits_75_and_resumes_bit_identical(sig, strai
 def test_sigkill_loses_only_the_rows_since_the_checkpoint_and_no_lock_stays(straight, tiny_pipeline_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = start(run_args(tiny_pipeline_dir, run_dir, STEPS))
-    wait_for_checkpoint(proc, run_dir, 6)
+    step = wait_for_checkpoint(proc, run_dir, 6)
+    # The checkpoint step's own row is written just after the checkpoint (Lightning logs a step's
+    # metrics after its batch-end callbacks; scorelift.outputs.logs): kill after that instant.
+    deadline = time.monotonic() + 60
+    while step - 1 not in steps_on_disk(run_dir):
+        assert time.monotonic() < deadline and proc.poll() is None, "the checkpoint step's row was never flushed"
+        time.sleep(0.01)
     proc.kill()
     proc.communicate(timeout=60)
     killed_at = final_step(run_dir)  # the checkpoint a SIGKILL leaves is whole

@@ -41,6 +41,10 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 KillWait=30
+# A requeued job waits out the job credential's lifetime before it may start again (default 120 s);
+# the tests requeue jobs, so keep it short. The main scheduling loop then runs every 2 s.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2
 MinJobAge=300
 MaxArraySize=1001
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN

@@ -151,8 +151,7 @@ def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preempt
     while "Requeued job" not in "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*")):
         assert time.monotonic() < deadline and driver.poll() is None, "job 0 was not requeued"
         time.sleep(0.2)
-    # SLURM holds a requeued job for about two minutes (its BeginTime); let it start now.
-    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True, timeout=60)
+    # The requeued job starts once the old job's credential expires (cred_expire, tests/slurm_cluster.sh).
     stdout, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stdout + stderr[-3000:]
     assert f"job 0: finished {sweep_dir / '0'}" in stdout and f"sweep {sweep_dir}: 2 of 2 runs finished" in stdout
@@ -160,3 +159,30 @@ def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preempt
     runs = json.loads((sweep_dir / "0" / "run_info.json").read_text())["invocations"]
     assert [(r["status"], r.get("signal")) for r in runs] == [("stopped", "SIGUSR2"), ("finished", None)]
     assert same_weights(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep_dir / "1" / "checkpoints" / "last.ckpt")
+
+
+def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tmp_path):
+    """SIGUSR2 (what SLURM sends ahead of a time limit, and on preemption where so configured):
+    the task stops its cell with a checkpoint, submitit requeues the task, and the requeued task
+    resumes the cell; the one driver invocation ends with the cell finished."""
+    out = tmp_path / "slurm"
+    cmd = [sys.executable, str(REPO / "benchmark.py"), str(preset), "--out", str(out), "--executor", "slurm",
+           "--stop-grace", "20", "--threads-per-run", "1"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    folder = out / "cells" / "paas" / "a_red_cube" / "s0"
+    deadline = time.monotonic() + 300
+    while not (folder / "run" / "checkpoints" / "last.ckpt").is_file():
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.2)
+    task = json.loads((out / "slurm_jobs.json").read_text())["submissions"][0]["task_ids"][0]
+    subprocess.run(["scancel", "--signal=USR2", task], check=True, timeout=60)
+    deadline = time.monotonic() + 120
+    while "Requeued job" not in "".join(p.read_text() for p in (out / ".submitit").glob(f"{task}/*_log.out")):
+        assert driver.poll() is None and time.monotonic() < deadline, "the task was not requeued"
+        time.sleep(0.2)
+    # The requeued job starts once the old job's credential expires (cred_expire, tests/slurm_cluster.sh).
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stdout + stderr
+    record = json.loads((folder / "cell.json").read_text())
+    assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
+    assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 1  # requeued, not resubmitted

@@ -197,9 +197,14 @@ def cells_to_run(out: Path, cells: list[Cell], retry_failed: bool, log) -> list[
     return unfinished
 
 
+# A cell stops with a checkpoint on SIGUSR2 too: SLURM sends the signal it was asked for ahead of a
+# time limit (submitit asks for SIGUSR2) to every process of the job step, the cell included.
+CELL_STOP_SIGNALS = "trainer.stop_signals=[SIGTERM,SIGUSR1,SIGINT,SIGUSR2]"
+
+
 def fresh_command(folder: Path, cell: Cell) -> list[str]:
     return [*LAUNCH, *cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}",
-            f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false"]
+            f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false", CELL_STOP_SIGNALS]
 
 
 def resume_command(folder: Path) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, open_dict
 
-from scorelift.command_line import KEYS_NOT_CARRIED
+from scorelift.command_line import KEYS_NOT_CARRIED, saved_overrides
 from scorelift.errors import EXIT_STOPPED, ConfigError, RunStopped, ScoreliftError
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ DEFAULT_MAX_NUM_TIMEOUT = 3
 
 def launcher_choice(overrides: list[str]) -> str | None:
     """The ``hydra/launcher=`` option the command line picks (None: Hydra's basic launcher)."""
-    picks = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "hydra/launcher"]
-    return picks[-1] if picks else None
+    from scorelift.compose import find_override
+
+    given = find_override(overrides, "hydra/launcher")
+    return given.split("=", 1)[1] if given else None
 
 
 # ------------------------------------------------------------------------------ resuming a sweep folder
@@ -67,7 +69,7 @@ def run_state(run_dir: Path) -> tuple[str | None, list[str] | None]:
 
 def comparable(overrides: list[str] | None) -> list[str]:
     """A run's own overrides, without those that name one invocation (resume, mode, hydra.*)."""
-    return [o for o in overrides or [] if not o.startswith(KEYS_NOT_CARRIED) and not o.lstrip("+~").startswith("hydra")]
+    return [o for o in saved_overrides(overrides or []) if not o.startswith(KEYS_NOT_CARRIED)]
 
 
 def same_overrides(saved: list[str] | None, given: list[str]) -> bool:

@@ -7,7 +7,7 @@ The stable public API that plugins import (everything else may move between vers
 - registration: ``register`` (class decorator), ``find`` (a registered class by kind and name);
 - interfaces: ``Geometry``, ``Renderer``, ``Background``, ``Guidance``, ``Loss``,
   ``DiffusionPrior``, ``Evaluator`` and the data they exchange (``GeometryOutput``, ``RenderOutput``,
-  ``TextConditioning``, ``CameraBatch``, ``GuidanceOutput``);
+  ``Conditioning`` (alias ``TextConditioning``), ``CameraBatch``, ``GuidanceOutput``);
 - building blocks: ``SDSGuidance`` / ``SDSConfig`` (subclass and override ``direction``),
   ``score_math`` (CFG, gradient injection, noise-level maps, seeded sampling), ``scheduled``;
 - errors: ``ScoreliftError``, ``ConfigError``, ``PluginError``, ``PriorLoadError``.
@@ -36,6 +36,7 @@ _PUBLIC = {
     "Loss": "scorelift.interfaces",
     "DiffusionPrior": "scorelift.interfaces",
     "Evaluator": "scorelift.interfaces",
+    "Conditioning": "scorelift.interfaces",
     "TextConditioning": "scorelift.interfaces",
     "CameraBatch": "scorelift.data.cameras",
     "SDSGuidance": "scorelift.plugins.guidance.sds",

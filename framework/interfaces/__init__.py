@@ -6,7 +6,7 @@ from scorelift.interfaces.base import BasePart, BaseModulePart
 from scorelift.interfaces.geometry import Geometry, GeometryOutput
 from scorelift.interfaces.guidance import Guidance, GuidanceOutput
 from scorelift.interfaces.loss import Loss
-from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.prior import Conditioning, DiffusionPrior, TextConditioning
 from scorelift.interfaces.renderer import RenderOutput, Renderer
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "Loss",
     "RenderOutput",
     "Renderer",
+    "Conditioning",
     "TextConditioning",
 ]

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from scorelift.interfaces.base import BasePart
-from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.prior import Conditioning, DiffusionPrior
 
 GuidanceOutput = dict  # {"loss": scalar to back-propagate, plus detached diagnostics}
 
@@ -42,7 +42,7 @@ class Guidance(BasePart):
         self,
         image: torch.Tensor,
         is_latent: bool,
-        text: TextConditioning,
+        text: Conditioning,
         generator: torch.Generator,
         cameras=None,
     ) -> GuidanceOutput:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from scorelift.errors import ConfigError
+from scorelift.plugins.priors.parameterisation import sigmas_from_alphas_cumprod  # noqa: F401  (the VE level of a tick)
 from scorelift.schedule import check_scheduled, scheduled
 from scorelift.transfer import to_device
 
@@ -63,12 +64,6 @@ def clamp_score(g: torch.Tensor, clip: float | None) -> torch.Tensor:
     return torch.where(torch.isfinite(g), g.clamp(-clip, clip), g)
 
 
-def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """VE noise level of each DDPM tick: ``sigma_t = sqrt((1 - ab_t) / ab_t)``; [T] -> [T]."""
-    ab = alphas_cumprod.double()
-    return ((1.0 - ab) / ab).sqrt().to(alphas_cumprod.dtype)
-
-
 def timesteps_from_sigmas(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The DDPM index whose sigma is nearest to ``sigma`` (compared in log space); any shape -> long.
 
@@ -113,9 +108,10 @@ def per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
 
-def expand_text(emb: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
-    """[B or 1, L, D] -> [B, L, D]; a mismatch is an error naming both sizes."""
-    if emb.shape[0] == batch_size:
+def expand_text(emb: torch.Tensor | None, batch_size: int, what: str) -> torch.Tensor | None:
+    """A conditioning entry for B or 1 views -> for B views: [B or 1, L, D] embeddings or [B or 1]
+    class labels; None (an unconditional prior) stays None. A mismatch is an error naming both sizes."""
+    if emb is None or emb.shape[0] == batch_size:
         return emb
     if emb.shape[0] == 1:
         return emb.expand(batch_size, *emb.shape[1:])

@@ -16,7 +16,7 @@ import torch
 
 from scorelift.errors import ConfigError
 from scorelift.interfaces.guidance import Guidance, GuidanceOutput
-from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.prior import Conditioning, DiffusionPrior
 from scorelift.registry import register
 from scorelift.plugins.guidance import score_math as sm
 
@@ -72,7 +72,7 @@ class SDSGuidance(Guidance):
         self,
         image: torch.Tensor,
         is_latent: bool,
-        text: TextConditioning,
+        text: Conditioning,
         generator: torch.Generator,
         cameras=None,
     ) -> GuidanceOutput:

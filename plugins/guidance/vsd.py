@@ -28,10 +28,11 @@ import torch.nn.functional as F
 
 from scorelift.errors import ConfigError
 from scorelift.interfaces.guidance import Guidance, GuidanceOutput
-from scorelift.interfaces.prior import TextConditioning
+from scorelift.interfaces.prior import Conditioning
 from scorelift.registry import register
 from scorelift.transfer import to_device
 from scorelift.plugins.guidance import score_math as sm
+from scorelift.plugins.priors import parameterisation as pz
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -142,26 +143,24 @@ class VSDGuidance(Guidance):
                 params[name].copy_(value)
         self.camera_embedding.load_state_dict(state["camera"])
 
-    def lora_forward(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-        """The LoRA model's raw prediction (eps or v, fp32) at (z_t [B, C, h, w], t [B]) with
-        embeddings [B, L, D] and cameras [B, 4, 4] (the camera embedding rides on the time embedding)."""
-        unet = self.lora_unet
+    def lora_forward(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor | None, c2w: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's raw prediction (what the prior predicts: eps, v, sample or score; fp32)
+        at (z_t [B, C, h, w], t [B]) with the view-independent conditioning (embeddings [B, L, D],
+        labels [B] or None) and cameras [B, 4, 4] (the camera embedding rides on the time embedding)."""
         self._camera_emb = self.camera_embedding(c2w.float())
         try:
-            return unet(z_t.to(unet.dtype), t, encoder_hidden_states=emb.to(unet.dtype)).sample.float()
+            return self.prior.denoiser_output(self.lora_unet, z_t, t, emb)
         finally:
             self._camera_emb = None
 
-    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-        """The LoRA model's eps (v-prediction converted) [B, C, h, w]."""
-        out = self.lora_forward(z_t, t, emb, c2w)
-        if self.prior.prediction_type == "v_prediction":
-            ab = sm.per_sample(self.prior.alphas_cumprod[t], z_t.ndim)
-            out = ab.sqrt() * out + (1.0 - ab).sqrt() * z_t.float()
-        return out
+    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor | None, c2w: torch.Tensor) -> torch.Tensor:
+        """The LoRA model's eps [B, C, h, w] (converted from what the prior predicts)."""
+        return self.prior.eps_from_output(self.lora_forward(z_t, t, emb, c2w), z_t, t)
 
-    def lora_loss(self, z0: torch.Tensor, emb: torch.Tensor, c2w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Diffusion loss of the LoRA model on detached latents z0 [B, C, h, w]; t' ~ U{0..T-1}."""
+    def lora_loss(self, z0: torch.Tensor, emb: torch.Tensor | None, c2w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Diffusion loss of the LoRA model on detached latents z0 [B, C, h, w]; t' ~ U{0..T-1};
+        in the prediction's own space (eps, v or the sample), or in eps space for a score model
+        (``parameterisation.training_target``)."""
         B, dev = z0.shape[0], z0.device
         t = sm.sample_timesteps(B, 0, self.prior.num_train_timesteps - 1, generator, dev)
         noise = sm.sample_noise(z0.shape, generator, dev)
@@ -170,11 +169,13 @@ class VSDGuidance(Guidance):
         ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z0.ndim)
         z_t = ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
         pred = self.lora_forward(z_t, t, emb, c2w)
-        target = noise if self.prior.prediction_type == "epsilon" else ab.sqrt() * noise - (1.0 - ab).sqrt() * z0
-        return F.mse_loss(pred, target)
+        kind, parameterisation = self.prior.prediction_type, self.prior.parameterisation
+        if pz.loss_space(kind) == "eps":
+            pred = self.prior.eps_from_output(pred, z_t, t)
+        return F.mse_loss(pred, pz.training_target(z0, noise, ab, kind, parameterisation))
 
     # ------------------------------------------------------------------ the guidance
-    def vsd_gradient(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, text: TextConditioning, c2w: torch.Tensor) -> torch.Tensor:
+    def vsd_gradient(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, text: Conditioning, c2w: torch.Tensor) -> torch.Tensor:
         """g = (1 - ab) (e_prior_cfg - e_lora) [B, C, h, w], computed without any graph."""
         B, dev = z.shape[0], z.device
         ab = sm.per_sample(self.prior.alphas_cumprod.to(dev)[t], z.ndim)
@@ -199,7 +200,7 @@ class VSDGuidance(Guidance):
         self,
         image: torch.Tensor,
         is_latent: bool,
-        text: TextConditioning,
+        text: Conditioning,
         generator: torch.Generator,
         cameras=None,
     ) -> GuidanceOutput:

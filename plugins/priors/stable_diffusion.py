@@ -10,7 +10,6 @@ and one classifier-free-guidance UNet call returning eps.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,19 @@ from scorelift import fast_path
 from scorelift.config import parse_config
 from scorelift.cuda_graphs import GraphedInference
 from scorelift.errors import ConfigError, PriorLoadError
-from scorelift.interfaces.prior import DiffusionPrior, TextConditioning
+from scorelift.interfaces.prior import DiffusionPrior
 from scorelift.registry import register
 from scorelift.plugins.priors.resize import resize_bilinear
+from scorelift.plugins.priors.text_conditioning import (  # noqa: F401  (VIEW_NAMES, default_view_templates: part of this module's API)
+    VIEW_NAMES,
+    TextPrompts,
+    check_prompt_length,
+    check_view_templates,
+    default_view_templates,
+)
 
 log = logging.getLogger(__name__)
 
-VIEW_NAMES = ("front", "side", "back", "overhead")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # What a complete pipeline directory must hold (sub-folder -> files, any one of each group).
@@ -51,16 +56,6 @@ VALID_LAYOUT = (
     "`prior.local_files_only=false` on a machine with network access, or pick the offline prior "
     "`prior=tiny-random`."
 )
-
-
-def default_view_templates() -> dict[str, str]:
-    """View-dependent prompting, DreamFusion style (as the shapes prior's captions)."""
-    return {
-        "front": "{prompt}, front view",
-        "side": "{prompt}, side view",
-        "back": "{prompt}, back view",
-        "overhead": "{prompt}, overhead view",
-    }
 
 
 @dataclass
@@ -125,52 +120,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"prior.dtype={name!r} is not known; use auto, {', '.join(DTYPES)}.")
     return DTYPES[name]
-
-
-def check_view_templates(templates: dict[str, str]) -> None:
-    for view, template in templates.items():
-        if view not in VIEW_NAMES:
-            raise ConfigError(
-                f"prior.view_templates has the key {view!r}; the view names are {', '.join(VIEW_NAMES)}."
-            )
-        if "{prompt}" not in template:
-            raise ConfigError(
-                f"prior.view_templates.{view}={template!r} lacks the placeholder {{prompt}} "
-                f"(write e.g. '{{prompt}}, {view} view')."
-            )
-    if templates and set(templates) != set(VIEW_NAMES):
-        missing = [v for v in VIEW_NAMES if v not in templates]
-        raise ConfigError(
-            f"prior.view_templates lacks {', '.join(missing)}; give a template for every view "
-            f"({', '.join(VIEW_NAMES)}) or an empty mapping for no view words."
-        )
-
-
-def prompt_length_error(
-    prompt: str, n: int, limit: int, view: str | None = None, template: str | None = None
-) -> ConfigError:
-    if view is None:
-        return ConfigError(
-            f"The prompt {prompt!r} is {n} tokens long (start and end tokens included), but the "
-            f"prior's tokenizer takes at most {limit}; shorten the prompt."
-        )
-    return ConfigError(
-        f"The prompt {prompt!r} with the {view} view words of prior.view_templates.{view} ({template!r}) is "
-        f"{n} tokens long (start and end tokens included), but the prior's tokenizer takes at most {limit}; "
-        f"shorten the prompt (or the view templates)."
-    )
-
-
-def check_prompt_length(tokenizer, prompt: str, templates: dict[str, str]) -> None:
-    """ConfigError if ``prompt`` alone or with any view's words exceeds the tokenizer's limit."""
-    limit = int(tokenizer.model_max_length)
-    n = len(tokenizer(prompt, truncation=False).input_ids)
-    if n > limit:
-        raise prompt_length_error(prompt, n, limit)
-    for view, template in templates.items():
-        n = len(tokenizer(template.format(prompt=prompt), truncation=False).input_ids)
-        if n > limit:
-            raise prompt_length_error(prompt, n, limit, view, template)
 
 
 def read_json(path: Path, model: str) -> dict:
@@ -242,7 +191,8 @@ def inspect_pipeline(path: Path, model: str) -> dict:
         pixel_size = latent_size * 2 ** (len(vae["block_out_channels"]) - 1)
     except (KeyError, TypeError, ValueError) as exc:
         raise load_error(model, f"its unet/ or vae/ config.json lacks a usable {exc}") from None
-    return {"latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
+    return {"space": "latent", "conditioning": "text", "has_unconditional": True,
+            "latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
 
 
 def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:
@@ -268,7 +218,7 @@ def load_tokenizer(path: Path, model: str):
 
 
 @register("prior", "stable-diffusion")
-class StableDiffusionPrior(DiffusionPrior):
+class StableDiffusionPrior(TextPrompts, DiffusionPrior):
     """A frozen Stable-Diffusion-format latent diffusion model.
 
     Attributes: unet, vae, tokenizer, text_encoder, scheduler (diffusers / transformers objects),
@@ -356,9 +306,9 @@ class StableDiffusionPrior(DiffusionPrior):
         sched = self.scheduler.config
         self.num_train_timesteps = int(sched.num_train_timesteps)
         self.prediction_type = str(getattr(sched, "prediction_type", "epsilon"))
-        if self.prediction_type not in ("epsilon", "v_prediction"):
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise load_error(
-                model, f"its scheduler predicts {self.prediction_type!r}; only epsilon and v_prediction are supported"
+                model, f"its scheduler predicts {self.prediction_type!r}; only epsilon, v_prediction and sample are supported"
             )
         ab = getattr(self.scheduler, "alphas_cumprod", None)
         if ab is None:
@@ -372,110 +322,8 @@ class StableDiffusionPrior(DiffusionPrior):
         # SD 1.x/2.x have no shift (None); the shapes prior stores one so latents have zero mean.
         self.vae_scale = float(getattr(self.vae.config, "scaling_factor", None) or 1.0)
         self.vae_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
-        self._text_cache: dict[str, torch.Tensor] = {}
-        self._text_key = self._text_encoder_fingerprint(local if local.exists() else None, source)
-
-    def _text_encoder_fingerprint(self, local: Path | None, source: str) -> str:
-        """Key of the on-disk text cache: the model plus (for a local directory) its text-encoder
-        and tokenizer files' sizes and times, so a retrained model never reads stale embeddings."""
-        parts = [source]
-        if local is not None:
-            for sub in ("text_encoder", "tokenizer"):
-                for f in sorted((local / sub).glob("*")):
-                    st = f.stat()
-                    parts.append(f"{sub}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-    # ------------------------------------------------------------------ text
-    def token_count(self, prompt: str) -> int:
-        """Tokens of ``prompt`` including the start and end tokens."""
-        return len(self.tokenizer(prompt, truncation=False).input_ids)
-
-    def validate_prompt(self, prompt: str) -> None:
-        """ConfigError for an empty prompt or one longer than the tokenizer's limit, alone or
-        with any view's words (the checks ``inspect`` makes at start-up, on a built prior)."""
-        super().validate_prompt(prompt)
-        check_prompt_length(self.tokenizer, prompt.strip(), self.cfg.view_templates)
-
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """N prompts -> [N, L, D] embeddings in the UNet's dtype on ``device``.
-
-        "" is the unconditional prompt. Each prompt is encoded once: an in-memory cache, and
-        an on-disk one (``text_cache_dir``) keyed by the model and the prompt.
-        """
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        for p in list(missing):
-            cached = self._read_disk_cache(p)
-            if cached is not None:
-                self._text_cache[p] = cached
-                missing.remove(p)
-        if missing:
-            emb = self._run_text_encoder(missing)
-            for p, e in zip(missing, emb):
-                self._text_cache[p] = e
-                self._write_disk_cache(p, e)
-        return torch.stack([self._text_cache[p] for p in prompts])
-
-    @torch.no_grad()
-    def _run_text_encoder(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        )
-        mask = None
-        # As diffusers' pipeline: only encoders trained with a mask get one (SD's CLIP does not).
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            mask = tokens.attention_mask.to(self.device)
-        out = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)
-        return out.last_hidden_state.to(self.dtype)
-
-    def _disk_path(self, prompt: str) -> Path | None:
-        if not self.cfg.text_cache_dir:
-            return None
-        key = hashlib.sha256(f"{self._text_key}\n{prompt}".encode()).hexdigest()[:32]
-        return Path(self.cfg.text_cache_dir).expanduser() / f"{key}.pt"
-
-    def _read_disk_cache(self, prompt: str) -> torch.Tensor | None:
-        path = self._disk_path(prompt)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location=self.device, weights_only=True).to(self.dtype)
-        except Exception:  # a truncated file from an interrupted run: recompute it
-            log.warning("Ignoring unreadable text-embedding cache file %s", path)
-            return None
-
-    def _write_disk_cache(self, prompt: str, emb: torch.Tensor) -> None:
-        path = self._disk_path(prompt)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(emb)}")
-        torch.save(emb.detach().cpu().clone(), tmp)
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-
-    def view_prompt(self, prompt: str, view: str) -> str:
-        """``prompt`` with the view words of ``view`` (front/side/back/overhead) per view_templates."""
-        templates = self.cfg.view_templates
-        if not templates:
-            return prompt
-        if view not in templates:
-            raise ValueError(f"Unknown view name {view!r}; the view names are {', '.join(VIEW_NAMES)}.")
-        return templates[view].format(prompt=prompt)
-
-    def condition(self, prompt: str, view_names: list[str]) -> TextConditioning:
-        """Embeddings for ``prompt`` seen from B views -> TextConditioning with [B, L, D] tensors.
-        The prompt was checked at start-up (``inspect`` / ``validate_prompt``), not here: this runs
-        every training step."""
-        prompt = prompt.strip()
-        views = [self.view_prompt(prompt, v) for v in view_names]
-        emb = self.encode_text(views + [prompt, ""])
-        B = len(view_names)
-        return TextConditioning(
-            cond=emb[:B],
-            uncond=emb[B + 1 : B + 2].expand(B, -1, -1),
-            cond_view_independent=emb[B : B + 1].expand(B, -1, -1),
-        )
+        self.text_attention_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        self.init_text_cache(local if local.exists() else None, source)
 
     # ------------------------------------------------------------------ images
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -507,6 +355,11 @@ class StableDiffusionPrior(DiffusionPrior):
         """A deep copy of the frozen UNet (still frozen: the caller picks what to train)."""
         return copy.deepcopy(self.unet)
 
+    def denoiser_output(self, net: torch.nn.Module, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """``net`` (the UNet or a copy) at latents z_t [B, C, h, w], ticks t [B] and text
+        embeddings cond [B, L, D] -> its raw prediction, float32 [B, C, h, w]."""
+        return net(z_t.to(net.dtype), t, encoder_hidden_states=cond.to(net.dtype)).sample.float()
+
     def _unet_forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x: [N, C, h, w], t: [N] long, emb: [N, L, D], all on the device in the UNet's dtype -> [N, C, h, w]."""
         return self.unet(x, t, encoder_hidden_states=emb).sample
@@ -523,17 +376,16 @@ class StableDiffusionPrior(DiffusionPrior):
         """One UNet call on [z_t, z_t] with [cond, uncond] (this order), under no_grad.
 
         z_t: [B, C, h, w]; t: [B] integer timesteps; cond, uncond: [B, L, D].
-        Returns (e_c, e_u), each [B, C, h, w] float32; v-prediction is converted to eps with
-        ``eps = sqrt(ab) v + sqrt(1 - ab) z_t``.
+        Returns (e_c, e_u), each [B, C, h, w] float32; v and sample predictions are converted to
+        eps (``eps_from_output``; for v, ``eps = sqrt(ab) v + sqrt(1 - ab) z_t``).
         """
         B = z_t.shape[0]
         t = t.to(self.device).long().reshape(B)
         x = torch.cat([z_t, z_t]).to(device=self.device, dtype=self.unet.dtype)
         emb = torch.cat([cond, uncond]).to(device=self.device, dtype=self.unet.dtype)
         out = self._eps_model(self._layout(x, self.unet_channels_last), torch.cat([t, t]), emb).float()
-        if self.prediction_type == "v_prediction":
-            ab = self.alphas_cumprod[torch.cat([t, t])].reshape(2 * B, 1, 1, 1)
+        if self.prediction_type != "epsilon":
             z32 = torch.cat([z_t, z_t]).to(device=self.device, dtype=torch.float32)  # not the fp16 copy
-            out = ab.sqrt() * out + (1.0 - ab).sqrt() * z32
+            out = self.eps_from_output(out, z32, torch.cat([t, t]))
         e_c, e_u = out.chunk(2)
         return e_c, e_u

@@ -24,8 +24,8 @@ class Conditioning:
     Text priors: cond [B, L, D] view-dependent prompt embeddings, uncond [B, L, D] empty-prompt
     embeddings, cond_view_independent [B, L, D] the prompt without view words (VSD's LoRA model).
     Class priors: [B] long class labels (uncond: the null class, or None where the model has none).
-    Unconditional priors: all three None; a guidance then makes one denoiser call on the
-    unconditional prediction (no classifier-free guidance) and says so in the log.
+    Unconditional priors: all three None; ``predict_eps`` then makes one denoiser call and returns
+    its eps as both predictions, so no classifier-free guidance applies.
     """
 
     cond: Optional[torch.Tensor]

@@ -11,7 +11,7 @@ Two eps estimates at the same z_t = sqrt(ab) z + sqrt(1 - ab) eps:
     g = (1 - ab) (e_prior_cfg - e_lora),  injected as dL/dz like SDS.
 
 Each call also trains the LoRA model on the detached render: t' ~ U{0 .. T-1}, the standard
-diffusion loss against eps or v (what the prior predicts), the camera zeroed with p = 0.1. That
+diffusion loss against what the prior predicts (eps, v or the sample; eps for a score model), the camera zeroed with p = 0.1. That
 loss is added to the returned ``loss``; it reaches only the LoRA and camera parameters (the
 render is detached), and the VSD gradient reaches only the render (both UNet passes for g run
 under no_grad). The system puts ``parameters()`` in its ``guidance`` optimizer group

@@ -1,5 +1,5 @@
 """Exact conversions between the parameterisations diffusion models are trained in and the one
-the guidance math uses (docs/methods.md, "Priors and their parameterisations").
+the guidance math uses (docs/methods.md, 1.2a "Priors in other parameterisations").
 
 The guidance works in variance-preserving (VP) notation at integer ticks t of a table
 ``alphas_cumprod`` [T]: ``z_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps``, and asks the prior for eps.
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "score")
-PARAMETERISATIONS = ("vp", "ve")
+from scorelift.interfaces.prior import PARAMETERISATIONS
 # Which outputs each parameterisation can have: v is defined for VP only, a score output is the
 # VE family's (diffusers' UNet2DModel with Fourier time features divides by sigma to give it).
 VALID = {"vp": ("epsilon", "v_prediction", "sample"), "ve": ("epsilon", "sample", "score")}
@@ -71,7 +70,7 @@ def eps_from_output(out: torch.Tensor, z_t: torch.Tensor, ab: torch.Tensor, pred
         if prediction_type == "sample":
             return (z_t - ab.sqrt() * out) / (1.0 - ab).sqrt()
     else:
-        sigma = ((1.0 - ab) / ab).sqrt()
+        sigma = sigmas_from_alphas_cumprod(ab)
         if prediction_type == "sample":
             return (z_t / ab.sqrt() - out) / sigma
         if prediction_type == "score":

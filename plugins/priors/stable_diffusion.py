@@ -24,8 +24,7 @@ from scorelift.errors import ConfigError, PriorLoadError
 from scorelift.interfaces.prior import DiffusionPrior
 from scorelift.registry import register
 from scorelift.plugins.priors.resize import resize_bilinear
-from scorelift.plugins.priors.text_conditioning import (  # noqa: F401  (VIEW_NAMES, default_view_templates: part of this module's API)
-    VIEW_NAMES,
+from scorelift.plugins.priors.text_conditioning import (
     TextPrompts,
     check_prompt_length,
     check_view_templates,

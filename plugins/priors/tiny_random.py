@@ -27,11 +27,8 @@ from scorelift.errors import ConfigError
 from scorelift.interfaces.base import BasePart
 from scorelift.registry import register
 from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer
-from scorelift.plugins.priors.stable_diffusion import (
-    StableDiffusionPrior,
-    check_local_pipeline,
-    default_view_templates,
-)
+from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
+from scorelift.plugins.priors.text_conditioning import default_view_templates
 
 log = logging.getLogger(__name__)
 

@@ -76,8 +76,9 @@ class StableDiffusionPriorConfig:
     text_cache_dir: Optional[str] = None
 
 
-def load_error(model: str, reason: str) -> PriorLoadError:
-    return PriorLoadError(f"Cannot load the diffusion prior from {model!r}: {reason}. {VALID_LAYOUT}")
+def load_error(model: str, reason: str, layout: str = VALID_LAYOUT) -> PriorLoadError:
+    """What failed for ``model`` and what a valid directory holds (``layout``: each loader's own)."""
+    return PriorLoadError(f"Cannot load the diffusion prior from {model!r}: {reason}. {layout}")
 
 
 def looks_like_path(model: str) -> bool:
@@ -85,21 +86,23 @@ def looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
-def check_pipeline_dir(path: Path, model: str) -> None:
-    """Raise PriorLoadError naming ``model`` if ``path`` is not a complete pipeline directory."""
+def check_pipeline_dir(path: Path, model: str, parts: dict[str, list[tuple[str, ...]]] = REQUIRED_PARTS,
+                       layout: str = VALID_LAYOUT) -> None:
+    """Raise PriorLoadError naming ``model`` if ``path`` is not a complete pipeline directory: a
+    model_index.json and, for each sub-folder of ``parts``, one file of each group of names."""
     if not path.exists():
-        raise load_error(model, f"the directory {str(path)!r} does not exist")
+        raise load_error(model, f"the directory {str(path)!r} does not exist", layout)
     if not path.is_dir():
-        raise load_error(model, f"{str(path)!r} is a file, not a directory")
+        raise load_error(model, f"{str(path)!r} is a file, not a directory", layout)
     if not (path / "model_index.json").is_file():
-        raise load_error(model, f"{str(path)!r} has no model_index.json")
-    for part, groups in REQUIRED_PARTS.items():
+        raise load_error(model, f"{str(path)!r} has no model_index.json", layout)
+    for part, groups in parts.items():
         folder = path / part
         if not folder.is_dir():
-            raise load_error(model, f"{str(path)!r} has no {part}/ sub-folder")
+            raise load_error(model, f"{str(path)!r} has no {part}/ sub-folder", layout)
         for group in groups:
             if not any((folder / name).is_file() for name in group):
-                raise load_error(model, f"{str(folder)!r} lacks {' or '.join(group)}")
+                raise load_error(model, f"{str(folder)!r} lacks {' or '.join(group)}", layout)
 
 
 def dtype_keyword() -> str:
@@ -121,16 +124,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def read_json(path: Path, model: str) -> dict:
+def read_json(path: Path, model: str, layout: str = VALID_LAYOUT) -> dict:
     import json
 
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise load_error(model, f"{str(path)!r} is not a readable JSON file ({type(exc).__name__}: {exc})") from None
+        raise load_error(model, f"{str(path)!r} is not a readable JSON file ({type(exc).__name__}: {exc})", layout) from None
 
 
-def check_safetensors(path: Path, model: str) -> None:
+def check_safetensors(path: Path, model: str, layout: str = VALID_LAYOUT) -> None:
     """A safetensors file whose header promises more bytes than the file holds is a truncated
     download: say so before diffusers fails on it (reads the header only)."""
     import json
@@ -145,14 +148,14 @@ def check_safetensors(path: Path, model: str) -> None:
             header = json.loads(fh.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
-        raise load_error(model, f"{str(path)!r} is not a valid safetensors file (truncated or corrupt)") from None
+        raise load_error(model, f"{str(path)!r} is not a valid safetensors file (truncated or corrupt)", layout) from None
     if 8 + header_len + end > size:
         raise load_error(
-            model, f"{str(path)!r} is truncated ({size} bytes of {8 + header_len + end}); download it again"
+            model, f"{str(path)!r} is truncated ({size} bytes of {8 + header_len + end}); download it again", layout
         )
 
 
-def locate_pipeline(model: str, local_files_only: bool) -> Path | None:
+def locate_pipeline(model: str, local_files_only: bool, layout: str = VALID_LAYOUT) -> Path | None:
     """The local directory ``model`` names (a path, or a hub id's cached snapshot); None for a hub
     id that may be downloaded at load time. PriorLoadError for a hub id that is not cached offline."""
     local = Path(model).expanduser()
@@ -169,6 +172,7 @@ def locate_pipeline(model: str, local_files_only: bool) -> Path | None:
             model,
             "it is not a local directory, it is not in the local Hugging Face cache, and nothing is "
             "downloaded (offline: `prior.local_files_only` is true)",
+            layout,
         ) from None
 
 

@@ -114,7 +114,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path | None) -> None:
 
 
 def check_prompt(prompt) -> str:
-    """The prompt, stripped; ConfigError if it is not text or is empty (any prior)."""
+    """The prompt, stripped; ConfigError if it is not text or is empty (a conditioned prior)."""
     if isinstance(prompt, (int, float)) and not isinstance(prompt, bool):
         prompt = str(prompt)
     if not isinstance(prompt, str) or not prompt.strip():
@@ -122,6 +122,42 @@ def check_prompt(prompt) -> str:
             f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
         )
     return prompt.strip()
+
+
+def given_prompt(prompt) -> str | None:
+    """The prompt stripped, or None where there is none (null or blank: an unconditional prior's
+    run); ConfigError for a value that is not text (a list, a mapping, true/false)."""
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        return None
+    return check_prompt(prompt)
+
+
+def check_conditioning(cfg: DictConfig, prompt: str | None, facts: dict, guidance_cls, guidance_cfg) -> None:
+    """The prompt and the CFG settings against what the prior is conditioned on: an unconditional
+    prior takes no prompt, and a prior without an unconditional branch (unconditional, or a class
+    model without a null class) has no classifier-free guidance to set."""
+    conditioning = facts.get("conditioning")
+    prior = f"prior={cfg.prior.type}" + (f" ({cfg.prior.model})" if "model" in cfg.prior else "")
+    if conditioning == "none" and prompt is not None:
+        raise ConfigError(
+            f"prompt={prompt!r} was given, but {prior} is an unconditional model: it takes no prompt. Run it "
+            f"with prompt=null (what it makes is what it was trained on), or pick a text-conditioned prior."
+        )
+    if conditioning != "none" and prompt is None:
+        check_prompt(cfg.prompt)  # raises: a conditioned prior needs a prompt
+    guided = conditioning != "none" and facts.get("has_unconditional", True)
+    if conditioning is None or guided:
+        return
+    defaults = guidance_cls.Config() if getattr(guidance_cls, "Config", None) else None
+    why = ("is unconditional" if conditioning == "none"
+           else "has no unconditional branch (no null class)")
+    for key in ("guidance_scale", "cfg_convention"):
+        if defaults is not None and hasattr(defaults, key) and getattr(guidance_cfg, key) != getattr(defaults, key):
+            raise ConfigError(
+                f"guidance.{key}={getattr(guidance_cfg, key)!r} sets classifier-free guidance, but {prior} {why}: "
+                f"there is one prediction and nothing to guide against, so the setting would be ignored. Remove "
+                f"guidance.{key} from the command line (or pick a prior with an unconditional branch)."
+            )
 
 
 def checkpoint_system(ckpt: Path | None) -> str | None:
@@ -213,7 +249,7 @@ def check_resolution(cfg: DictConfig, kind: str | None, facts: dict) -> None:
         pixels = facts.get("pixel_size")
         takes = f"{pixels}x{pixels}" if pixels else "square"
         raise ConfigError(
-            f"data.height x data.width is {height}x{width}, but the prior's VAE takes {takes} images and "
+            f"data.height x data.width is {height}x{width}, but the prior takes {takes} images and "
             f"a non-square render would be stretched to a square; set data.width={height} (renders of "
             f"any square size are resized to the prior's)."
         )
@@ -234,6 +270,14 @@ def check_composition(cfg: DictConfig, parts: dict, facts: dict) -> None:
         )
     kind = geometry_cls.feature_kind_of(geometry_cfg)
     guidance = cfg.guidance.type
+    if kind == "latent" and facts.get("space") == "pixel":
+        raise ConfigError(
+            f"prior={cfg.prior.type} is a pixel-space model (no VAE, so there are no latents to render), but "
+            f"this system renders {n_geometry}-channel latents (geometry.feature_activation="
+            f"{getattr(geometry_cfg, 'feature_activation', '?')}). Render RGB: geometry.n_features=3 "
+            f"geometry.feature_activation=sigmoid background.n_features=3 (the prior's presets do this). Valid "
+            f"combinations: README, 'Methods and valid combinations'."
+        )
     if kind == "latent":
         channels = facts.get("latent_channels")
         if None not in (channels, n_geometry) and n_geometry != channels:
@@ -286,7 +330,12 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
     for key, value in (("deterministic", cfg.deterministic), ("fast_path", fast_path.setting(cfg))):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false.")
-    prompt = check_prompt(cfg.prompt)
+    prompt = given_prompt(cfg.prompt)
+    target = OmegaConf.select(cfg, "evaluate_as")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int, float))):
+        raise ConfigError(
+            f"evaluate_as={target!r} must be text (what the evaluators score the run as, e.g. 'a cube') or null."
+        )
     check_trainer(cfg)
     check_sampler_config(parse_config(CameraSamplerConfig, cfg.data, "data"))
     if cfg.mode == "export":
@@ -321,6 +370,10 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
             f"{cfg.prior.type!r} ({prior_cls.__name__}) does not declare (its capabilities: "
             f"{', '.join(sorted(prior_cls.capabilities)) or 'none'}). Pick another guidance or a prior that has it."
         )
-    facts = prior_cls.inspect(prior_cfg, prompt)
+    if prior_cls.conditioning != "none" and prompt is None:
+        check_prompt(cfg.prompt)  # raises: a text prior needs a prompt to inspect
+    facts = {"space": prior_cls.space, "conditioning": prior_cls.conditioning,
+             "has_unconditional": prior_cls.has_unconditional, **prior_cls.inspect(prior_cfg, prompt)}
+    check_conditioning(cfg, prompt, facts, *parts["guidance"])
     check_composition(cfg, parts, facts)
     check_memory(cfg, parts)  # scorelift.memory: the geometry's parameters against the device

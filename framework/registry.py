@@ -191,7 +191,7 @@ REQUIRED_METHODS = {
     "background": ("scorelift.interfaces.background", "Background", ("forward",)),
     "guidance": ("scorelift.interfaces.guidance", "Guidance", ("__call__",)),
     "loss": ("scorelift.interfaces.loss", "Loss", ("__call__",)),
-    "prior": ("scorelift.interfaces.prior", "DiffusionPrior", ("encode_text", "condition", "encode_images", "decode_latents", "predict_eps")),
+    "prior": ("scorelift.interfaces.prior", "DiffusionPrior", ("condition", "encode_images", "decode_latents", "predict_eps")),
     "evaluator": ("scorelift.interfaces.evaluator", "Evaluator", ("applies_to", "measure")),
 }
 

@@ -8,8 +8,11 @@ from importlib import resources
 from omegaconf import OmegaConf
 
 
-def slugify(text: str, max_len: int = 60) -> str:
-    """'A red cube, front view!' -> 'a_red_cube_front_view' (safe as a directory name)."""
+def slugify(text: str | None, max_len: int = 60) -> str:
+    """'A red cube, front view!' -> 'a_red_cube_front_view' (safe as a directory name); no prompt
+    (null: an unconditional prior's run) -> 'unconditional'."""
+    if text is None or not str(text).strip():
+        return "unconditional"
     slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")
     return slug[:max_len] or "empty"
 

@@ -279,7 +279,7 @@ def run_mode(cfg, system, run_dir: Path, device, stop: StopSignals, point: Resum
         record_end(run_dir, "finished")
         return result
     timer = StepTimer(run_dir)
-    evaluation = Evaluation(applicable_evaluators(cfg.evaluators, cfg.prompt), cfg.prompt, run_dir,
+    evaluation = Evaluation(applicable_evaluators(cfg.evaluators, cfg.evaluate_as), cfg.evaluate_as, run_dir,
                             cfg.trainer.eval_every, timer)
     if cfg.mode == "test":
         step = load_weights(system, point.path)

@@ -64,6 +64,7 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
     }
     info = {
         "prompt": cfg["prompt"],
+        "evaluate_as": cfg.get("evaluate_as", cfg["prompt"]),
         "seed": cfg["seed"],
         "system": cfg["system"]["name"],
         "guidance": cfg["guidance"]["type"],

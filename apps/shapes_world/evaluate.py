@@ -172,16 +172,61 @@ def _check_views(rgb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, 
     return rgb, alpha
 
 
-def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str, shape: str) -> dict:
+def parse_target(text) -> tuple[str | None, str] | None:
+    """(colour, shape) of what a run is scored as: a world prompt ('a red cube'), or a shape alone
+    ('a cube', 'cube': a run of an unconditional prior of one shape, any colour) -> (None, shape);
+    None when the text names neither."""
+    parsed = parse_prompt(text)
+    if parsed is not None or not isinstance(text, str):
+        return parsed
+    words = " ".join(text.strip().lower().rstrip(".").split()).split(" ")
+    if words and words[0] in ("a", "an"):
+        words = words[1:]
+    return (None, words[0]) if len(words) == 1 and words[0] in SHAPES else None
+
+
+def _view_predictions(rgb: torch.Tensor, true_shade: torch.Tensor, true_alpha: torch.Tensor) -> list[int]:
+    """Per view, the index into ALL_OBJECTS of the nearest of the 36 objects at that camera, each
+    object at its own best rotation for that view. rgb [8, 3, 64, 64]; truth [6, 18, 8, 64, 64]."""
+    x = rgb.reshape(N_VIEWS, 3, -1)
+    predictions = []
+    for k in range(N_VIEWS):
+        geo_shade = true_shade[:, :, k].reshape(-1, EVAL_SIZE * EVAL_SIZE)  # [6 * 18, P]
+        geo_alpha = true_alpha[:, :, k].reshape(-1, EVAL_SIZE * EVAL_SIZE)
+        dist = _object_distances(x[k : k + 1], geo_shade, geo_alpha)  # [1, 6 colours, 6 * 18]
+        dist = dist.reshape(1, len(COLOURS), len(SHAPES), len(ROTATIONS_DEG)).amin(-1)
+        predictions.append(int(_nearest_object(dist)))
+    return predictions
+
+
+def identified_colour(predictions: list[int], shape: str) -> str:
+    """The colour a shape-only target is scored in: the commonest colour among the views
+    identified as ``shape`` (among all views if none is), ties to the earlier colour of COLOURS."""
+    on_shape = [ALL_OBJECTS[p][0] for p in predictions if ALL_OBJECTS[p][1] == shape]
+    pool = on_shape or [ALL_OBJECTS[p][0] for p in predictions]
+    return max(COLOURS, key=lambda c: (pool.count(c), -COLOURS.index(c)))
+
+
+def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str | None, shape: str) -> dict:
     """Metrics of 8 views of a generated object against the true (colour, shape).
 
     rgb: [8, 3, 64, 64] in [0, 1], alpha: [8, 1, 64, 64] (opacity), at evaluation_cameras(64).
-    Returns dict(iou, colour_error, identification, rotation_deg, view_predictions), see the module
-    docstring; view_predictions names the nearest object of each view.
+    ``colour`` None (a shape-only target, 'a cube'): identification counts the views whose nearest
+    object has the shape, in any colour, and IoU and colour error are measured against the shape
+    in the colour it is identified as (``identified_colour``).
+    Returns dict(iou, colour_error, identification, rotation_deg, view_predictions,
+    identified_colour), see the module docstring; view_predictions names the nearest object of
+    each view.
     """
     rgb, alpha = _check_views(rgb, alpha)
-    s, c = shape_index(shape), colour_index(colour)
     true_shade, true_alpha = evaluation_truth()
+    predictions = _view_predictions(rgb, true_shade, true_alpha)
+    if colour is None:
+        colour = identified_colour(predictions, shape)
+        identification = sum(ALL_OBJECTS[p][1] == shape for p in predictions) / N_VIEWS
+    else:
+        identification = sum(p == object_index(colour, shape) for p in predictions) / N_VIEWS
+    s, c = shape_index(shape), colour_index(colour)
 
     # IoU over the 8 views pooled, for each candidate rotation of the true object.
     pred_mask = alpha > 0.5  # [8, H, W]
@@ -197,24 +242,13 @@ def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str, shape: s
     both = (true_mask[best] & pred_mask)[:, None].expand_as(rgb)
     colour_error = float((rgb - true_rgb).abs()[both].mean()) if both.any() else 1.0
 
-    # Identification: per view, nearest of the 36 objects, each at its best rotation for that view.
-    target = object_index(colour, shape)
-    x = rgb.reshape(N_VIEWS, 3, -1)
-    predictions = []
-    for k in range(N_VIEWS):
-        geo_shade = true_shade[:, :, k].reshape(-1, EVAL_SIZE * EVAL_SIZE)  # [6 * 18, P]
-        geo_alpha = true_alpha[:, :, k].reshape(-1, EVAL_SIZE * EVAL_SIZE)
-        dist = _object_distances(x[k : k + 1], geo_shade, geo_alpha)  # [1, 6 colours, 6 * 18]
-        dist = dist.reshape(1, len(COLOURS), len(SHAPES), len(ROTATIONS_DEG)).amin(-1)
-        predictions.append(int(_nearest_object(dist)))
-    identification = sum(p == target for p in predictions) / N_VIEWS
-
     return dict(
         iou=float(iou[best]),
         colour_error=colour_error,
         identification=identification,
         rotation_deg=ROTATIONS_DEG[best],
         view_predictions=[object_prompt(*ALL_OBJECTS[p]) for p in predictions],
+        identified_colour=colour,
     )
 
 
@@ -271,18 +305,19 @@ def _find_key(tree, key: str):
 
 
 def read_run_prompt(run_dir: str | Path) -> str:
-    """The prompt of a run: run_info.json key "prompt", else config.yaml (or .hydra/config.yaml) key prompt."""
+    """What a run is scored as: run_info.json key "evaluate_as" (else "prompt"), else config.yaml
+    (or .hydra/config.yaml) key evaluate_as (else prompt)."""
     run_dir = Path(run_dir)
     info = run_dir / "run_info.json"
-    if info.is_file():
-        prompt = _find_key(json.loads(info.read_text()), "prompt")
-        if prompt is not None:
-            return prompt
+    sources = [json.loads(info.read_text())] if info.is_file() else []
     for config in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if config.is_file():
             import yaml
 
-            prompt = _find_key(yaml.safe_load(config.read_text()), "prompt")
+            sources.append(yaml.safe_load(config.read_text()))
+    for tree in sources:
+        for key in ("evaluate_as", "prompt"):
+            prompt = _find_key(tree, key)
             if prompt is not None:
                 return prompt
     raise ValueError(f"No prompt found for run {run_dir}: expected run_info.json or config.yaml with a 'prompt' key.")
@@ -296,16 +331,18 @@ def evaluate_run_dir(run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     prompt = read_run_prompt(run_dir)
-    parsed = parse_prompt(prompt)
+    parsed = parse_target(prompt)
     if parsed is None:
         raise ValueError(
             f"The prompt {prompt!r} of run {run_dir} is not in the shapes world: expected "
-            f"'a {{colour}} {{shape}}' with colour in {', '.join(COLOURS)} and shape in {', '.join(SHAPES)}."
+            f"'a {{colour}} {{shape}}' (or 'a {{shape}}' for a run scored in any colour) with colour in "
+            f"{', '.join(COLOURS)} and shape in {', '.join(SHAPES)}."
         )
     colour, shape = parsed
     rgb = torch.stack([_load_png(run_dir / "eval" / f"view_{k}.png", 3) for k in range(N_VIEWS)])
     alpha = torch.stack([_load_png(run_dir / "eval" / f"alpha_{k}.png", 1) for k in range(N_VIEWS)])
-    metrics = dict(prompt=prompt, colour=colour, shape=shape, **evaluate_views(rgb, alpha, colour, shape))
+    metrics = evaluate_views(rgb, alpha, colour, shape)
+    metrics = dict(prompt=prompt, colour=metrics["identified_colour"], shape=shape, **metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

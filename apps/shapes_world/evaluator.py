@@ -14,7 +14,6 @@ import torch
 from scorelift import register
 from scorelift.data.cameras import evaluation_cameras
 from scorelift.interfaces.evaluator import Evaluator
-from scorelift.shapes_world.world import parse_prompt
 
 EVAL_RESOLUTION = 64  # the world's evaluation images are 64 x 64
 
@@ -38,18 +37,21 @@ def render_evaluation_views(system) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register("evaluator", "shapes-world")
 class ShapesWorldEvaluator(Evaluator):
-    """Scores prompts 'a {colour} {shape}' of the shapes world against its analytic ground truth."""
+    """Scores prompts 'a {colour} {shape}' of the shapes world against its analytic ground truth,
+    and shape-only targets 'a {shape}' (any colour: the runs of an unconditional one-shape prior)."""
 
     metrics = ("iou", "colour_error", "identification")
 
     def applies_to(self, prompt: str) -> bool:
-        return parse_prompt(prompt) is not None
+        from scorelift.shapes_world.evaluate import parse_target
+
+        return parse_target(prompt) is not None
 
     def measure(self, system, prompt: str) -> dict[str, float]:
-        from scorelift.shapes_world.evaluate import evaluate_views
+        from scorelift.shapes_world.evaluate import evaluate_views, parse_target
 
         rgb, alpha = render_evaluation_views(system)
-        m = evaluate_views(rgb, alpha, *parse_prompt(prompt))
+        m = evaluate_views(rgb, alpha, *parse_target(prompt))
         return {key: m[key] for key in self.metrics}
 
     def write(self, system, prompt: str, run_dir: Path) -> dict:

@@ -102,7 +102,8 @@ class DiffusionPrior(BasePart):
         check_prompt(prompt)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """N prompts -> [N, L, D] embeddings (cached); "" is the unconditional prompt."""
+        """Text priors: N prompts -> [N, L, D] embeddings (cached); "" is the unconditional prompt.
+        Not required of class and unconditional priors (``condition`` is the interface)."""
         raise NotImplementedError
 
     def condition(self, prompt: str | None, view_names: list[str]) -> Conditioning:

@@ -27,8 +27,11 @@ from scorelift.outputs.timing import StepTimer
 log = logging.getLogger(__name__)
 
 
-def applicable_evaluators(names, prompt: str) -> list:
-    """The evaluators named in ``names`` that have ground truth for ``prompt``."""
+def applicable_evaluators(names, prompt: str | None) -> list:
+    """The evaluators named in ``names`` that have ground truth for ``prompt`` (the run's
+    ``evaluate_as``; None: nothing to score)."""
+    if prompt is None:
+        return []
     chosen = [registry.find("evaluator", name)() for name in names]
     return [e for e in chosen if e.applies_to(prompt)]
 

@@ -8,6 +8,7 @@ trains (VSD's LoRA) is saved and restored explicitly through ``on_save_checkpoin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ from scorelift.registry import register
 from scorelift.schedule import check_scheduled, scheduled
 from scorelift.systems import contracts
 from scorelift.systems.optim import OptimizerConfig, build_optimizer, check_optimizer_config
+
+log = logging.getLogger(__name__)
 
 # Independent random streams of one training step (see step_generator).
 STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
@@ -75,7 +78,8 @@ class ScoreDistillationSystem(pl.LightningModule):
         super().__init__()
         self.cfg = parse_config(SystemConfig, cfg["system"], "system")
         self.data_cfg = parse_config(CameraSamplerConfig, cfg["data"], "data")
-        self.prompt = str(cfg["prompt"])
+        # None: no prompt (an unconditional prior; the start-up check allows it only there).
+        self.prompt = None if cfg["prompt"] is None or not str(cfg["prompt"]).strip() else str(cfg["prompt"]).strip()
         self.seed = int(cfg["seed"])
         self.max_steps = int(cfg["trainer"]["max_steps"])
         object.__setattr__(self, "prior", prior)  # not a submodule: never checkpointed or moved
@@ -86,6 +90,11 @@ class ScoreDistillationSystem(pl.LightningModule):
         guidance = builders.build("guidance", cfg["guidance"], prior)
         object.__setattr__(self, "guidance", guidance)
         self.guidance_name = str(cfg["guidance"]["type"])
+        conditioning = getattr(prior, "conditioning", "text")
+        if conditioning == "none" or not getattr(prior, "has_unconditional", True):
+            what = "is unconditional" if conditioning == "none" else f"is {conditioning}-conditioned without a null class"
+            log.info("The prior %s: guidance=%s uses its single prediction, with no classifier-free guidance "
+                     "(guidance_scale and cfg_convention do not apply).", what, self.guidance_name)
         self.loss_terms = {name: builders.build_named("loss", name, opts) for name, opts in self.cfg.losses.items()}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0

@@ -20,6 +20,7 @@ the UNet call and the gradient injection are SDS's (this class only changes ``di
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ import torch
 from scorelift.errors import ConfigError
 from scorelift.registry import register
 from scorelift.plugins.guidance.sds import SDSConfig, SDSGuidance
+
+log = logging.getLogger(__name__)
 
 COMBINES = ("switch", "add")
 
@@ -83,6 +86,14 @@ class SSDGuidance(SDSGuidance):
         T = prior.num_train_timesteps  # tau's range depends on the prior's schedule
         if not 0 <= int(self.cfg.tau) <= T:
             raise ConfigError(f"guidance.tau={self.cfg.tau} must lie in 0..{T} (a DDPM index; the paper uses 200; 0 is CSD).")
+        # Without an unconditional branch (an unconditional prior, a class prior without a null
+        # class) h = e_c - e_u is zero: no mode-disengaging term, and nothing to rescale d_ms to.
+        # What is left of SSD is its variance-reduced mode-seeking term d_ms, used at every t.
+        self.unguided = getattr(prior, "conditioning", "text") == "none" or not getattr(prior, "has_unconditional", True)
+        if self.unguided:
+            log.info("guidance=ssd on a prior without an unconditional branch: h = e_c - e_u is zero, so the "
+                     "guidance is SSD's variance-reduced term d_ms = e - c eps at every t, not rescaled (tau, "
+                     "combine and rescale do not apply).")
 
     def terms(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
         """The decomposition: w h (mode-disengaging), e_c (mode-seeking), -eps (variance-reducing),
@@ -98,6 +109,8 @@ class SSDGuidance(SDSGuidance):
     def direction(self, e_c: torch.Tensor, e_u: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         parts = self.terms(e_c, e_u, eps)
         wh, d_ms = parts["disengaging"], parts["d_ms"]
+        if self.unguided:
+            return d_ms
         if self.cfg.rescale:
             d_ms = d_ms * per_sample_norm(wh) / per_sample_norm(d_ms).clamp_min(1e-12)
         low = (t <= int(self.cfg.tau)).view(-1, *([1] * (wh.ndim - 1)))

@@ -110,7 +110,20 @@ class VSDGuidance(Guidance):
             from peft import LoraConfig
         except ImportError as exc:  # peft is a dependency, but say what to do if it is missing
             raise ConfigError("guidance=vsd needs peft for its LoRA adapters: pip install peft.") from exc
-        lora.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+        try:
+            if hasattr(lora, "add_adapter"):  # diffusers' conditional UNets carry peft's adapter API
+                lora.add_adapter(config)
+            else:  # a UNet2DModel does not: peft injects the same "default" adapter into any module
+                from peft import inject_adapter_in_model
+
+                inject_adapter_in_model(config, lora)
+        except ValueError as exc:  # peft: "Target modules ... not found in the base model"
+            raise ConfigError(
+                f"guidance=vsd trains LoRA adapters on the attention projections ({', '.join(LORA_TARGETS)}) of "
+                f"the prior's denoiser, and {type(lora).__name__} of this prior has none (a UNet without attention "
+                f"blocks); use guidance=sds, ssd or paas with this prior. ({(str(exc).splitlines() or [''])[0]})"
+            ) from None
         for name, p in lora.named_parameters():
             p.requires_grad_("lora_" in name)
             if "lora_" in name:

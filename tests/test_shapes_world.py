@@ -290,6 +290,24 @@ def test_wrong_colour_or_shape_is_identified_as_wrong():
     assert wrong_shape["identification"] == 0.0 and wrong_shape["iou"] < 0.9
 
 
+def test_a_shape_only_target_is_scored_in_the_colour_it_is_identified_as():
+    assert ev.parse_target("a cube") == (None, "cube") and ev.parse_target(" An  Torus. ") == (None, "torus")
+    assert ev.parse_target("a red cube") == ("red", "cube") and ev.parse_target("a chair") is None
+    rgb, alpha = _truth_views("green", "cube")
+    m = ev.evaluate_views(rgb, alpha, None, "cube")
+    assert m["identified_colour"] == "green" and m["identification"] == 1.0
+    assert m["iou"] == pytest.approx(1.0) and m["colour_error"] == pytest.approx(0.0, abs=1e-6)
+    # Five views of a green cube and three of a red one: identified green; every view is a cube.
+    red, _ = _truth_views("red", "cube")
+    rgb[5:] = red[5:]
+    m = ev.evaluate_views(rgb, alpha, None, "cube")
+    assert m["identified_colour"] == "green" and m["identification"] == 1.0 and m["colour_error"] > 0.05
+    rgb, alpha = _truth_views("blue", "sphere")
+    m = ev.evaluate_views(rgb, alpha, None, "cube")
+    assert m["identification"] == 0.0 and m["identified_colour"] == "blue" and m["iou"] < 0.9
+    assert ev.identified_colour([ev.object_index("red", "cube")] * 2 + [ev.object_index("blue", "cube")] * 2, "cube") == "red"
+
+
 def test_rotated_cube_found_by_rotation_search():
     rgb, alpha = _truth_views("yellow", "cube", rot=30.0)
     m = ev.evaluate_views(rgb, alpha, "yellow", "cube")

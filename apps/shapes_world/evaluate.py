@@ -204,7 +204,8 @@ def identified_colour(predictions: list[int], shape: str) -> str:
     identified as ``shape`` (among all views if none is), ties to the earlier colour of COLOURS."""
     on_shape = [ALL_OBJECTS[p][0] for p in predictions if ALL_OBJECTS[p][1] == shape]
     pool = on_shape or [ALL_OBJECTS[p][0] for p in predictions]
-    return max(COLOURS, key=lambda c: (pool.count(c), -COLOURS.index(c)))
+    names = list(COLOURS)
+    return max(names, key=lambda c: (pool.count(c), -names.index(c)))
 
 
 def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str | None, shape: str) -> dict:

@@ -237,3 +237,28 @@ def test_a_failed_cell_is_reported_with_its_log_and_re_run_only_when_asked(tmp_p
     assert "0 of 1 cells already finished; running 0" in again.stdout
     retried = bench(str(preset), "--out", str(out), "--retry-failed", check=False)
     assert retried.returncode == 1 and "running 1 with" in retried.stdout and "failed earlier" not in retried.stdout
+
+
+def test_an_unconditional_preset_runs_prompt_less_cells_scored_as_its_target(tmp_path):
+    """``unconditional: true``: each cell runs with prompt=null and is scored as the preset's prompt."""
+    from tests.tiny_pixel_pipelines import build_ddpm
+
+    model = build_ddpm(tmp_path / "ddpm")
+    preset = tmp_path / "uncond.yaml"
+    preset.write_text(
+        "unconditional: true\nprompts: [a cube]\nseeds: [0]\nsteps: 3\n"
+        f"common: [prior=diffusers-unet, 'prior.model={model}', system=dreamfusion, geometry.n_features=3, "
+        "geometry.feature_activation=sigmoid, background.n_features=3, data.height=16, data.width=16, "
+        "geometry.resolution=12, system.views.n_frames=8]\n"
+        "methods: {sds: [guidance=sds]}\n"
+    )
+    cell = spec_mod.expand(spec_mod.load_spec(str(preset)))[0]
+    assert cell.unconditional and cell.prompt_overrides() == ["prompt=null", "evaluate_as=a cube"]
+    out = tmp_path / "out"
+    bench(str(preset), "--out", str(out), "--threads-per-run", "1")
+    (row,) = read_csv(out / "results.csv")
+    assert row["status"] == "ok" and row["prompt"] == "a cube" and row["iou"] != ""  # scored as "a cube"
+    info = json.loads(next(out.glob("cells/sds/*/s0/run/run_info.json")).read_text())
+    assert info["prompt"] is None and info["evaluate_as"] == "a cube"
+    metrics = json.loads(next(out.glob("cells/sds/*/s0/run/metrics.json")).read_text())
+    assert metrics["shape"] == "cube" and metrics["colour"] in ("red", "orange", "yellow", "green", "blue", "purple")

@@ -203,7 +203,7 @@ CELL_STOP_SIGNALS = "trainer.stop_signals=[SIGTERM,SIGUSR1,SIGINT,SIGUSR2]"
 
 
 def fresh_command(folder: Path, cell: Cell) -> list[str]:
-    return [*LAUNCH, *cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}",
+    return [*LAUNCH, *cell.overrides, *cell.prompt_overrides(), f"seed={cell.seed}",
             f"hydra.run.dir={folder / 'run'}", "trainer.progress_bar=false", CELL_STOP_SIGNALS]
 
 
@@ -421,9 +421,9 @@ class MpsDaemon:
 def warm_evaluation_cache(prompts: list[str]) -> None:
     """Render the shapes world's ground truth once, here, so that concurrent cells only read the
     cache file instead of all rendering (and writing) it at once."""
-    from scorelift.shapes_world.world import parse_prompt
+    from scorelift.shapes_world.evaluate import parse_target
 
-    if any(parse_prompt(p) for p in prompts):
+    if any(parse_target(p) for p in prompts):
         from scorelift.shapes_world.evaluate import evaluation_truth
 
         evaluation_truth()

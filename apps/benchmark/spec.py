@@ -18,7 +18,7 @@ from scorelift.errors import ConfigError
 from scorelift.resolvers import package_data_path, slugify
 
 PRESET_DIR = Path(package_data_path("scorelift.benchmark", "presets"))
-KEYS = {"description", "prompts", "seeds", "steps", "eval_every", "common", "methods", "relative_cost"}
+KEYS = {"description", "prompts", "seeds", "steps", "eval_every", "common", "methods", "relative_cost", "unconditional"}
 
 
 @dataclass
@@ -34,14 +34,24 @@ class BenchmarkSpec:
     # method -> its cells' expected run time relative to the others (default 1), used only to start
     # the slowest cells first; measured times of finished cells replace it (runner.schedule).
     relative_cost: dict[str, float] = field(default_factory=dict)
+    # true: the prior is unconditional, and the prompts are what its cells are scored as ("a cube"):
+    # each cell runs with prompt=null evaluate_as=<prompt>.
+    unconditional: bool = False
 
 
 @dataclass(frozen=True)
 class Cell:
     method: str
-    prompt: str
+    prompt: str  # the cell's prompt, or (unconditional) what it is scored as
     seed: int
     overrides: tuple[str, ...] = field(compare=False)
+    unconditional: bool = False
+
+    def prompt_overrides(self) -> list[str]:
+        """How the cell's prompt reaches launch.py: as the prompt, or (unconditional) as the target."""
+        if self.unconditional:
+            return ["prompt=null", f"evaluate_as={self.prompt}"]
+        return [f"prompt={self.prompt}"]
 
     @property
     def key(self) -> str:
@@ -52,7 +62,8 @@ class Cell:
     def fingerprint(self) -> str:
         """Changes when anything that defines the cell's result changes (a finished cell whose
         fingerprint differs is stale and runs again)."""
-        text = json.dumps([self.method, self.prompt, self.seed, list(self.overrides)])
+        parts = [self.method, self.prompt, self.seed, list(self.overrides)] + (["unconditional"] if self.unconditional else [])
+        text = json.dumps(parts)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -88,6 +99,7 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
         common=[str(o) for o in raw.get("common", [])],
         methods={str(k): [str(o) for o in v] for k, v in raw["methods"].items()},
         relative_cost={str(k): float(v) for k, v in (raw.get("relative_cost") or {}).items()},
+        unconditional=bool(raw.get("unconditional", False)),
     )
     check_spec(spec)
     return spec
@@ -106,7 +118,7 @@ def check_spec(spec: BenchmarkSpec) -> None:
                 f"Benchmark {spec.name!r}: relative_cost {method}: {cost} must name one of the preset's methods "
                 f"({', '.join(spec.methods)}) and give it a positive number (its cells' run time relative to the others)."
             )
-    owned = ("prompt=", "seed=", "trainer.max_steps=", "hydra.run.dir=")
+    owned = ("prompt=", "evaluate_as=", "seed=", "trainer.max_steps=", "hydra.run.dir=")
     for name, overrides in [("common", spec.common), *spec.methods.items()]:
         for o in overrides:
             if o.startswith(owned):
@@ -150,5 +162,5 @@ def expand(spec: BenchmarkSpec, extra: list[str] | None = None) -> list[Cell]:
                     f"trainer.max_steps={spec.steps}",
                     f"trainer.eval_every={spec.eval_every}",
                 ]
-                cells.append(Cell(method, prompt, seed, tuple(full)))
+                cells.append(Cell(method, prompt, seed, tuple(full), spec.unconditional))
     return cells

@@ -52,7 +52,9 @@ setup(
     package_dir=PACKAGE_DIR,
     package_data={
         "scorelift.configs": ["*.yaml", "*/*.yaml"],
-        "scorelift.shapes_world": ["prior/*", "prior/*/*", "training/*.md", "training/*.sh"],
+        "scorelift.shapes_world": [
+            "prior/*", "prior/*/*", "pixel_prior/*", "pixel_prior/*/*", "training/*.md", "training/*.sh",
+        ],
         "scorelift.shapes_world.configs": ["*/*.yaml", "*/*/*.yaml"],  # prior/, preset/, part_preset/<kind>/
         "scorelift.benchmark": ["presets/*.yaml"],
     },

@@ -57,6 +57,7 @@ def test_one_top_level_package_with_its_data(installed):
     for data in ("configs/config.yaml", "configs/system/sjc.yaml", "shapes_world/configs/prior/shapes.yaml",
                  "shapes_world/configs/preset/shapes_sjc.yaml", "shapes_world/configs/part_preset/guidance/shapes_sjc_paas.yaml",
                  "shapes_world/prior/unet/diffusion_pytorch_model.safetensors", "shapes_world/prior/tokenizer/vocab.json",
+                 "shapes_world/pixel_prior/unet/diffusion_pytorch_model.safetensors", "shapes_world/pixel_prior/model_index.json",
                  "benchmark/presets/ci.yaml"):
         assert (package / data).is_file(), data
     where = subprocess.run([sys.executable, "-c", "import scorelift, scorelift.plugins; print(scorelift.__file__); "
@@ -71,7 +72,7 @@ def test_list_from_an_unrelated_directory(installed):
     assert listed.returncode == 0, listed.stderr[-2000:]
     for name in ("paas", "sds", "ssd", "vsd", "voxel-grid", "hash-grid", "stable-diffusion", "shapes-world"):
         assert f"  {name} " in listed.stdout, name
-    assert "prior presets (prior=...): shapes, stable-diffusion, tiny-random" in listed.stdout
+    assert "prior presets (prior=...): deepfloyd-if, diffusers-unet, pixel-cubes, score-sde, shapes, stable-diffusion, tiny-random" in listed.stdout
     bench = subprocess.run([str(installed["target"] / "bin" / "scorelift-bench"), "--help"], capture_output=True,
                            text=True, env=installed["env"], cwd=installed["cwd"])
     assert bench.returncode == 0 and bench.stdout.startswith("usage: scorelift-bench"), bench.stderr[-2000:]

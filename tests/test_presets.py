@@ -29,12 +29,17 @@ EXPECTED = {
                               "lat-tanh-e50-ann", "rgb-e50", "rgb-adam05-e50", "df", "df-lr03"], 4, [0], 1000, 0),
     "shapes-tuning-round3": (["rgbA", "rgbA-e100", "rgbA-lr1", "rgbA-nb", "rgbA-s20", "lat-adam", "lat-adam-nb",
                               "dfA-lr03", "dfA-lr05"], 6, [0], 1000, 0),
+    "pixel-cubes-schedule": (["paas-annealed", "paas-random"], 1, [0, 1, 2, 3, 4, 5], 1000, 100),
+    "pixel-cubes-tuning": (["paas", "paas-e0", "paas-e5", "paas-annealed", "paas-annealed-e5", "paas-annealed-e200",
+                            "sjc-sds", "sds"], 1, [0, 1], 1000, 0),
+    "shapes-schedule": (["paas-annealed", "paas-random"], 6, [0, 1, 2, 3, 4, 5], 1000, 100),
 }
 
 # Presets whose every method must start on today's configs (the shapes-tuning-round* presets record
 # earlier tuning rounds, whose latent-render variants the current shapes presets no longer accept;
 # sd and determinism-sd need a Stable Diffusion pipeline on disk).
-RUNNABLE = ["ci", "full", "determinism-shapes", "mps-probe", "shapes-defaults", "shapes-ssd-vsd"]
+RUNNABLE = ["ci", "full", "determinism-shapes", "mps-probe", "shapes-defaults", "shapes-ssd-vsd", "shapes-schedule",
+            "pixel-cubes-schedule", "pixel-cubes-tuning"]
 
 
 def test_every_preset_file_has_an_expectation():
@@ -88,6 +93,7 @@ def test_runnable_preset_methods_pass_the_start_up_checks(name):
     for cell in spec_mod.expand(spec):
         first.setdefault(cell.method, cell)
     for method, cell in first.items():
-        cfg = compose_config([*cell.overrides, f"prompt={cell.prompt}", f"seed={cell.seed}"], with_hydra=False)
+        # unconditional presets pass prompt=null and score the cell as its prompt (evaluate_as)
+        cfg = compose_config([*cell.overrides, *cell.prompt_overrides(), f"seed={cell.seed}"], with_hydra=False)
         check_inputs(cfg)
         assert cfg.trainer.max_steps == spec.steps, method

@@ -56,7 +56,7 @@ setup(
             "prior/*", "prior/*/*", "pixel_prior/*", "pixel_prior/*/*", "training/*.md", "training/*.sh",
         ],
         "scorelift.shapes_world.configs": ["*/*.yaml", "*/*/*.yaml"],  # prior/, preset/, part_preset/<kind>/
-        "scorelift.benchmark": ["presets/*.yaml"],
+        "scorelift.benchmark": ["presets/*.yaml", "claims/*.yaml"],
     },
     entry_points={
         # The shapes world plugs into the core like any third-party package: its evaluator.

@@ -113,6 +113,20 @@ def test_paas_gradient_matches_hand_computation(tiny_prior, text, var_red):
     assert out["grad_norm"].item() == pytest.approx(expected.norm().item(), rel=1e-4)
 
 
+def test_paas_without_perturbation_scores_the_clean_render(tiny_prior, text):
+    """perturb: false (the naive score of SJC's Sec. 3.3): the eps model sees y / sqrt(1 + sigma^2)
+    itself, no noise, so dL/dy = e_cfg(y / sqrt(1 + sigma^2), t) with var_red on or off."""
+    for var_red in (True, False):
+        guidance = make_paas(tiny_prior, var_red=var_red, perturb=False, guidance_scale=7.5, cfg_convention="standard")
+        y = latent(2)
+        guidance(y, True, text, torch.Generator().manual_seed(5))["loss"].backward()
+        g = torch.Generator().manual_seed(5)
+        t = torch.randint(10, 970, (B,), generator=g)
+        sigma = sm.sigmas_from_alphas_cumprod(tiny_prior.alphas_cumprod)[t].reshape(B, 1, 1, 1)
+        e_cfg, _, _ = hand_eps(tiny_prior, y.detach() / (1 + sigma**2).sqrt(), t, text, 7.5, "standard")
+        torch.testing.assert_close(y.grad * B, e_cfg, rtol=1e-4, atol=1e-4)
+
+
 def test_paas_averages_n_samples(tiny_prior, text):
     guidance = make_paas(tiny_prior, n_samples=3, cfg_convention="threestudio", guidance_scale=10.0)
     y = latent(1)

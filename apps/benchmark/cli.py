@@ -63,7 +63,8 @@ def machine_description() -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="scorelift-bench", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("preset", help=f"a preset name ({', '.join(spec_mod.preset_names())}) or a YAML file")
+    ap.add_argument("preset", help=f"a preset name ({', '.join(spec_mod.preset_names())}) or a YAML file; or `claims` "
+                                   "(python benchmark.py claims --help): the papers' claims and their verdicts")
     ap.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     ap.add_argument("--workers", "--cells-per-gpu", type=int, default=1, dest="workers",
                     help="cells run at once on each GPU, or on the CPU where there is no GPU (default 1)")
@@ -124,6 +125,10 @@ def slurm_options(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["claims"]:  # the papers' claims, each judged on its own cells
+        from scorelift.benchmark import claims_cli
+
+        return claims_cli.main(argv[1:])
     args = parse_args(argv)
     try:
         spec = spec_mod.select(spec_mod.load_spec(args.preset), args.methods, args.seeds, args.prompts)

@@ -141,6 +141,19 @@ def _gif_uri(gif: Path) -> str:
     return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def turntable_html(run: Path, size: int = 160) -> str:
+    """A run's turntable as an embedded element: its mp4 (poster: the first frame), else its GIF as
+    WebP, else a dash."""
+    mp4, gif, strip = run / "turntable.mp4", run / "turntable.gif", run / "turntable_strip.png"
+    poster = f' poster="{_poster(strip)}"' if strip.is_file() else ""
+    if mp4.is_file():
+        return (f'<video width="{size}" height="{size}" autoplay loop muted playsinline{poster} '
+                f'src="{_data_uri(mp4, "video/mp4")}"></video>')
+    if gif.is_file():
+        return f'<img width="{size}" height="{size}" src="{_gif_uri(gif)}">'
+    return "–"
+
+
 def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell]) -> str:
     """An HTML table: rows prompts, columns methods, each the first seed's turntable (mp4, or a GIF as WebP)."""
     seed = spec.seeds[0]
@@ -150,16 +163,7 @@ def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell]) -> str:
     for prompt in spec.prompts:
         tds = [f"<td>{html.escape(prompt)}</td>"]
         for method in spec.methods:
-            run = cell_dir(out, by_key[(method, prompt)]) / "run"
-            mp4, gif, strip = run / "turntable.mp4", run / "turntable.gif", run / "turntable_strip.png"
-            poster = f' poster="{_poster(strip)}"' if strip.is_file() else ""
-            if mp4.is_file():
-                tds.append(f'<td><video width="160" height="160" autoplay loop muted playsinline{poster} '
-                           f'src="{_data_uri(mp4, "video/mp4")}"></video></td>')
-            elif gif.is_file():
-                tds.append(f'<td><img width="160" height="160" src="{_gif_uri(gif)}"></td>')
-            else:
-                tds.append("<td>–</td>")
+            tds.append(f"<td>{turntable_html(cell_dir(out, by_key[(method, prompt)]) / 'run')}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table class='videos'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -82,15 +82,23 @@ def load_spec(name_or_path: str) -> BenchmarkSpec:
             f"{', '.join(preset_names())}; or pass the path of a YAML file with keys {sorted(KEYS)}."
         )
     raw = yaml.safe_load(path.read_text()) or {}
+    return spec_from_mapping(path.stem, raw, f"Benchmark preset {str(path)!r}")
+
+
+def spec_from_mapping(name: str, raw: dict, where: str) -> BenchmarkSpec:
+    """A BenchmarkSpec from a preset's keys (a preset file, or one benchmark of a claim file);
+    ``where`` names it in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {sorted(KEYS)}, got {type(raw).__name__}.")
     unknown = set(raw) - KEYS
     missing = {"prompts", "seeds", "steps", "methods"} - set(raw)
     if unknown or missing:
         raise ConfigError(
-            f"Benchmark preset {str(path)!r}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
+            f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
             f"the keys are {sorted(KEYS)}."
         )
     spec = BenchmarkSpec(
-        name=path.stem,
+        name=name,
         description=str(raw.get("description", "")),
         prompts=[str(p) for p in raw["prompts"]],
         seeds=[int(s) for s in raw["seeds"]],

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 from scorelift.data.cameras import CameraBatch, evaluation_cameras, make_cameras
+from scorelift.atomic import write_text_atomic
+from scorelift.shapes_world import claim_measures
 from scorelift.shapes_world.dataset import save_png
 from scorelift.shapes_world.render import RENDER_KEY, albedo_table, render_shading
 from scorelift.shapes_world.world import (
@@ -217,7 +219,8 @@ def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str | None, s
     in the colour it is identified as (``identified_colour``).
     Returns dict(iou, colour_error, identification, rotation_deg, view_predictions,
     identified_colour), see the module docstring; view_predictions names the nearest object of
-    each view.
+    each view. Also the claims' view measures against the truth at that rotation (floaters,
+    oversaturation, sharpness_ratio, centring_offset: claim_measures.py).
     """
     rgb, alpha = _check_views(rgb, alpha)
     true_shade, true_alpha = evaluation_truth()
@@ -242,6 +245,7 @@ def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str | None, s
     true_rgb = albedo * true_shade[s, best][:, None] + (1.0 - true_alpha[s, best][:, None])  # [8, 3, H, W]
     both = (true_mask[best] & pred_mask)[:, None].expand_as(rgb)
     colour_error = float((rgb - true_rgb).abs()[both].mean()) if both.any() else 1.0
+    claim = claim_measures.view_measures(rgb, alpha, true_rgb, true_alpha[s, best])
 
     return dict(
         iou=float(iou[best]),
@@ -250,6 +254,7 @@ def evaluate_views(rgb: torch.Tensor, alpha: torch.Tensor, colour: str | None, s
         rotation_deg=ROTATIONS_DEG[best],
         view_predictions=[object_prompt(*ALL_OBJECTS[p]) for p in predictions],
         identified_colour=colour,
+        **claim,
     )
 
 
@@ -324,11 +329,28 @@ def read_run_prompt(run_dir: str | Path) -> str:
     raise ValueError(f"No prompt found for run {run_dir}: expected run_info.json or config.yaml with a 'prompt' key.")
 
 
-def evaluate_run_dir(run_dir: str | Path) -> dict:
+def load_eval_views(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's eval/view_k.png and eval/alpha_k.png: rgb [8, 3, 64, 64] and alpha [8, 1, 64, 64]."""
+    eval_dir = Path(run_dir) / "eval"
+    rgb = torch.stack([_load_png(eval_dir / f"view_{k}.png", 3) for k in range(N_VIEWS)])
+    alpha = torch.stack([_load_png(eval_dir / f"alpha_{k}.png", 1) for k in range(N_VIEWS)])
+    return rgb, alpha
+
+
+def _geometry_measures_written(run_dir: Path) -> dict:
+    """The measures of an earlier metrics.json that the views cannot give again (re-evaluating a
+    run from its PNGs keeps them)."""
+    path = run_dir / "metrics.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    return {key: old[key] for key in claim_measures.GEOMETRY_MEASURES if key in old}
+
+
+def evaluate_run_dir(run_dir: str | Path, extra: dict | None = None) -> dict:
     """Evaluate a finished run: reads eval/view_k.png, eval/alpha_k.png and the prompt.
 
-    Writes run_dir/metrics.json (prompt, colour, shape, iou, colour_error, identification, and the
-    best rotation and per-view predictions) and returns the same dict.
+    Writes run_dir/metrics.json (prompt, colour, shape, iou, colour_error, identification, the
+    claims' view measures, the best rotation and per-view predictions, and ``extra``: measures
+    that need more than the views, such as disconnected_mass) atomically, and returns the same dict.
     """
     run_dir = Path(run_dir)
     prompt = read_run_prompt(run_dir)
@@ -340,11 +362,11 @@ def evaluate_run_dir(run_dir: str | Path) -> dict:
             f"{', '.join(COLOURS)} and shape in {', '.join(SHAPES)}."
         )
     colour, shape = parsed
-    rgb = torch.stack([_load_png(run_dir / "eval" / f"view_{k}.png", 3) for k in range(N_VIEWS)])
-    alpha = torch.stack([_load_png(run_dir / "eval" / f"alpha_{k}.png", 1) for k in range(N_VIEWS)])
+    rgb, alpha = load_eval_views(run_dir)
     metrics = evaluate_views(rgb, alpha, colour, shape)
     metrics = dict(prompt=prompt, colour=metrics["identified_colour"], shape=shape, **metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics.update(_geometry_measures_written(run_dir) if extra is None else extra)
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

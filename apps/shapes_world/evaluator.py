@@ -56,9 +56,11 @@ class ShapesWorldEvaluator(Evaluator):
 
     def write(self, system, prompt: str, run_dir: Path) -> dict:
         """eval/view_k.png and eval/alpha_k.png, then the metrics read back from those 8-bit files
-        (``python -m scorelift.shapes_world.evaluate RUN_DIR`` gives the same numbers later)."""
-        from scorelift.shapes_world import evaluate
+        (``python -m scorelift.shapes_world.evaluate RUN_DIR`` gives the same view metrics later),
+        with the geometry's disconnected_mass, which needs the density and not the views."""
+        from scorelift.shapes_world import claim_measures, evaluate
 
         rgb, alpha = render_evaluation_views(system)
         evaluate.write_eval_views(run_dir, rgb, alpha)
-        return evaluate.evaluate_run_dir(run_dir)
+        extra = dict(disconnected_mass=claim_measures.disconnected_mass(system.geometry))
+        return evaluate.evaluate_run_dir(run_dir, extra=extra)

@@ -6,7 +6,8 @@ tick t with ``sigma = sqrt((1 - ab_t) / ab_t)``, draw n ~ N(0, I), ``z = y + sig
     D(z, sigma) = z - sigma * e_cfg(z / sqrt(1 + sigma^2), t)      (integer t, never sigma)
 
 Ascent direction per draw: var_red (Eq. 16) ``(D - y) / sigma = n - e_cfg``; otherwise (Eq. 15)
-``(D - z) / sigma = -e_cfg``. Averaged over ``n_samples`` draws; dL/dy is minus that average
+``(D - z) / sigma = -e_cfg``. ``perturb: false`` scores the clean render itself (n = 0: the
+naive score the paper shows failing, kept as an ablation). Averaged over ``n_samples`` draws; dL/dy is minus that average
 (``e_cfg - n`` with var_red: SDS with uniform weight), injected like SDS.
 """
 
@@ -44,6 +45,10 @@ class PAASConfig:
     var_red: bool = True
     # Noise draws averaged per step (the authors used 1); each costs one UNet call of batch 2B.
     n_samples: int = 1
+    # false: the naive score SJC argues against (its Sec. 3.3): the denoiser is evaluated at the
+    # clean render itself, z = y (no noise added, n = 0), at the same noise levels, so the ascent is
+    # -e_cfg(y / sqrt(1 + sigma^2), t). An ablation for the paper's claim; never a better default.
+    perturb: bool = True
 
 
 @register("guidance", "paas")
@@ -110,6 +115,8 @@ class PAASGuidance(Guidance):
         with torch.no_grad():
             for _ in range(self.cfg.n_samples):
                 n = sm.sample_noise(y.shape, generator, dev)
+                if not self.cfg.perturb:
+                    n = torch.zeros_like(n)  # drawn all the same, so the generator's stream is unchanged
                 z_ve = y.detach() + sigma * n
                 # The DDPM input for the VE point z_ve: sqrt(ab) (y + sigma n) = z_ve / sqrt(1 + sigma^2).
                 e_c, e_u = prior.predict_eps(z_ve / (1.0 + sigma**2).sqrt(), t, cond, uncond)

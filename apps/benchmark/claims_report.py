@@ -15,6 +15,7 @@ from scorelift.benchmark import claim_values, verdict
 from scorelift.benchmark.claim_spec import Claim, Part, Plan
 from scorelift.benchmark.report import CSS, _data_uri, _fmt, html_table, info_lines, markdown_table, turntable_html
 from scorelift.benchmark.runner import cell_dir, read_json
+from scorelift.benchmark.spec import Cell
 
 # Which way is better, for the figure's axis labels.
 MEASURE_LABELS = {
@@ -190,15 +191,24 @@ def write_claims_report(out: Path, claims: list[Claim], plan: Plan, info: dict) 
     return results
 
 
-def _arm_turntables(out: Path, claim: Claim, plan: Plan) -> str:
-    heads, cells = [], []
+def arm_representatives(out: Path, claim: Claim, plan: Plan) -> list[tuple[str, Cell | None]]:
+    """(label, representative cell or None) per arm of the claim, in the claim's order: the cell whose
+    value of the benchmark's first measured per-cell part is the arm's median (IoU for the
+    benchmarks whose measure is not per cell)."""
+    chosen = []
     for bname, spec in claim.benchmarks.items():
         metric = next((p.metric for p in claim.parts + claim.diagnosis if p.benchmark == bname), "iou")
         metric = "iou" if metric in ("iou_at_shared_time", "geometry_spread", "colour_spread") else metric
         for arm in spec.methods:
-            cell = representative(out, plan.arms[(claim.name, bname, arm)], metric)
             label = f"{bname}.{arm}" if len(claim.benchmarks) > 1 else arm
-            caption = "" if cell is None else f"<br><small>{html.escape(cell.prompt)}, seed {cell.seed}</small>"
-            heads.append(f"<th>{html.escape(label)}</th>")
-            cells.append("<td>–</td>" if cell is None else f"<td>{turntable_html(cell_dir(out, cell) / 'run', 128)}{caption}</td>")
+            chosen.append((label, representative(out, plan.arms[(claim.name, bname, arm)], metric)))
+    return chosen
+
+
+def _arm_turntables(out: Path, claim: Claim, plan: Plan) -> str:
+    heads, cells = [], []
+    for label, cell in arm_representatives(out, claim, plan):
+        caption = "" if cell is None else f"<br><small>{html.escape(cell.prompt)}, seed {cell.seed}</small>"
+        heads.append(f"<th>{html.escape(label)}</th>")
+        cells.append("<td>–</td>" if cell is None else f"<td>{turntable_html(cell_dir(out, cell) / 'run', 128)}{caption}</td>")
     return f"<table class='videos'><thead><tr>{''.join(heads)}</tr></thead><tbody><tr>{''.join(cells)}</tr></tbody></table>"

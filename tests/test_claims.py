@@ -185,3 +185,13 @@ def test_an_unknown_claim_is_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert "--claims 'sjc-paas,beauty': ['beauty'] not a claim; the claims: sds-cfg, sjc-paas" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_claim_file_of_ones_own_is_chosen_by_its_path(tmp_path):
+    from scorelift.benchmark.claims_cli import select_claims
+
+    path = write_claim(tmp_path, "{sentence: s, benchmark: main, a: x, b: y, metric: iou, expect: greater}")
+    assert select_claims(f"sjc-paas,{path}") == ["sjc-paas", str(path)]
+    assert claim_spec.load_claim(str(path)).name == "mine"
+    with pytest.raises(ConfigError, match=r"not a claim; .* or the path of a claim file"):
+        select_claims(str(tmp_path / "missing.yaml"))

@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="scorelift-bench claims", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    ap.add_argument("--claims", help=f"comma-separated subset of the claims ({', '.join(claim_spec.claim_names())})")
+    ap.add_argument("--claims", help=f"comma-separated subset of the claims ({', '.join(claim_spec.claim_names())}), or paths of claim files")
     ap.add_argument("--size", choices=claim_spec.SIZES, default="full",
                     help="full: the claims' own budgets (default); ci: 4 steps, 3 seeds, the first prompt "
                          "(checks that everything runs; its verdicts mean nothing)")
@@ -50,9 +50,9 @@ def select_claims(text: str | None) -> list[str]:
     if not text:
         return names
     chosen = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in chosen if n not in names]
+    bad = [n for n in chosen if n not in names and not (n.endswith((".yaml", ".yml")) and Path(n).is_file())]
     if bad or not chosen:
-        raise claim_spec.ConfigError(f"--claims {text!r}: {bad or 'nothing'} not a claim; the claims: {', '.join(names)}.")
+        raise claim_spec.ConfigError(f"--claims {text!r}: {bad or 'nothing'} not a claim; the claims: {', '.join(names)}, or the path of a claim file (.yaml).")
     return chosen
 
 

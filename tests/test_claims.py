@@ -81,7 +81,7 @@ def test_every_claim_loads_and_shared_cells_run_once():
             assert len(b.seeds) >= 5 and b.steps == 1000, c.name
     plan = claim_spec.plan(claims)
     arm_cells = sum(len(v) for v in plan.arms.values())
-    assert len(plan.cells) == 280 < arm_cells == 375
+    assert len(plan.cells) == 288 < arm_cells == 383
     # SJC's shapes preset at seed 0 on the red cube is the baseline of four claims: one cell.
     baseline = {id(next(c for c in plan.arms[key] if c.prompt == "a red cube" and c.seed == 0))
                 for key in [("sjc-paas", "main", "paas"), ("sjc-schedule", "text", "random"),

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     state = ckpt["state_dict"]
     grid = state["geometry.density_grid"]
     radius = float(state["geometry.bbox"][1, 0])
-    outside = float(grid.flatten()[0])  # the corner is outside every object: the grid's initial value
+    outside = float(grid.flatten()[0])  # a corner voxel, outside every object: about the grid's initial value
     density, features = cube_grid(args.colour, grid.shape[-1], radius, args.inside, outside)
     state["geometry.density_grid"], state["geometry.feature_grid"] = density, features
     for optimizer in ckpt["optimizer_states"]:

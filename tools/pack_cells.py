@@ -1,0 +1,57 @@
+"""Pack a benchmark or claims output folder without checkpoints and logs, to move it between machines.
+
+    python tools/pack_cells.py <out dir> <dest dir> [part MB, default 15]
+
+Writes <dest dir>/cells.tar.gz.part00, part01, ... (split so each part stays under a transfer limit).
+Kept: the folder's top-level files; per cell its records (cell.json, segments.json, failed.json, and
+stdout.log where the cell failed) and what reports and verdicts read from its run (metrics.json,
+eval_curve.csv, timing.json, run_info.json, config.yaml, eval/, the turntable and its strip,
+grid.png). Left out: checkpoints, TensorBoard and CSV logs, validation images. A finished cell
+unpacked elsewhere is finished there too (its cell.json is what the runner checks); a stopped one
+starts again, since its checkpoint stayed behind. Unpack with
+``cat <dest>/cells.tar.gz.part* | tar -xzf - -C <out dir>``.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+RUN_FILES = {"metrics.json", "eval_curve.csv", "timing.json", "run_info.json", "config.yaml",
+             "turntable.gif", "turntable.mp4", "turntable_strip.png", "grid.png"}
+CELL_RECORDS = {"cell.json", "segments.json", "failed.json"}
+
+
+def kept(rel: Path, folder: Path) -> bool:
+    """Whether the file at ``rel`` (relative to the output folder) travels."""
+    parts = rel.parts
+    if parts[0] != "cells":
+        return len(parts) == 1
+    if len(parts) == 5:  # cells/<method>/<prompt>/<seed>/<file>
+        return parts[4] in CELL_RECORDS or (parts[4] == "stdout.log" and (folder / "failed.json").exists())
+    if len(parts) >= 6 and parts[4] == "run":
+        return (len(parts) == 6 and parts[5] in RUN_FILES) or (len(parts) == 7 and parts[5] == "eval")
+    return False
+
+
+def main(argv: list[str]) -> int:
+    src, dest = Path(argv[0]), Path(argv[1])
+    part_bytes = int(float(argv[2]) * 2**20) if len(argv) > 2 else 15 * 2**20
+    buf, n = io.BytesIO(), 0
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            if kept(path.relative_to(src), path.parent):
+                tar.add(path, arcname=str(path.relative_to(src)))
+                n += 1
+    data = buf.getvalue()
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(data), part_bytes):
+        (dest / f"cells.tar.gz.part{i // part_bytes:02d}").write_bytes(data[i : i + part_bytes])
+    print(f"packed {n} files, {len(data) / 2**20:.1f} MB, in {-(-len(data) // part_bytes)} part(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Does a prior's score keep the true object? Start a voxel-grid run from the world's cube and train on.
 
-    python tools/start_from_truth.py --out /tmp/truth-red-cube --colour red --steps 500 \
+    python tools/start_from_truth.py --out outputs/truth-red-cube --colour red --steps 500 \
         -- prior=pixel-cubes guidance.sigma_schedule=random guidance.t_min=20 guidance.t_max=150
 
 It runs ``scorelift <overrides> trainer.max_steps=1`` into ``--out``, replaces the geometry in the

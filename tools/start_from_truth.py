@@ -4,8 +4,8 @@
         -- prior=pixel-cubes guidance.sigma_schedule=random guidance.t_min=20 guidance.t_max=150
 
 It runs ``scorelift <overrides> trainer.max_steps=1`` into ``--out``, replaces the geometry in the
-checkpoint with the world's cube (raw density ``--inside`` in the cube, the grid's initial value
-outside; colours ``albedo * shade`` of the nearest face's normal, the world's Lambertian light baked
+checkpoint with the world's cube (raw density ``--inside`` in the cube; outside it, a corner voxel's
+value after that step, about the grid's initial value; colours ``albedo * shade`` of the nearest face's normal, the world's Lambertian light baked
 in, as a view-independent field reproduces it), drops the optimizer's state, scores that start
 (``mode=test``: the truth as the grid holds it, IoU below 1 from the grid's resolution and
 interpolation), and resumes for ``--steps`` more steps with evaluations every ``--eval-every``: the

@@ -5,8 +5,8 @@
 
 It runs ``scorelift <overrides> trainer.max_steps=1`` into ``--out``, replaces the geometry in the
 checkpoint with the world's cube (raw density ``--inside`` in the cube; outside it, a corner voxel's
-value after that step, about the grid's initial value; colours ``albedo * shade`` of the nearest face's normal, the world's Lambertian light baked
-in, as a view-independent field reproduces it), drops the optimizer's state, scores that start
+value after that step, about the grid's initial value; colours ``albedo * shade`` of the nearest
+face's normal, the world's Lambertian light baked in, as a view-independent field reproduces it), drops the optimizer's state, scores that start
 (``mode=test``: the truth as the grid holds it, IoU below 1 from the grid's resolution and
 interpolation), and resumes for ``--steps`` more steps with evaluations every ``--eval-every``: the
 run's ``eval_curve.csv`` shows how far the guidance moves the truth. Only the cube (the

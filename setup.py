@@ -97,7 +97,7 @@ setup(
         "tensorboard",   # Lightning's TensorBoard logger beside the CSV one
     ],
     extras_require={
-        "test": ["pytest>=7", "nerfacc==0.5.3", "setuptools>=64", "wheel"],  # the packaging test builds a wheel
+        "test": ["pytest>=7", "pytest-xdist>=3", "nerfacc==0.5.3", "setuptools>=64", "wheel"],  # the packaging test builds a wheel
         "cuda": ["nerfacc==0.5.3"],  # tinycudann is not on PyPI: build it from its repository
     },
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -186,3 +187,24 @@ def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tm
     record = json.loads((folder / "cell.json").read_text())
     assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
     assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 1  # requeued, not resubmitted
+
+
+def test_the_claims_go_to_the_cluster_as_one_array_and_are_judged_from_its_cells(tmp_path):
+    """``benchmark.py claims --executor slurm``: the claim's six cells go to the cluster as two array
+    tasks of three, and each part is judged on the metrics the cells wrote there (that a cell on the
+    cluster gives the local numbers is the job-array test above)."""
+    out = tmp_path / "claims"
+    run = bench("claims", "--size", "ci", "--claims", "sjc-paas", "--threads-per-run", "1", "--out", str(out),
+                "--executor", "slurm", "--cells-per-job", "3")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Submitted 6 cell(s) as 2 array task(s) of job" in run.stdout
+    (submission,) = json.loads((out / "slurm_jobs.json").read_text())["submissions"]
+    assert len(submission["tasks"]) == 2
+    (claim,) = json.loads((out / "claims.json").read_text())["claims"]
+    assert claim["finished"] == 6 and "## sjc-paas: " + claim["verdict"] in (out / "claims.md").read_text()
+    for part in claim["parts"]:
+        for arm, values in (("paas", part["values_a"]), ("naive", part["values_b"])):
+            cells = out / "cells" / f"sjc-paas.main.{arm}" / "a_red_cube"
+            wrote = {f"a red cube / seed {seed}": json.loads((cells / f"s{seed}" / "run" / "metrics.json").read_text())
+                     [part["metric"]] for seed in (0, 1, 2)}
+            assert values == wrote and not any(math.isnan(v) for v in wrote.values())

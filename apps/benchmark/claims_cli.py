@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from scorelift.benchmark import claim_spec, claims_report, collect, runner
+from scorelift.benchmark.cli import add_slurm_arguments, machine_description, parse_gpus, slurm_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
@@ -18,9 +19,10 @@ EPILOG = """examples:
   python benchmark.py claims --out outputs/claims-ci --size ci            # every part end to end, 4 steps (CPU)
   python benchmark.py claims --out outputs/claims --claims sjc-paas,ssd
   python benchmark.py claims --out benchmarks/claims --report-only        # re-judge the finished cells
+  python benchmark.py claims --out /shared/claims --executor slurm --slurm-gpus-per-job 1 --cells-per-job 4
 Cells that two claims share (the same overrides, prompt and seed) run once. Run the same command
 again to resume: finished cells are kept, stopped ones resume from their checkpoint. Stopping,
-exit codes and --workers are those of `python benchmark.py PRESET` (0 all finished, 1 a cell
+exit codes, --workers and the SLURM options are those of `python benchmark.py PRESET` (0 all finished, 1 a cell
 failed, 2 bad input, 75 stopped: run again to resume)."""
 
 
@@ -38,6 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threads-per-run", type=int, default=None, help="CPU threads per cell")
     ap.add_argument("--mps", action="store_true", help="run the cells under NVIDIA's Multi-Process Service")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra launch.py overrides for every cell")
+    add_slurm_arguments(ap)
     ap.add_argument("--report-only", action="store_true", help="run nothing; judge the finished cells")
     ap.add_argument("--retry-failed", action="store_true", help="run the cells that failed earlier again")
     ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
@@ -57,13 +60,14 @@ def select_claims(text: str | None) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from scorelift.benchmark.cli import machine_description, parse_gpus, stopped
-
     args = parse_args(argv)
     try:
         if args.workers < 1:
             raise claim_spec.ConfigError(f"--workers {args.workers} must be at least 1.")
+        if not args.stop_grace >= 0:
+            raise claim_spec.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
         gpus = parse_gpus(args.gpus)
+        slurm = slurm_options(args) if args.executor == "slurm" else None
         claims = [claim_spec.sized(claim_spec.load_claim(n), args.size) for n in select_claims(args.claims)]
         plan = claim_spec.plan(claims, args.set)
         out = Path(args.out).resolve()
@@ -73,7 +77,7 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
             out, plan.cells, args.workers, args.threads_per_run, args.mps, relative_cost=plan.relative_cost,
-            stop_grace_s=args.stop_grace, gpus=gpus, retry_failed=args.retry_failed)
+            stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:
             return stopped(outcome, out, plan.cells)
         from scorelift.run_info import git_commit, package_versions
@@ -84,7 +88,7 @@ def main(argv: list[str]) -> int:
             "machine": machine_description(), "versions": {k: v for k, v in package_versions().items() if v},
             "git_commit": git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": round(time.perf_counter() - start, 1), "cells_run": len(outcome.records), "workers": args.workers,
-            "gpus": outcome.gpus, "threads_per_run": outcome.threads_per_run, "mps": outcome.mps,
+            "gpus": outcome.gpus, "threads_per_run": outcome.threads_per_run, "mps": outcome.mps, "executor": args.executor,
         }
         info_path = out / "claims_info.json"
         if args.report_only and info_path.is_file():

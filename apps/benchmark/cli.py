@@ -60,6 +60,21 @@ def machine_description() -> str:
     return text
 
 
+def add_slurm_arguments(ap: argparse.ArgumentParser) -> None:
+    """--executor and the SLURM job options, shared by the presets' and the claims' command lines."""
+    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local: this machine's GPUs or CPUs (default); slurm: submit the cells as SLURM job arrays "
+                         "(the --out folder must be on a filesystem the nodes share)")
+    ap.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
+    ap.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit of each job (default 60)")
+    ap.add_argument("--slurm-gpus-per-job", type=int, default=0, help="GPUs each job asks for (default 0)")
+    ap.add_argument("--slurm-cpus-per-job", type=int, default=1, help="CPUs each job asks for (default 1)")
+    ap.add_argument("--cells-per-job", type=int, default=1, help="cells each SLURM job runs, one after another (default 1)")
+    ap.add_argument("--array-parallelism", type=int, default=256, help="array tasks SLURM runs at once (default 256)")
+    ap.add_argument("--sbatch", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra sbatch options for every job, such as qos=high or constraint=h100")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="scorelift-bench", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,17 +92,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra launch.py overrides for every cell")
     ap.add_argument("--mps", action="store_true",
                     help="run the cells under NVIDIA's Multi-Process Service so their kernels share the GPU at once")
-    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
-                    help="local: this machine's GPUs or CPUs (default); slurm: submit the cells as SLURM job arrays "
-                         "(the --out folder must be on a filesystem the nodes share)")
-    ap.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
-    ap.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit of each job (default 60)")
-    ap.add_argument("--slurm-gpus-per-job", type=int, default=0, help="GPUs each job asks for (default 0)")
-    ap.add_argument("--slurm-cpus-per-job", type=int, default=1, help="CPUs each job asks for (default 1)")
-    ap.add_argument("--cells-per-job", type=int, default=1, help="cells each SLURM job runs, one after another (default 1)")
-    ap.add_argument("--array-parallelism", type=int, default=256, help="array tasks SLURM runs at once (default 256)")
-    ap.add_argument("--sbatch", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra sbatch options for every job, such as qos=high or constraint=h100")
+    add_slurm_arguments(ap)
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
     ap.add_argument("--retry-failed", action="store_true",
                     help="run the cells that failed earlier again (by default they are reported, not re-run)")

@@ -22,8 +22,8 @@ EPILOG = """examples:
   python benchmark.py claims --out /shared/claims --executor slurm --slurm-gpus-per-job 1 --cells-per-job 4
 Cells that two claims share (the same overrides, prompt and seed) run once. Run the same command
 again to resume: finished cells are kept, stopped ones resume from their checkpoint. Stopping,
-exit codes, --workers and the SLURM options are those of `python benchmark.py PRESET` (0 all finished, 1 a cell
-failed, 2 bad input, 75 stopped: run again to resume)."""
+exit codes, --workers and the SLURM options are those of `python benchmark.py PRESET` (0 all
+finished, 1 a cell failed, 2 bad input, 75 stopped: run again to resume)."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

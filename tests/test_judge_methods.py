@@ -50,3 +50,13 @@ def test_an_unknown_method_or_column_exits_2_naming_what_there_is(tmp_path, caps
     assert main([str(path), *args]) == 2
     err = capsys.readouterr().err
     assert words in err and "its methods: annealed, random" in err and "columns: method, prompt, seed" in err
+
+
+def test_rows_of_another_benchmark_join_and_a_cell_given_twice_is_refused(tmp_path, capsys):
+    new = write_results(tmp_path / "new.csv", [("sjc-sds", "p", s, "ok", 0.6 + 0.01 * s, 0.1) for s in (0, 1, 2)])
+    old = write_results(tmp_path / "old.csv", [("sjc-paas", "p", s, "ok", 0.5 + 0.01 * s, 0.1) for s in (0, 1, 2)])
+    assert main([str(new), "sjc-sds", "sjc-paas", "--also", str(old)]) == 0
+    assert "holds; A - B = 0.100 [0.100, 0.100] over 3 paired" in capsys.readouterr().out
+    assert main([str(new), "sjc-sds", "sjc-paas", "--also", str(old), "--also", str(old)]) == 2
+    assert "3 (method, prompt, seed) row(s) appear in more than one place, such as ('sjc-paas', 'p', '0')" in \
+        capsys.readouterr().err

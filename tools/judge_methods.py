@@ -2,12 +2,14 @@
 
     python tools/judge_methods.py benchmarks/shapes-schedule-cpu/results.csv paas-random paas-annealed
     python tools/judge_methods.py OUT/results.csv sds ssd --metric colour_error --expect less
+    python tools/judge_methods.py NEW/results.csv sjc-sds paas-random --also OLD/results.csv
 
 It reads the finished rows (status ``ok``) of a benchmark's ``results.csv``, pairs method A's and
 method B's values of ``--metric`` by (prompt, seed), and prints the part's verdict, the mean
 difference A - B and its interval, exactly as ``benchmark.py claims`` judges a part (the rule:
 ``scorelift.benchmark.verdict``, docs/claims.md). For a question a preset answers but no claim
-file asks, such as one schedule against another on one prompt.
+file asks, such as one schedule against another on one prompt. ``--also`` adds the rows of other
+benchmarks' results.csv (runs of the same machine), so an arm run once serves several comparisons.
 """
 
 from __future__ import annotations
@@ -35,14 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", default="iou", help="a column of results.csv (default iou)")
     ap.add_argument("--expect", default="greater", choices=("greater", "less"),
                     help="the claimed sign of A - B (default greater)")
+    ap.add_argument("--also", type=Path, action="append", default=[], metavar="RESULTS",
+                    help="another results.csv whose rows join the first's (repeatable)")
     args = ap.parse_args(argv)
-    with open(args.results, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = []
+    for path in (args.results, *args.also):
+        with open(path, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    seen, twice = set(), set()
+    for r in rows:
+        key = (r["method"], r["prompt"], r["seed"])
+        (twice if key in seen else seen).add(key)
+    if twice:
+        print(f"judge_methods: {len(twice)} (method, prompt, seed) row(s) appear in more than one place, such as "
+              f"{sorted(twice)[0]}; give each cell once.", file=sys.stderr)
+        return 2
     methods = sorted({r["method"] for r in rows})
     unknown = [m for m in (args.a, args.b) if m not in methods]
     if unknown or not rows or args.metric not in rows[0]:
         what = f"method(s) {', '.join(unknown)}" if unknown else f"--metric {args.metric!r}"
-        print(f"judge_methods: {what} not in {args.results}; its methods: {', '.join(methods) or 'none'}; its "
+        print(f"judge_methods: {what} not in {', '.join(map(str, (args.results, *args.also)))}; its methods: {', '.join(methods) or 'none'}; its "
               f"columns: {', '.join(rows[0]) if rows else 'none'}.", file=sys.stderr)
         return 2
     a, b = method_values(rows, args.a, args.metric), method_values(rows, args.b, args.metric)

@@ -28,6 +28,24 @@ def method_values(rows: list[dict], method: str, metric: str) -> dict[str, float
             if r["method"] == method and r["status"] == "ok"}
 
 
+def read_rows(paths: list[Path]) -> list[dict]:
+    """The rows of every results.csv in ``paths``, in order."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def repeated_cells(rows: list[dict]) -> set[tuple[str, str, str]]:
+    """The (method, prompt, seed) keys that more than one row has."""
+    seen, twice = set(), set()
+    for r in rows:
+        key = (r["method"], r["prompt"], r["seed"])
+        (twice if key in seen else seen).add(key)
+    return twice
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="judge_methods", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,14 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also", type=Path, action="append", default=[], metavar="RESULTS",
                     help="another results.csv whose rows join the first's (repeatable)")
     args = ap.parse_args(argv)
-    rows = []
-    for path in (args.results, *args.also):
-        with open(path, newline="") as fh:
-            rows += list(csv.DictReader(fh))
-    seen, twice = set(), set()
-    for r in rows:
-        key = (r["method"], r["prompt"], r["seed"])
-        (twice if key in seen else seen).add(key)
+    paths = [args.results, *args.also]
+    rows = read_rows(paths)
+    twice = repeated_cells(rows)
     if twice:
         print(f"judge_methods: {len(twice)} (method, prompt, seed) row(s) appear in more than one place, such as "
               f"{sorted(twice)[0]}; give each cell once.", file=sys.stderr)
@@ -56,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in (args.a, args.b) if m not in methods]
     if unknown or not rows or args.metric not in rows[0]:
         what = f"method(s) {', '.join(unknown)}" if unknown else f"--metric {args.metric!r}"
-        print(f"judge_methods: {what} not in {', '.join(map(str, (args.results, *args.also)))}; its methods: {', '.join(methods) or 'none'}; its "
-              f"columns: {', '.join(rows[0]) if rows else 'none'}.", file=sys.stderr)
+        print(f"judge_methods: {what} not in {', '.join(map(str, paths))}; its methods: {', '.join(methods) or 'none'}; "
+              f"its columns: {', '.join(rows[0]) if rows else 'none'}.", file=sys.stderr)
         return 2
     a, b = method_values(rows, args.a, args.metric), method_values(rows, args.b, args.metric)
     part = verdict.judge(args.expect, a, b)

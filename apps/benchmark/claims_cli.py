@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from scorelift.benchmark import claim_spec, claims_report, collect, runner
-from scorelift.benchmark.cli import add_slurm_arguments, machine_description, parse_gpus, slurm_options, stopped
+from scorelift.benchmark.cli import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
@@ -62,12 +62,7 @@ def select_claims(text: str | None) -> list[str]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        if args.workers < 1:
-            raise claim_spec.ConfigError(f"--workers {args.workers} must be at least 1.")
-        if not args.stop_grace >= 0:
-            raise claim_spec.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
-        gpus = parse_gpus(args.gpus)
-        slurm = slurm_options(args) if args.executor == "slurm" else None
+        gpus, slurm = run_options(args)
         claims = [claim_spec.sized(claim_spec.load_claim(n), args.size) for n in select_claims(args.claims)]
         plan = claim_spec.plan(claims, args.set)
         out = Path(args.out).resolve()

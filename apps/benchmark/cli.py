@@ -128,6 +128,16 @@ def slurm_options(args: argparse.Namespace):
     return opts
 
 
+def run_options(args: argparse.Namespace):
+    """(GPU indices or None, SLURM options or None) from the options the presets' and the claims'
+    command lines share, after checking --workers and --stop-grace."""
+    if args.workers < 1:
+        raise spec_mod.ConfigError(f"--workers {args.workers} must be at least 1.")
+    if not args.stop_grace >= 0:
+        raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
+    return parse_gpus(args.gpus), slurm_options(args) if args.executor == "slurm" else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["claims"]:  # the papers' claims, each judged on its own cells
@@ -137,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         spec = spec_mod.select(spec_mod.load_spec(args.preset), args.methods, args.seeds, args.prompts)
-        if args.workers < 1:
-            raise spec_mod.ConfigError(f"--workers {args.workers} must be at least 1.")
-        if not args.stop_grace >= 0:
-            raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
-        gpus = parse_gpus(args.gpus)
-        slurm = slurm_options(args) if args.executor == "slurm" else None
+        gpus, slurm = run_options(args)
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)

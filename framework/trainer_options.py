@@ -13,7 +13,7 @@ from scorelift.errors import ConfigError
 from scorelift.stop_signals import DEFAULT_STOP_SIGNALS, parse_stop_signals
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainerConfig:
     """The ``trainer`` section: scorelift's own step settings, then the Lightning Trainer options
     that are passed through (``LIGHTNING_OPTIONS``; see ``check_trainer`` for what each allows)."""

@@ -142,7 +142,7 @@ def make_cameras(elevation, azimuth, distance, fovy_deg, height: int, width: int
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CameraSamplerConfig:
     """Random training cameras: ranges are [low, high], degrees for angles."""
 

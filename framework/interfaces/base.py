@@ -11,7 +11,7 @@ from scorelift.config import parse_config
 from scorelift.schedule import Updateable
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmptyConfig:
     pass
 

@@ -35,7 +35,7 @@ AUTO_RESOLUTION = 64
 AUTO_CANDIDATES = 96
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MeshExportConfig:
     resolution: int  # lattice points per axis
     threshold: float | str  # density level, or "auto"
@@ -44,7 +44,8 @@ class MeshExportConfig:
 
 
 def check_export_config(cfg) -> MeshExportConfig:
-    c = MeshExportConfig(cfg.resolution, cfg.threshold, bool(cfg.keep_largest), list(cfg.formats))
+    c = MeshExportConfig(resolution=cfg.resolution, threshold=cfg.threshold, keep_largest=bool(cfg.keep_largest),
+                         formats=list(cfg.formats))
     if c.resolution < 8:
         raise ConfigError(f"export.resolution={c.resolution} is too small: use at least 8 (default 128).")
     if not (c.threshold == "auto" or (isinstance(c.threshold, (int, float)) and c.threshold > 0)):

@@ -35,7 +35,7 @@ MAX_LR = 10.0
 RESERVED_ARGS = ("params", "lr")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimizerConfig:
     """name: one of OPTIMIZERS; args: extra keyword arguments (betas, eps, ...);
     lr: learning rate per part name (geometry, background, renderer, guidance), each in

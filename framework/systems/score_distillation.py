@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ViewsConfig:
     """Fixed views for validation images and the turntable (degrees; resolution in pixels of the
     render, i.e. latent pixels for latent geometry)."""
@@ -50,7 +50,7 @@ class ViewsConfig:
     fps: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SystemConfig:
     """name: the preset's name (used in run paths); loss_weights: ``lambda_<term>`` -> scheduled
     scalar, one for ``guidance`` and one per entry of ``losses`` (options of each loss plugin)."""

@@ -11,7 +11,7 @@ from scorelift.interfaces.background import Background
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LearnedColorBackgroundConfig:
     """Options of ``learned-color`` and their defaults (``background=learned-color
     background.<option>=...``): one learnable colour, sigmoid-activated."""

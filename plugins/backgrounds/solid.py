@@ -11,7 +11,7 @@ from scorelift.interfaces.background import Background
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SolidBackgroundConfig:
     """Options of ``solid`` and their defaults (``background=solid background.<option>=...``):
     a fixed background value, no parameters."""

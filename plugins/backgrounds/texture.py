@@ -22,7 +22,7 @@ from scorelift.plugins.backgrounds.common import check_common
 MAPPINGS = ("screen", "spherical")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TextureBackgroundConfig:
     """Options of ``texture`` and their defaults (``background=texture background.<option>=...``):
     SJC's learned 4x4 latent background, blended as (1 - opacity) * bg."""

@@ -53,7 +53,7 @@ PRIMES = (1, 2654435761, 805459861)
 FEATURE_KINDS = {"none": "latent", "sigmoid": "rgb"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HashGridConfig:
     """Options of ``hash-grid`` and their defaults (``geometry=hash-grid geometry.<option>=...``):
     Instant-NGP's encoding with threestudio's defaults. For a CPU run use fewer levels and a

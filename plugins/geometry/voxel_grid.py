@@ -39,7 +39,7 @@ CPU_SLICE_MIN_POINTS = 4096
 LATENT_BOUND = 3.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VoxelGridConfig:
     """Options of ``voxel-grid`` and their defaults (``geometry=voxel-grid geometry.<option>=...``).
     The defaults follow the SJC authors' Stable-Diffusion runs."""

@@ -27,7 +27,7 @@ from scorelift.plugins.guidance import score_math as sm
 SIGMA_SCHEDULES = ("random", "annealed")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PAASConfig:
     """Options of ``paas`` (SJC with Perturb-and-Average Scoring) and their defaults."""
 

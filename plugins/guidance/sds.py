@@ -23,7 +23,7 @@ from scorelift.plugins.guidance import score_math as sm
 WEIGHTINGS = ("sds", "uniform")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SDSConfig:
     """Options of ``sds`` and their defaults (``guidance=sds guidance.<option>=...``)."""
 

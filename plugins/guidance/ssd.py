@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 COMBINES = ("switch", "add")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SSDConfig(SDSConfig):
     """SDS's options and defaults (CFG, weighting, t range, clamp; SSD works at scale 7.5 as
     well as 100) plus SSD's own."""

@@ -44,7 +44,7 @@ def run_fraction_schedule() -> list:
     return [f"${{step_fraction:{steps},0.5}}", 0.98, 0.5, f"${{step_fraction:{steps},0.5,1}}"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VSDConfig:
     """Options of ``vsd`` and their defaults. RGB renders only (system=prolificdreamer or
     dreamfusion); the LoRA and camera parameters train in the system's ``guidance`` optimizer

@@ -30,7 +30,7 @@ from scorelift.interfaces.renderer import RenderOutput
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CenterDepthConfig:
     """Options of the ``center-depth`` loss and their defaults (set under
     ``system.losses.center-depth``). Its weight, ``lambda_center_depth``, is 0 by default in the

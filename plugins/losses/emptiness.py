@@ -18,7 +18,7 @@ from scorelift.interfaces.renderer import RenderOutput
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmptinessConfig:
     """Options of the ``emptiness`` loss and their defaults (set under ``system.losses.emptiness``),
     SJC's. The authors weight it with lambda_emptiness 1e4."""

@@ -13,7 +13,7 @@ from scorelift.interfaces.renderer import RenderOutput
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OpacityEntropyConfig:
     """Options of the ``opacity-entropy`` loss and their defaults (set under
     ``system.losses.opacity-entropy``)."""

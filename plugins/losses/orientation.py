@@ -20,7 +20,7 @@ from scorelift.interfaces.renderer import RenderOutput
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OrientationConfig:
     """The ``orientation`` loss has no options; it needs ``renderer.return_normals=true``."""
 

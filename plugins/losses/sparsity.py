@@ -13,7 +13,7 @@ from scorelift.interfaces.renderer import RenderOutput
 from scorelift.registry import register
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SparsityConfig:
     """Options of the ``sparsity`` loss and their defaults (set under ``system.losses.sparsity``)."""
 

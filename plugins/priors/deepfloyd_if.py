@@ -81,7 +81,7 @@ VALID_LAYOUT = (
 UNUSED_COMPONENTS = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DeepFloydIFPriorConfig:
     """Options of the ``deepfloyd-if`` prior and their defaults (``prior=deepfloyd-if
     prior.<option>=...``)."""

@@ -50,7 +50,7 @@ VALID_LAYOUT = (
 VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DiffusersUNetPriorConfig:
     """Options of the ``diffusers-unet`` prior and their defaults (``prior=diffusers-unet prior.<option>=...``)."""
 

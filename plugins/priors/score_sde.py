@@ -60,7 +60,7 @@ def ve_sigma_ladder(sigma_min: float, sigma_max: float, n: int) -> torch.Tensor:
     return torch.exp(math.log(sigma_min) + s * (math.log(sigma_max) - math.log(sigma_min)))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreSdePriorConfig:
     """Options of the ``score-sde`` prior and their defaults (``prior=score-sde prior.<option>=...``)."""
 

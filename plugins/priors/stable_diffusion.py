@@ -57,7 +57,7 @@ VALID_LAYOUT = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StableDiffusionPriorConfig:
     """Options of the ``stable-diffusion`` prior and their defaults (``prior=stable-diffusion
     prior.<option>=...``)."""

@@ -127,7 +127,7 @@ def build_tiny_pipeline(
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TinyRandomPriorConfig:
     """Options of the ``tiny-random`` prior and their defaults (``prior=tiny-random
     prior.<option>=...``): a RANDOM-WEIGHT Stable-Diffusion-format pipeline that runs offline in

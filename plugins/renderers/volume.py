@@ -33,7 +33,7 @@ from scorelift.transfer import to_device
 from scorelift.plugins.renderers.compositing import BACKENDS, composite, resolve_backend
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VolumeRendererConfig:
     """Options of ``volume`` and their defaults (``renderer=volume renderer.<option>=...``): a
     pure-PyTorch ray marcher (nerfacc for compositing on CUDA when available)."""

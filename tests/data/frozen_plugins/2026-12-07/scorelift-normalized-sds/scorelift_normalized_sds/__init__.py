@@ -1,0 +1,1 @@
+"""An example third-party scorelift plugin (see docs/plugins.md in the scorelift repository)."""

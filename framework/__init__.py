@@ -39,15 +39,15 @@ _PUBLIC = {
     "Conditioning": "scorelift.interfaces",
     "TextConditioning": "scorelift.interfaces",
     "CameraBatch": "scorelift.data.cameras",
-    "SDSGuidance": "scorelift.plugins.guidance.sds",
-    "SDSConfig": "scorelift.plugins.guidance.sds",
+    "SDSGuidance": "scorelift.library.sds",
+    "SDSConfig": "scorelift.library.sds",
     "scheduled": "scorelift.schedule",
     "ScoreliftError": "scorelift.errors",
     "ConfigError": "scorelift.errors",
     "PluginError": "scorelift.errors",
     "PriorLoadError": "scorelift.errors",
 }
-_MODULES = {"score_math": "scorelift.plugins.guidance.score_math"}
+_MODULES = {"score_math": "scorelift.maths.score_math"}
 
 __all__ = sorted([*_PUBLIC, *_MODULES, "__version__"])
 

@@ -21,10 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from scorelift import builders, fast_path, registry
 from scorelift.config import parse_config
+from scorelift.devices import pick_device
 from scorelift.errors import ConfigError, PluginError
 from scorelift.memory import check_memory
 from scorelift.outputs import checkpoint as ckpt_files
 from scorelift.outputs.checkpoint import checkpoint_path
+from scorelift.plan import PART_KINDS, PartPlan, PriorFacts, RunPlan
+from scorelift.prompts import check_prompt, given_prompt
 from scorelift.run_lock import check_not_in_use
 from scorelift.trainer_options import check_trainer
 
@@ -47,18 +50,6 @@ def check_finite(node, key: str = "") -> None:
             f"{key}={node} is not a finite number; every number of a run config must be finite (set {key} "
             f"to a real value, e.g. its default: `scorelift --cfg job` shows them)."
         )
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(str(name))
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:<index>.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} was asked for, but CUDA is not available here; use device=cpu or device=auto.")
-    return device
 
 
 @dataclass
@@ -113,30 +104,11 @@ def check_run_dir(cfg: DictConfig, run_dir: Path | None) -> None:
         )
 
 
-def check_prompt(prompt) -> str:
-    """The prompt, stripped; ConfigError if it is not text or is empty (a conditioned prior)."""
-    if isinstance(prompt, (int, float)) and not isinstance(prompt, bool):
-        prompt = str(prompt)
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError(
-            f"The prompt is empty ({prompt!r}); set `prompt` to a description such as 'a red cube'."
-        )
-    return prompt.strip()
-
-
-def given_prompt(prompt) -> str | None:
-    """The prompt stripped, or None where there is none (null or blank: an unconditional prior's
-    run); ConfigError for a value that is not text (a list, a mapping, true/false)."""
-    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        return None
-    return check_prompt(prompt)
-
-
-def check_conditioning(cfg: DictConfig, prompt: str | None, facts: dict, guidance_cls, guidance_cfg) -> None:
+def check_conditioning(cfg: DictConfig, prompt: str | None, facts: PriorFacts, guidance_cls, guidance_cfg) -> None:
     """The prompt and the CFG settings against what the prior is conditioned on: an unconditional
     prior takes no prompt, and a prior without an unconditional branch (unconditional, or a class
     model without a null class) has no classifier-free guidance to set."""
-    conditioning = facts.get("conditioning")
+    conditioning = facts.conditioning
     prior = f"prior={cfg.prior.type}" + (f" ({cfg.prior.model})" if "model" in cfg.prior else "")
     if conditioning == "none" and prompt is not None:
         raise ConfigError(
@@ -145,8 +117,8 @@ def check_conditioning(cfg: DictConfig, prompt: str | None, facts: dict, guidanc
         )
     if conditioning != "none" and prompt is None:
         check_prompt(cfg.prompt)  # raises: a conditioned prior needs a prompt
-    guided = conditioning != "none" and facts.get("has_unconditional", True)
-    if conditioning is None or guided:
+    guided = conditioning != "none" and facts.has_unconditional
+    if guided:
         return
     defaults = guidance_cls.Config() if getattr(guidance_cls, "Config", None) else None
     why = ("is unconditional" if conditioning == "none"
@@ -218,9 +190,9 @@ def find_plugin(kind: str, name, key: str):
         ) from None
 
 
-def check_part(kind: str, node, key: str):
-    """Parse the config of the part at ``key`` against its plugin's Config and run the plugin's own
-    ``check_config`` on it; returns (class, parsed config)."""
+def plan_part(kind: str, node, key: str) -> PartPlan:
+    """The plan of the part at ``key``: its config parsed against its plugin's Config (once) and
+    checked by the plugin's own ``check_config`` (once)."""
     node = builders.plain(node) if isinstance(node, DictConfig) or node is None else node
     if not isinstance(node, dict):
         raise ConfigError(f"The config of {key} must be a mapping of keys to values, got {node!r}.")
@@ -231,22 +203,28 @@ def check_part(kind: str, node, key: str):
     check = getattr(cls, "check_config", None)
     if check is not None:
         check(parsed)
-    return cls, parsed
+    return PartPlan(kind, node["type"], cls, parsed)
 
 
-def check_resolution(cfg: DictConfig, kind: str | None, facts: dict) -> None:
+def check_part(kind: str, node, key: str):
+    """``plan_part`` as (class, parsed config)."""
+    part = plan_part(kind, node, key)
+    return part.cls, part.config
+
+
+def check_resolution(cfg: DictConfig, kind: str | None, facts: PriorFacts) -> None:
     """The render size against what the prior takes: latent renders must be the prior's latent
     size; RGB renders are resized to its (square) pixel size, so they must be square."""
     height, width = int(cfg.data.height), int(cfg.data.width)
     if kind == "latent":
-        size = facts.get("latent_size")
+        size = facts.latent_size
         if size is not None and (height, width) != (size, size):
             raise ConfigError(
                 f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
                 f"data.width is {height}x{width}; set data.height={size} data.width={size} (or render RGB)."
             )
     elif kind == "rgb" and height != width:
-        pixels = facts.get("pixel_size")
+        pixels = facts.pixel_size
         takes = f"{pixels}x{pixels}" if pixels else "square"
         raise ConfigError(
             f"data.height x data.width is {height}x{width}, but the prior takes {takes} images and "
@@ -255,7 +233,7 @@ def check_resolution(cfg: DictConfig, kind: str | None, facts: dict) -> None:
         )
 
 
-def check_composition(cfg: DictConfig, parts: dict, facts: dict) -> None:
+def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts) -> None:
     """The parts against each other: the background's channels against the geometry's, latent
     channels against the prior's, the render kind against what the guidance accepts, and the
     render size against the prior (``check_resolution``). ``parts``: kind -> (class, parsed config)."""
@@ -270,7 +248,7 @@ def check_composition(cfg: DictConfig, parts: dict, facts: dict) -> None:
         )
     kind = geometry_cls.feature_kind_of(geometry_cfg)
     guidance = cfg.guidance.type
-    if kind == "latent" and facts.get("space") == "pixel":
+    if kind == "latent" and facts.space == "pixel":
         raise ConfigError(
             f"prior={cfg.prior.type} is a pixel-space model (no VAE, so there are no latents to render), but "
             f"this system renders {n_geometry}-channel latents (geometry.feature_activation="
@@ -279,7 +257,7 @@ def check_composition(cfg: DictConfig, parts: dict, facts: dict) -> None:
             f"combinations: README, 'Methods and valid combinations'."
         )
     if kind == "latent":
-        channels = facts.get("latent_channels")
+        channels = facts.latent_channels
         if None not in (channels, n_geometry) and n_geometry != channels:
             raise ConfigError(
                 f"Latent geometry renders {n_geometry} channels but the prior's latents have {channels}; "
@@ -304,11 +282,12 @@ def check_composition(cfg: DictConfig, parts: dict, facts: dict) -> None:
     check_resolution(cfg, kind, facts)
 
 
-def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
+def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     """Every check that needs no model weights, before anything is loaded or written: mode, seed,
     device, prompt, trainer, cameras, resume, each part's config, the prior's model (layout,
-    tokenizer limit, image sizes) and how the parts fit together. ConfigError / PluginError /
-    PriorLoadError name the key."""
+    tokenizer limit, image sizes) and how the parts fit together. Returns the run's plan (each
+    part's parsed, checked config, the device, the fast path, the prior's facts), which building
+    takes as it is. ConfigError / PluginError / PriorLoadError name the key."""
     from scorelift.data.cameras import CameraSamplerConfig, check_sampler_config
 
     if cfg.mode not in MODES:
@@ -326,8 +305,9 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"The config cannot be resolved: {first_line}") from None
     check_finite(resolved)
-    pick_device(cfg.device)
-    for key, value in (("deterministic", cfg.deterministic), ("fast_path", fast_path.setting(cfg))):
+    device = pick_device(cfg.device)
+    fast = fast_path.setting(cfg)
+    for key, value in (("deterministic", cfg.deterministic), ("fast_path", fast)):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false.")
     prompt = given_prompt(cfg.prompt)
@@ -336,8 +316,9 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
         raise ConfigError(
             f"evaluate_as={target!r} must be text (what the evaluators score the run as, e.g. 'a cube') or null."
         )
-    check_trainer(cfg)
-    check_sampler_config(parse_config(CameraSamplerConfig, cfg.data, "data"))
+    trainer = check_trainer(cfg)
+    data = parse_config(CameraSamplerConfig, cfg.data, "data")
+    check_sampler_config(data)
     if cfg.mode == "export":
         from scorelift.outputs.mesh import check_export_config
 
@@ -358,22 +339,28 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> None:
     for name in cfg.evaluators:
         find_plugin("evaluator", name, "evaluators")
     system_cls = find_plugin("system", OmegaConf.select(cfg, "system.type"), "system.type")
-    check_system = getattr(system_cls, "check_config", None)  # systems have no interface to require it
-    if check_system is not None:
-        check_system(cfg)
-    parts = {kind: check_part(kind, cfg[kind], kind) for kind in ("geometry", "background", "renderer", "guidance", "prior")}
-    prior_cls, prior_cfg = parts["prior"]
-    missing = [need for need in parts["guidance"][0].requires if need not in prior_cls.capabilities]
+    system_config = parse_config(system_cls.Config, cfg.system, "system")
+    losses = {name: plan_part("loss", {**(opts or {}), "type": name}, f"system.losses.{name}")
+              for name, opts in system_config.losses.items()}
+    system_cls.check_config(system_config, device)
+    parts = {kind: plan_part(kind, cfg[kind], kind) for kind in PART_KINDS}
+    prior, guidance = parts["prior"], parts["guidance"]
+    missing = [need for need in guidance.cls.requires if need not in prior.cls.capabilities]
     if missing:
         raise ConfigError(
             f"guidance={cfg.guidance.type} needs the prior capability {', '.join(missing)}, which prior "
-            f"{cfg.prior.type!r} ({prior_cls.__name__}) does not declare (its capabilities: "
-            f"{', '.join(sorted(prior_cls.capabilities)) or 'none'}). Pick another guidance or a prior that has it."
+            f"{cfg.prior.type!r} ({prior.cls.__name__}) does not declare (its capabilities: "
+            f"{', '.join(sorted(prior.cls.capabilities)) or 'none'}). Pick another guidance or a prior that has it."
         )
-    if prior_cls.conditioning != "none" and prompt is None:
+    if prior.cls.conditioning != "none" and prompt is None:
         check_prompt(cfg.prompt)  # raises: a text prior needs a prompt to inspect
-    facts = {"space": prior_cls.space, "conditioning": prior_cls.conditioning,
-             "has_unconditional": prior_cls.has_unconditional, **prior_cls.inspect(prior_cfg, prompt)}
-    check_conditioning(cfg, prompt, facts, *parts["guidance"])
-    check_composition(cfg, parts, facts)
-    check_memory(cfg, parts)  # scorelift.memory: the geometry's parameters against the device
+    facts = PriorFacts.of(prior.cls, prior.cls.inspect(prior.config, prompt))
+    check_conditioning(cfg, prompt, facts, guidance.cls, guidance.config)
+    as_pairs = {kind: (part.cls, part.config) for kind, part in parts.items()}
+    check_composition(cfg, as_pairs, facts)
+    check_memory(cfg, as_pairs, device)  # scorelift.memory: the geometry's parameters against the device
+    return RunPlan(
+        config=resolved, mode=cfg.mode, seed=int(cfg.seed), prompt=prompt, device=device, fast_path=fast,
+        deterministic=bool(cfg.deterministic), system=PartPlan("system", str(cfg.system.type), system_cls, system_config),
+        losses=losses, data=data, trainer=trainer, prior_facts=facts, evaluators=tuple(cfg.evaluators), **parts,
+    )

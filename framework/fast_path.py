@@ -1,4 +1,4 @@
-"""The fast path: one switch (the root key ``fast_path``) and the questions every part asks of it.
+"""The fast path: one setting (the root key ``fast_path``, in the run's plan) and the questions parts ask of it.
 
 A training step of score distillation on a GPU is launch-bound: the frozen denoiser alone is
 hundreds of small kernels, each queued by Python, while the GPU waits. With ``fast_path=true``
@@ -27,36 +27,25 @@ from __future__ import annotations
 
 import torch
 
-_enabled = True
-
-
-def configure(enabled: bool) -> None:
-    """Set the switch for this process (the run's ``fast_path``; a run sets it before building)."""
-    global _enabled
-    _enabled = bool(enabled)
-
 
 def setting(cfg) -> bool:
     """The run config's ``fast_path`` (true when absent: the config.yaml of a run made before the
-    switch existed resumes with it on)."""
+    switch existed resumes with it on). Start-up puts it in the run's plan; parts that honour it
+    take it as the keyword ``fast_path`` of their ``__init__`` (``scorelift.plan.PartPlan.build``)."""
     return cfg.get("fast_path", True)
 
 
-def enabled() -> bool:
-    return _enabled
-
-
-def applies(device: torch.device | str) -> bool:
+def applies(enabled: bool, device: torch.device | str) -> bool:
     """True where the fast path is on and ``device`` is a CUDA device (the GPU parts of it)."""
-    return _enabled and torch.device(device).type == "cuda"
+    return bool(enabled) and torch.device(device).type == "cuda"
 
 
-def draw_device(part, device: torch.device | str) -> torch.device:
+def draw_device(part, device: torch.device | str, enabled: bool) -> torch.device:
     """Where the random numbers of ``part`` (a renderer, guidance, ...) are drawn this run: on
-    ``device`` when the fast path applies and the part declares ``draws_on_device = True`` (it draws
-    on ``generator.device``); on the CPU otherwise, which is what a part written before the fast path
-    expects of the generator it is given."""
+    ``device`` when the fast path (``enabled``) applies and the part declares ``draws_on_device =
+    True`` (it draws on ``generator.device``); on the CPU otherwise, which is what a part written
+    before the fast path expects of the generator it is given."""
     device = torch.device(device)
-    if applies(device) and getattr(part, "draws_on_device", False):
+    if applies(enabled, device) and getattr(part, "draws_on_device", False):
         return device
     return torch.device("cpu")

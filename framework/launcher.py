@@ -13,7 +13,6 @@ stopped by a signal with a checkpoint ("resume me"); see ``scorelift.errors``.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from scorelift.command_line import (
     saved_overrides,
     sweep_jobs,
 )
+from scorelift.console import setup_console_logging
 from scorelift.errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
 
 
@@ -51,16 +51,6 @@ def run_dir_of(cfg: DictConfig, sweep_index: int | None = None, sweep_dir: Path 
 def job_config(cfg: DictConfig) -> DictConfig:
     """The run's own config: everything but the ``hydra`` node (read for the run directory only)."""
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-
-
-def setup_console_logging() -> None:
-    """INFO and up to the console, as a Hydra app would log (the run adds its launch.log)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
@@ -107,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         # A sweep folder given again resumes: finished jobs are skipped, stopped ones continue.
         plans = ([sweep_job_plan(cfg, run_dir, overrides or []) for cfg, run_dir, (_, overrides) in zip(configs, run_dirs, composed)]
                  if args.multirun else ["new"])
-        for cfg, run_dir, plan in zip(configs, run_dirs, plans):
-            if plan != "skip":
-                check_inputs(cfg, run_dir)
+        # Each job's run plan, checked before any job starts (None: a finished job, skipped).
+        run_plans = [None if plan == "skip" else check_inputs(cfg, run_dir)
+                     for cfg, run_dir, plan in zip(configs, run_dirs, plans)]
     except ScoreliftError as exc:
         return fail(exc)
 
@@ -118,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return report([{"run_dir": str(d), "status": "skipped", "message": "finished before"} for d in run_dirs], sweep_dir)
     if launcher in SUBMITIT_LAUNCHERS:
         return run_on_submitit(args.overrides, sweep_dir, launcher)
-    for (_, overrides), cfg, run_dir, plan in zip(composed, configs, run_dirs, plans):
-        if plan == "skip":
+    for (_, overrides), cfg, run_dir, run_plan in zip(composed, configs, run_dirs, run_plans):
+        if run_plan is None:
             print(f"scorelift: {run_dir} holds a finished run of this job: skipped.", file=sys.stderr)
             continue
         try:
-            run(cfg, run_dir, overrides=overrides, checked=True)
+            run(cfg, run_dir, overrides=overrides, plan=run_plan)
         except ScoreliftError as exc:
             return fail(exc)
     return 0

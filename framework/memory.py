@@ -79,7 +79,7 @@ def smaller_options(geometry_cls, geometry_cfg, copies: int) -> dict[str, str]:
     return fixes
 
 
-def check_memory(cfg: DictConfig, parts: dict) -> None:
+def check_memory(cfg: DictConfig, parts: dict, device: torch.device) -> None:
     """ConfigError when the geometry's parameters, their gradients and the optimizer's state per
     parameter (``Geometry.parameter_bytes`` x (2 + ``optim.state_slots``)) exceed the free memory
     of the device the run trains on; told from the parsed config, before anything is allocated.
@@ -89,9 +89,8 @@ def check_memory(cfg: DictConfig, parts: dict) -> None:
 
     geometry_cls, geometry_cfg = parts["geometry"]
     per_copy = geometry_cls.parameter_bytes(geometry_cfg)
-    from scorelift.checks import pick_device
 
-    found = None if per_copy is None else available_memory(pick_device(cfg.device))
+    found = None if per_copy is None else available_memory(device)
     if found is None:
         return
     dtype = str(torch.get_default_dtype()).replace("torch.", "")

@@ -138,7 +138,7 @@ def sweep_job(cfg: DictConfig) -> dict:
     not return then)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from scorelift.launcher import setup_console_logging
+    from scorelift.console import setup_console_logging
     from scorelift.run import run
 
     hydra_cfg = HydraConfig.get()

@@ -102,9 +102,12 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     """
     if not _collecting:
         _check_kind(kind)
+    # Where the registration is made: a built-in part may register a class of the core library
+    # (``sds``), and --list names the module that registered it.
+    caller = sys._getframe(1).f_globals.get("__name__")
 
     def decorator(cls: T) -> T:
-        origin = _current_origin or getattr(cls, "__module__", "?")
+        origin = _current_origin or caller or getattr(cls, "__module__", "?")
         try:
             if kind not in _registry:
                 raise PluginError(
@@ -268,11 +271,14 @@ def store_structured_config(kind: str, name: str, cls: type) -> None:
     ConfigStore.instance().store(group=kind, name=name, node={"type": name, **defaults}, provider="scorelift")
 
 
-def _import_builtin_plugins() -> None:
-    import scorelift.systems
-    import scorelift.plugins
+# The packages of built-in parts, found by name like the entry points of installed ones: the core
+# depends on no part (import-linter holds the layers), it only imports them to let them register.
+BUILTIN_PACKAGES = ("scorelift.systems", "scorelift.plugins")
 
-    for package in (scorelift.systems, scorelift.plugins):
+
+def _import_builtin_plugins() -> None:
+    for name in BUILTIN_PACKAGES:
+        package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
             importlib.import_module(info.name)
 

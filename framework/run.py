@@ -20,9 +20,10 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift import builders, fast_path, registry
+from scorelift import registry
 from scorelift.atomic import write_text_atomic
-from scorelift.checks import ResumePoint, check_inputs, pick_device, resume_checkpoint
+from scorelift.console import LOG_FORMAT
+from scorelift.checks import ResumePoint, check_inputs, resume_checkpoint
 from scorelift.disk_space import check_disk_space, free_bytes
 from scorelift.errors import ConfigError, RunStopped, RunWriteError
 from scorelift.library_noise import quiet_known_library_noise
@@ -42,10 +43,10 @@ from scorelift.outputs.mesh import export_mesh
 from scorelift.outputs.progress import StepProgressBar
 from scorelift.outputs.evaluation import Evaluation, applicable_evaluators
 from scorelift.outputs.timing import StepTimer
+from scorelift.plan import RunPlan
 from scorelift.run_info import record_end, write_run_info
 from scorelift.run_lock import RunLock
 from scorelift.stop_signals import GracefulStop, StopSignals
-from scorelift.trainer_options import check_trainer
 from scorelift.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def write_start_files(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
 def run_log(run_dir: Path):
     """Copy every log record of the run into ``run_dir/launch.log`` (appended on resume)."""
     handler = logging.FileHandler(run_dir / "launch.log")
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -103,13 +104,11 @@ def run_log(run_dir: Path):
         handler.close()
 
 
-def build_system(cfg: DictConfig, device: torch.device):
-    """The prior and the system named by cfg.system.type, on ``device``."""
-    for path in cfg.plugins.paths:
-        registry.load_plugin_file(path)
-    prior = builders.build("prior", cfg.prior, device)
-    system_cls = registry.find("system", cfg.system.type)
-    return system_cls(OmegaConf.to_container(cfg, resolve=True), prior).to(device)
+def build_system(plan: RunPlan):
+    """The prior and the system of ``plan``, on its device: each part built from its parsed,
+    checked config (``PartPlan.build``); nothing is parsed or checked again."""
+    prior = plan.prior.build(plan.device, fast_path=plan.fast_path)
+    return plan.system.cls(plan, prior).to(plan.device)  # a system is built from the whole plan
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: StepTimer, evaluation: Evaluation,
@@ -190,10 +189,11 @@ def log_start_notes(removed: list[Path], point: ResumePoint | None, set_aside_as
         log.warning("%s", failure)
 
 
-def train(cfg, system, run_dir: Path, device, stop: StopSignals, point: ResumePoint | None, timer, evaluation) -> int:
-    """Fit ``system``; returns the final global step. RunStopped after a stop signal (checkpoint
-    written), RunWriteError when the disk filled up (last good checkpoint intact)."""
-    settings = check_trainer(cfg)
+def train(cfg, settings, system, run_dir: Path, device, stop: StopSignals, point: ResumePoint | None, timer,
+          evaluation) -> int:
+    """Fit ``system`` with the trainer ``settings`` (the plan's); returns the final global step.
+    RunStopped after a stop signal (checkpoint written), RunWriteError when the disk filled up
+    (last good checkpoint intact)."""
     keeper = CheckpointKeeper(run_dir, settings.checkpoint_every, settings.keep_checkpoints)
     graceful = GracefulStop(stop, keeper)
     resume_step = point.step if point is not None else 0
@@ -206,11 +206,11 @@ def train(cfg, system, run_dir: Path, device, stop: StopSignals, point: ResumePo
     return int(trainer.global_step)
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, checked: bool = False) -> dict:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, plan: RunPlan | None = None) -> dict:
     """Train (mode=train, resuming from ``cfg.resume``), re-render (mode=test) or export a mesh
     (mode=export) into ``run_dir``.
 
-    Order: check the config (unless the caller did: ``checked``), take the run directory's lock
+    Order: check the config into the run's plan (unless the caller did: ``plan``), take the run directory's lock
     if it exists, build the prior and the system, check the disk space, and only then create
     ``run_dir`` and write into it, so a run that cannot start writes nothing. The stop signals
     (``trainer.stop_signals``) stop training cleanly (``RunStopped``, exit code 75).
@@ -218,9 +218,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
     """
     quiet_known_library_noise()
     run_dir = Path(run_dir)
-    if not checked:
-        check_inputs(cfg, run_dir)
-    signals = check_trainer(cfg).stop_signals if cfg.mode == "train" else []
+    if plan is None:
+        plan = check_inputs(cfg, run_dir)
+    signals = plan.trainer.stop_signals if cfg.mode == "train" else []
     with contextlib.ExitStack() as held:
         stop = held.enter_context(StopSignals(signals))
         existed = run_dir.is_dir()
@@ -229,15 +229,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
             held.enter_context(RunLock(run_dir))
             removed = remove_dead_writers_files(run_dir)
         check_writable(run_dir)
-        device = pick_device(cfg.device)
+        device = plan.device
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         point = resume_checkpoint(cfg, run_dir)  # a checkpoint in mode test/export: check_resume saw to that
         if cfg.deterministic:
             # cuBLAS reads this when its first handle is made, which may happen while the prior is built
             # (before Lightning, which sets it too, starts).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        fast_path.configure(fast_path.setting(cfg))  # before the parts are built: they ask it how to set up
-        system = build_system(cfg, device)
+        system = build_system(plan)
         if cfg.mode == "train":
             check_disk_space(cfg, system, run_dir, point.step if point is not None else 0)
         if stop.requested:
@@ -252,7 +251,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
             log.info("Run directory: %s", run_dir)
             log_start_notes(removed, point, moved)
             try:
-                return run_mode(cfg, system, run_dir, device, stop, point)
+                return run_mode(cfg, plan, system, run_dir, stop, point)
             except RunStopped as exc:
                 record_end(run_dir, "stopped", signal=stop.name, message=str(exc))
                 raise
@@ -270,7 +269,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, chec
                 raise error from None
 
 
-def run_mode(cfg, system, run_dir: Path, device, stop: StopSignals, point: ResumePoint | None) -> dict:
+def run_mode(cfg, plan: RunPlan, system, run_dir: Path, stop: StopSignals, point: ResumePoint | None) -> dict:
     """The run's mode, in its run directory: train then write the final outputs, re-render, or
     export; returns what was written."""
     if cfg.mode == "export":
@@ -285,7 +284,7 @@ def run_mode(cfg, system, run_dir: Path, device, stop: StopSignals, point: Resum
         step = load_weights(system, point.path)
         log.info("Re-rendering %s at step %d", run_dir, step)
     else:
-        step = train(cfg, system, run_dir, device, stop, point, timer, evaluation)
+        step = train(cfg, plan.trainer, system, run_dir, plan.device, stop, point, timer, evaluation)
     not_yet = f"training is done (checkpoints/last.ckpt holds step {step}) but the final outputs were not written; resuming writes them."
     if stop.requested:
         raise stop.stopped(run_dir, step, not_yet)

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from scorelift.config import parse_config
+from scorelift.devices import pick_device
 from scorelift.errors import ConfigError
 from scorelift.stop_signals import DEFAULT_STOP_SIGNALS, parse_stop_signals
 
@@ -127,7 +128,6 @@ def check_lightning_options(trainer: TrainerConfig, device_name) -> None:
             f"(scale all gradients so that their global L2 norm is at most gradient_clip_val) or value (clamp "
             f"each gradient element to [-gradient_clip_val, gradient_clip_val])."
         )
-    from scorelift.checks import pick_device  # the `device` key's own check
 
     device = pick_device(device_name)
     wanted = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}.get(trainer.accelerator)

@@ -59,10 +59,11 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     )
 
 
-def load_prior(model: Path | str, device: str = "cpu", **overrides):
+def load_prior(model: Path | str, device: str = "cpu", fast_path: bool = True, **overrides):
     from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
 
-    return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides), device)
+    return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides), device,
+                                fast_path=fast_path)
 
 
 @pytest.fixture(scope="session")

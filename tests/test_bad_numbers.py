@@ -101,7 +101,7 @@ def memory_case(monkeypatch, free: int, *overrides: str):
     """check_memory on a composed config, the device reporting ``free`` bytes."""
     monkeypatch.setattr(memory, "available_memory", lambda device: (free, f"the test device has {human_bytes(free)} free"))
     cfg = compose_config(["device=cpu", *overrides], with_hydra=False)
-    check_memory(cfg, {"geometry": check_part("geometry", cfg.geometry, "geometry")})
+    check_memory(cfg, {"geometry": check_part("geometry", cfg.geometry, "geometry")}, torch.device("cpu"))
 
 
 # The shapes preset's RGB voxel grid at R = 64 under Adam: 4 (1 + 3) 64^3 + 4 bytes of parameters

@@ -157,5 +157,5 @@ def test_re_evaluating_a_run_keeps_its_geometry_measure(tmp_path):
     again = ev.evaluate_run_dir(tmp_path)  # python -m scorelift.shapes_world.evaluate RUN_DIR does this
     assert again["disconnected_mass"] == 0.25
     assert json.loads((tmp_path / "metrics.json").read_text())["disconnected_mass"] == 0.25
-    views_rgb, views_alpha = cm.load_run_views(tmp_path)
+    views_rgb, views_alpha = ev.load_run_views(tmp_path)
     assert views_rgb.shape == (8, 3, 64, 64) and views_alpha.shape == (8, 64, 64)

@@ -16,7 +16,7 @@ from scorelift.data.cameras import step_generator
 from scorelift.errors import ConfigError
 from scorelift.interfaces.guidance import Guidance
 from scorelift.plugins.guidance.paas import PAASGuidance
-from scorelift.plugins.guidance.sds import SDSGuidance
+from scorelift.library.sds import SDSGuidance
 from scorelift.plugins.guidance.vsd import VSDGuidance
 from scorelift.plugins.geometry.voxel_grid import CPU_SLICE_MIN_POINTS, CPU_SLICES, VoxelGrid, VoxelGridConfig
 from scorelift.plugins.renderers.volume import VolumeRenderer
@@ -28,24 +28,18 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the GPU machine)")
 
 
-@pytest.fixture(autouse=True)
-def restore_switch():
-    yield
-    fast_path.configure(True)
-
-
 def sliced_and_plain_lookup(points: torch.Tensor, threads: int):
     """The voxel grid's lookup of ``points`` with the fast path on and off: (values, grid gradient) each."""
-    grid = VoxelGrid(VoxelGridConfig(resolution=24, n_features=3, feature_activation="sigmoid", init_seed=1))
+    config = VoxelGridConfig(resolution=24, n_features=3, feature_activation="sigmoid", init_seed=1)
     upstream = torch.randn(points.shape[0], 4, generator=torch.Generator().manual_seed(2))
     results = []
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for on in (True, False):
-            fast_path.configure(on)
+            grid = VoxelGrid(config, fast_path=on)
             g = torch.cat([grid.density_grid, grid.feature_grid], dim=1).detach().requires_grad_(True)
-            values = VoxelGrid._sample(g, points)
+            values = grid._sample(g, points)
             (values * upstream).sum().backward()
             results.append((values.detach(), g.grad))
     finally:
@@ -72,9 +66,7 @@ def test_without_the_fast_path_the_cpu_lookup_and_unet_are_the_plain_ones(tiny_p
     upstream = torch.randn(points.shape[0], 4, generator=torch.Generator().manual_seed(2))
     (reference * upstream).sum().backward()
     assert torch.equal(plain_values, reference.detach()) and torch.equal(plain_grad, g.grad)
-    fast_path.configure(False)
-    plain = load_prior(tiny_pipeline_dir)
-    fast_path.configure(True)
+    plain = load_prior(tiny_pipeline_dir, fast_path=False)
     fast = load_prior(tiny_pipeline_dir)
     conv = next(m for m in plain.unet.modules() if isinstance(m, torch.nn.Conv2d))
     fast_conv = next(m for m in fast.unet.modules() if isinstance(m, torch.nn.Conv2d))
@@ -93,13 +85,11 @@ def test_generators_stay_on_the_cpu_without_cuda_and_for_parts_that_do_not_decla
     class OldStyleGuidance(Guidance):  # a plugin written when every generator was a CPU one
         pass
 
-    fast_path.configure(True)
-    assert fast_path.draw_device(VolumeRenderer(), "cpu") == torch.device("cpu")
-    assert fast_path.draw_device(OldStyleGuidance.__new__(OldStyleGuidance), "cuda:0") == torch.device("cpu")
+    assert fast_path.draw_device(VolumeRenderer(), "cpu", True) == torch.device("cpu")
+    assert fast_path.draw_device(OldStyleGuidance.__new__(OldStyleGuidance), "cuda:0", True) == torch.device("cpu")
     assert all(cls.draws_on_device for cls in (PAASGuidance, SDSGuidance, VSDGuidance, VolumeRenderer))
-    assert fast_path.draw_device(VolumeRenderer(), "cuda:0") == torch.device("cuda:0")
-    fast_path.configure(False)
-    assert fast_path.draw_device(VolumeRenderer(), "cuda:0") == torch.device("cpu")
+    assert fast_path.draw_device(VolumeRenderer(), "cuda:0", True) == torch.device("cuda:0")
+    assert fast_path.draw_device(VolumeRenderer(), "cuda:0", False) == torch.device("cpu")
 
 
 def test_graphed_inference_runs_eagerly_on_the_cpu_and_under_autograd():
@@ -126,7 +116,6 @@ def test_a_cpu_step_generator_draws_what_it_drew_before_the_fast_path():
 
 @needs_cuda
 def test_graphed_unet_equals_the_eager_unet_on_fresh_inputs(tiny_pipeline_dir):
-    fast_path.configure(True)
     prior = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
     assert isinstance(prior._eps_model, GraphedInference)
     text = prior.condition("a red cube", ["front", "side"])
@@ -143,10 +132,8 @@ def test_graphed_unet_equals_the_eager_unet_on_fresh_inputs(tiny_pipeline_dir):
 
 @needs_cuda
 def test_graphed_unet_matches_the_pure_path_within_rounding(tiny_pipeline_dir):
-    fast_path.configure(True)
     fast = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
-    fast_path.configure(False)
-    plain = load_prior(tiny_pipeline_dir, "cuda", dtype="float32")
+    plain = load_prior(tiny_pipeline_dir, "cuda", dtype="float32", fast_path=False)
     assert not isinstance(plain._eps_model, GraphedInference)
     text = plain.condition("a red cube", ["front", "side"])
     z = torch.randn(2, 4, 8, 8, device="cuda")
@@ -158,7 +145,6 @@ def test_graphed_unet_matches_the_pure_path_within_rounding(tiny_pipeline_dir):
 
 @needs_cuda
 def test_device_jitter_is_seeded_uniform_and_inside_each_interval():
-    fast_path.configure(True)
     renderer = VolumeRenderer().train()
     t_near = torch.zeros(4096, device="cuda")
     t_far = torch.full((4096,), 2.0, device="cuda")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from scorelift.errors import ConfigError
-from scorelift.plugins.guidance import score_math as sm
+from scorelift.maths import score_math as sm
 from scorelift.plugins.guidance.paas import PAASGuidance
-from scorelift.plugins.guidance.sds import SDSGuidance
+from scorelift.library.sds import SDSGuidance
 from tests.conftest import yaml_defaults
 
 B, C, H = 2, 4, 8

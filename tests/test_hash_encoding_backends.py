@@ -19,7 +19,7 @@ import torch
 
 from scorelift.builders import build_named
 from scorelift.errors import ConfigError
-from scorelift.plugins.geometry.hash_encoding_tcnn import (
+from scorelift.library.hash_encoding_tcnn import (
     TcnnGridSpec,
     tables_to_tcnn_params,
     tcnn_layout,
@@ -61,7 +61,7 @@ def agreement_points(n: int, resolutions: list[int], gen: torch.Generator) -> to
 def run_agreement(device: str) -> list[dict]:
     """Triton vs ``forward_torch``: outputs and table gradients for AGREEMENT_CASES, level 1 masked.
     Raises AssertionError on a mismatch; returns the max errors (run in a subprocess on the CPU)."""
-    from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
+    from scorelift.library.hash_encoding_triton import triton_hash_encoding
 
     results = []
     for case in AGREEMENT_CASES:
@@ -150,7 +150,7 @@ def test_triton_geometry_matches_torch_geometry_on_cuda():
 def test_triton_refuses_points_that_need_gradients():
     """The kernels give table gradients only: points requiring grad fail loudly (before any Triton
     import), and backend=auto routes such points to the PyTorch encoder."""
-    from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
+    from scorelift.library.hash_encoding_triton import triton_hash_encoding
 
     enc = HashEncoding(2, 2, 8, 4, 2.0, 0)
     pts = torch.rand(8, 3, requires_grad=True)
@@ -162,12 +162,13 @@ def test_triton_refuses_points_that_need_gradients():
 
 def test_backend_modules_import_without_triton_or_tinycudann(monkeypatch):
     """No top-level triton / tinycudann import, and the modules import with both blocked."""
-    for name in ("hash_grid.py", "hash_encoding_triton.py", "hash_encoding_tcnn.py"):
-        tree = ast.parse((ROOT / "plugins" / "geometry" / name).read_text())
+    for path in ("plugins/geometry/hash_grid.py", "framework/library/hash_encoding_triton.py",
+                 "framework/library/hash_encoding_tcnn.py"):
+        tree = ast.parse((ROOT / path).read_text())
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                assert not any(str(n).split(".")[0] in ("triton", "tinycudann") for n in names), (name, names)
+                assert not any(str(n).split(".")[0] in ("triton", "tinycudann") for n in names), (path, names)
 
     class Block:
         def find_spec(self, fullname, path=None, target=None):
@@ -176,10 +177,10 @@ def test_backend_modules_import_without_triton_or_tinycudann(monkeypatch):
             return None
 
     monkeypatch.setattr(sys, "meta_path", [Block()] + sys.meta_path)
-    for mod in ("triton", "tinycudann", "scorelift.plugins.geometry.hash_encoding_triton", "scorelift.plugins.geometry.hash_encoding_tcnn"):
+    for mod in ("triton", "tinycudann", "scorelift.library.hash_encoding_triton", "scorelift.library.hash_encoding_tcnn"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
-    importlib.import_module("scorelift.plugins.geometry.hash_encoding_triton")
-    importlib.import_module("scorelift.plugins.geometry.hash_encoding_tcnn")
+    importlib.import_module("scorelift.library.hash_encoding_triton")
+    importlib.import_module("scorelift.library.hash_encoding_tcnn")
 
 
 # ---------------------------------------------------------------- backend selection

@@ -1,11 +1,11 @@
-"""The exact conversions between VP / VE parameterisations and eps (plugins/priors/parameterisation.py),
+"""The exact conversions between VP / VE parameterisations and eps (framework/maths/parameterisation.py),
 checked against the forward process built by hand: y and eps are known, so every prediction type's
 ideal output is known, and converting it back must give eps exactly (up to float32 rounding)."""
 
 import pytest
 import torch
 
-from scorelift.plugins.priors import parameterisation as pz
+from scorelift.maths import parameterisation as pz
 
 
 def ideal(seed: int = 0):

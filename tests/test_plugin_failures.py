@@ -25,7 +25,7 @@ import pytest
 
 from scorelift import registry
 from scorelift.errors import ConfigError, PluginError
-from scorelift.plugins.guidance.sds import SDSGuidance as BuiltinSDS
+from scorelift.library.sds import SDSGuidance as BuiltinSDS
 from tests.launching import error_paragraph
 from tests.test_system import small_run_overrides
 
@@ -83,7 +83,7 @@ class GoodSDS(BuiltinSDS):
 
 # (refused name, its class, words of the reason and of the fix)
 REFUSED = [
-    ("sds", "SDSGuidance", ["already taken by class SDSGuidance in module scorelift.plugins.guidance.sds",
+    ("sds", "SDSGuidance", ["already taken by class SDSGuidance in module scorelift.library.sds, registered by scorelift.plugins.guidance.sds",
                             "which keeps it", "Rename it in the plugin's @register('guidance', ...) call"]),
     ("faulty-not-a-guidance", "NotAGuidance", ["not a subclass of scorelift.interfaces.guidance.Guidance",
                                                "derive it from that interface"]),
@@ -98,7 +98,7 @@ PACKAGE_WORDS = [f"Plugin {MODULE} (package {PACKAGE} {VERSION})", "Fix the pack
 # What the registry of the process that ran the cases holds (a probe case of tests/run_cases.py).
 REGISTRY_PROBE = """
 from scorelift import registry
-from scorelift.plugins.guidance.sds import SDSGuidance
+from scorelift.library.sds import SDSGuidance
 from scorelift.errors import PluginError
 try:
     registry.find("guidance", "faulty-no-call")
@@ -285,7 +285,7 @@ def test_a_class_named_like_a_builtin_does_not_replace_it(restored_registry):
         registry.register("guidance", "sds")(SDSGuidance)
     message = str(err.value)
     assert f"class SDSGuidance in module {__name__}" in message
-    assert "already taken by class SDSGuidance in module scorelift.plugins.guidance.sds" in message
+    assert "already taken by class SDSGuidance in module scorelift.library.sds, registered by scorelift.plugins.guidance.sds" in message
     assert registry.find("guidance", "sds") is BuiltinSDS and stored_guidance("sds") is before
 
 

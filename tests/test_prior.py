@@ -290,7 +290,7 @@ def test_half_precision_unet_returns_float32(tiny_pipeline_dir, tiny_prior):
 def test_deterministic_resize_equals_interpolate(size, deterministic_algorithms):
     """The matrix form of bilinear resizing (deterministic runs; F.interpolate's CUDA backward is
     not deterministic) equals F.interpolate(align_corners=False), up and down, value and gradient."""
-    from scorelift.plugins.priors.resize import resize_bilinear
+    from scorelift.maths.resize import resize_bilinear
 
     x = torch.randn(2, 3, 6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
     ours = resize_bilinear(x, size)

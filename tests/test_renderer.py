@@ -13,7 +13,7 @@ from scorelift.builders import build_named
 from scorelift.data.cameras import make_cameras
 from scorelift.errors import ConfigError
 from scorelift.interfaces.geometry import Geometry, GeometryOutput
-from scorelift.plugins.renderers.compositing import composite_nerfacc, composite_torch, nerfacc_available, resolve_backend
+from scorelift.maths.compositing import composite_nerfacc, composite_torch, nerfacc_available, resolve_backend
 from scorelift.plugins.renderers.volume import ray_aabb, sample_count
 
 

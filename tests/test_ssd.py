@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scorelift.errors import ConfigError
-from scorelift.plugins.guidance.sds import SDSGuidance
+from scorelift.library.sds import SDSGuidance
 from scorelift.plugins.guidance.ssd import SSDGuidance, projection_ratio
 from tests.conftest import yaml_defaults
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scorelift.data.cameras import make_cameras
-from scorelift.plugins.guidance import score_math as sm
+from scorelift.maths import score_math as sm
 from scorelift.plugins.guidance.vsd import VSDGuidance
 from tests.conftest import yaml_defaults
 

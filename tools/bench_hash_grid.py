@@ -9,7 +9,7 @@ tables) and the whole hash-grid geometry (encoding + heads, density and features
 backward), timed with CUDA events: --warmup calls, then the median of --iters. Also the max
 abs differences of outputs and table gradients: triton against torch (the same encoding:
 expect ~1e-6), and tcnn against tcnn_reference_encoding (tcnn's own formula; tcnn against
-torch is not reported because the formulas differ, see plugins/geometry/hash_encoding_tcnn.py).
+torch is not reported because the formulas differ, see framework/library/hash_encoding_tcnn.py).
 Tables are filled with N(0, 1) values so that the differences are not hidden by the 1e-4 init.
 Runs in well under a minute on an H100.
 """
@@ -63,7 +63,7 @@ def encoders(enc: HashEncoding, backends: list[str]):
     """backend -> function(points) -> [N, L * F], all on ``enc``'s tables."""
     fns = {"torch": enc.forward_torch}
     if "triton" in backends:
-        from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
+        from scorelift.library.hash_encoding_triton import triton_hash_encoding
 
         fns["triton"] = lambda p: triton_hash_encoding(p, enc.tables, enc.resolutions, enc.level_mask)
     if "tcnn" in backends:
@@ -113,7 +113,7 @@ def bench_encoding(cfg: dict, backends: list[str], warmup: int, iters: int) -> d
             "output_scale": outputs["torch"][0].abs().max().item(),
         }
     if "tcnn" in outputs:
-        from scorelift.plugins.geometry.hash_encoding_tcnn import tables_to_tcnn_params, tcnn_reference_encoding
+        from scorelift.library.hash_encoding_tcnn import tables_to_tcnn_params, tcnn_reference_encoding
 
         adapter = enc.tcnn_adapter(torch.device("cuda"))
         reference = lambda p: tcnn_reference_encoding(  # noqa: E731

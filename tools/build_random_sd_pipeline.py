@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
 
-from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer  # noqa: E402
+from scorelift.library.bpe_vocabulary import build_clip_tokenizer  # noqa: E402
 from scorelift.plugins.priors.tiny_random import SHAPES_WORLD_WORDS  # noqa: E402
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json (published values).

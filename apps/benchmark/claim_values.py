@@ -88,9 +88,10 @@ def unit_values(out: Path, cells: list[Cell], metric: str, time_limit: float | N
 
 def _across_seeds(out: Path, cells: list[Cell], metric: str) -> dict:
     from scorelift.shapes_world import claim_measures
+    from scorelift.shapes_world.evaluate import load_run_views
 
     by_prompt: dict[str, list] = {}
     for cell in cells:
         if cell_metrics(out, cell) is not None:
-            by_prompt.setdefault(cell.prompt, []).append(claim_measures.load_run_views(run_dir(out, cell)))
+            by_prompt.setdefault(cell.prompt, []).append(load_run_views(run_dir(out, cell)))
     return {prompt: claim_measures.seed_diversity(views)[metric] for prompt, views in by_prompt.items() if len(views) > 1}

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from scorelift.benchmark import claim_spec, claims_report, collect, runner
-from scorelift.benchmark.cli import add_slurm_arguments, machine_description, run_options, stopped
+from scorelift.benchmark import claim_spec, claims_report, collect, dispatch, runner
+from scorelift.benchmark.cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
         print(f"{len(claims)} claim(s), {sum(len(c) for c in plan.arms.values())} arm cells, {len(plan.cells)} distinct "
               f"cells to run or keep.", flush=True)
         start = time.perf_counter()
-        outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
+        outcome = dispatch.RunOutcome() if args.report_only else dispatch.run_cells(
             out, plan.cells, args.workers, args.threads_per_run, args.mps, relative_cost=plan.relative_cost,
             stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:

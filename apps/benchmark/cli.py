@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from scorelift.benchmark import report, runner, spec as spec_mod
+from scorelift.benchmark import claims_cli, dispatch, report, runner, spec as spec_mod
+from scorelift.benchmark.cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
@@ -35,44 +34,6 @@ exit codes:
   1   a cell failed (see its stdout.log) or was not run; the report lists it
   2   bad input (an unknown preset, method or option)
   75  stopped (by a signal, or a cell was stopped): run the same command again to resume"""
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{platform.system()} {platform.machine()}, {os.cpu_count()} logical CPUs ({cpu})"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            text += ", GPU: " + ", ".join(names) + f" (CUDA {torch.version.cuda})"
-        else:
-            text += ", no GPU"
-    except Exception:  # a broken CUDA setup must not stop the report
-        pass
-    return text
-
-
-def add_slurm_arguments(ap: argparse.ArgumentParser) -> None:
-    """--executor and the SLURM job options, shared by the presets' and the claims' command lines."""
-    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
-                    help="local: this machine's GPUs or CPUs (default); slurm: submit the cells as SLURM job arrays "
-                         "(the --out folder must be on a filesystem the nodes share)")
-    ap.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's default)")
-    ap.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit of each job (default 60)")
-    ap.add_argument("--slurm-gpus-per-job", type=int, default=0, help="GPUs each job asks for (default 0)")
-    ap.add_argument("--slurm-cpus-per-job", type=int, default=1, help="CPUs each job asks for (default 1)")
-    ap.add_argument("--cells-per-job", type=int, default=1, help="cells each SLURM job runs, one after another (default 1)")
-    ap.add_argument("--array-parallelism", type=int, default=256, help="array tasks SLURM runs at once (default 256)")
-    ap.add_argument("--sbatch", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra sbatch options for every job, such as qos=high or constraint=h100")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -102,47 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def parse_gpus(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isdigit() for t in items) or len(set(items)) != len(items):
-        raise spec_mod.ConfigError(f"--gpus {text!r} must be distinct comma-separated GPU indices, such as 0,1,3.")
-    return [int(t) for t in items]
-
-
-def slurm_options(args: argparse.Namespace):
-    from scorelift.benchmark.slurm_cells import SlurmOptions
-
-    extra = {}
-    for item in args.sbatch:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise spec_mod.ConfigError(f"--sbatch {item!r} must be KEY=VALUE, such as qos=high (an sbatch long "
-                                       "option without its dashes).")
-        extra[key.lstrip("-")] = value
-    opts = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time, gpus_per_job=args.slurm_gpus_per_job,
-                        cpus_per_job=args.slurm_cpus_per_job, cells_per_job=args.cells_per_job,
-                        array_parallelism=args.array_parallelism, sbatch=extra)
-    opts.check()
-    return opts
-
-
-def run_options(args: argparse.Namespace):
-    """(GPU indices or None, SLURM options or None) from the options the presets' and the claims'
-    command lines share, after checking --workers and --stop-grace."""
-    if args.workers < 1:
-        raise spec_mod.ConfigError(f"--workers {args.workers} must be at least 1.")
-    if not args.stop_grace >= 0:
-        raise spec_mod.ConfigError(f"--stop-grace {args.stop_grace:g} must be a number of seconds, 0 or more.")
-    return parse_gpus(args.gpus), slurm_options(args) if args.executor == "slurm" else None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["claims"]:  # the papers' claims, each judged on its own cells
-        from scorelift.benchmark import claims_cli
-
         return claims_cli.main(argv[1:])
     args = parse_args(argv)
     try:
@@ -152,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)
         start = time.perf_counter()
-        outcome = runner.RunOutcome() if args.report_only else runner.run_cells(
+        outcome = dispatch.RunOutcome() if args.report_only else dispatch.run_cells(
             out, cells, args.workers, args.threads_per_run, args.mps, relative_cost=spec.relative_cost,
             stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:
@@ -197,11 +120,3 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_STOPPED if only_stopped else 1 if failed else 0
 
 
-def stopped(outcome: runner.RunOutcome, out: Path, cells: list) -> int:
-    """The runner was stopped by a signal: one line saying what is where (the lines of the
-    stopped cells came before it), no report (it would be of a run cut short); exit 75."""
-    finished = sum(runner.is_finished(out, c) for c in cells)
-    print(f"benchmark.py: stopped by {outcome.stopped_by}: {len(outcome.stopped)} cell(s) stopped, "
-          f"{outcome.not_started} not started, {finished} of {len(cells)} finished; no report written. Run the same "
-          f"command again to resume (exit code 75: stopped, resume me).", file=sys.stderr)
-    return EXIT_STOPPED

@@ -154,11 +154,3 @@ def seed_diversity(views: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
             colour.append(float((views[i][0] - views[j][0]).abs()[both].mean()))
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return dict(geometry_spread=mean(geometry), colour_spread=mean(colour))
-
-
-def load_run_views(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """A finished run's evaluation views: rgb [8, 3, 64, 64], alpha [8, 64, 64] (eval/*.png)."""
-    from scorelift.shapes_world.evaluate import load_eval_views
-
-    rgb, alpha = load_eval_views(run_dir)
-    return rgb, alpha[:, 0]

@@ -337,6 +337,12 @@ def load_eval_views(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return rgb, alpha
 
 
+def load_run_views(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A finished run's evaluation views: rgb [8, 3, 64, 64], alpha [8, 64, 64] (eval/*.png)."""
+    rgb, alpha = load_eval_views(run_dir)
+    return rgb, alpha[:, 0]
+
+
 def _geometry_measures_written(run_dir: Path) -> dict:
     """The measures of an earlier metrics.json that the views cannot give again (re-evaluating a
     run from its PNGs keeps them)."""

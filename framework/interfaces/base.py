@@ -1,4 +1,8 @@
-"""Base classes: every part has a dataclass ``Config`` parsed (strictly) from its config node."""
+"""Base classes: every part has a dataclass ``Config`` parsed (strictly) from its config node.
+
+A run builds its parts from its plan (``scorelift.plan``): each gets its Config already parsed and
+checked at start-up, and takes it as it is. A part built by hand from a mapping (a test, a script)
+has it parsed and checked here, once, the way start-up would."""
 
 from __future__ import annotations
 
@@ -16,6 +20,16 @@ class EmptyConfig:
     pass
 
 
+def parsed_config(cls: type, cfg: Any, where: str):
+    """``cfg`` as it is when it is already ``cls.Config`` (a plan's: parsed and checked at start-up);
+    else parsed against ``cls.Config`` and checked by ``cls.check_config``."""
+    if isinstance(cfg, cls.Config):
+        return cfg
+    parsed = parse_config(cls.Config, cfg, where)
+    cls.check_config(parsed)
+    return parsed
+
+
 class BasePart(Updateable):
     """A part that is not an nn.Module (guidance, losses, priors): kept out of the module tree so
     Lightning neither checkpoints nor wraps it; parts that do hold trainable state expose it
@@ -25,7 +39,7 @@ class BasePart(Updateable):
     name: ClassVar[str] = "?"
 
     def __init__(self, cfg: Any = None):
-        self.cfg = cfg if isinstance(cfg, self.Config) else parse_config(self.Config, cfg, self.describe())
+        self.cfg = parsed_config(type(self), cfg, self.describe())
 
     @classmethod
     def describe(cls) -> str:
@@ -44,7 +58,7 @@ class BaseModulePart(torch.nn.Module, Updateable):
 
     def __init__(self, cfg: Any = None):
         torch.nn.Module.__init__(self)
-        self.cfg = cfg if isinstance(cfg, self.Config) else parse_config(self.Config, cfg, type(self).__name__)
+        self.cfg = parsed_config(type(self), cfg, type(self).__name__)
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:

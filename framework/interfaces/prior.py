@@ -8,12 +8,13 @@ from typing import Optional
 import torch
 
 from scorelift.interfaces.base import BasePart
+from scorelift.maths import parameterisation as pz
+from scorelift.prompts import check_prompt
 
 # The facts a prior declares about itself (class attributes, or set when it loads; ``inspect``
 # reports them before anything loads so the start-up check can refuse what makes no sense).
 SPACES = ("latent", "pixel")  # latent: a VAE maps renders to the denoiser's input; pixel: none
 CONDITIONINGS = ("text", "class", "none")  # what the denoiser is conditioned on
-PARAMETERISATIONS = ("vp", "ve")  # variance-preserving (DDPM/DDIM) or variance-exploding (score-SDE)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "score")
 
 
@@ -60,7 +61,7 @@ class DiffusionPrior(BasePart):
       device, dtype (denoiser compute dtype).
 
     The guidance math is written once, in VP notation at integer ticks; each prior converts
-    exactly to and from its own parameterisation inside ``predict_eps`` (plugins/priors/parameterisation.py).
+    exactly to and from its own parameterisation inside ``predict_eps`` (framework/maths/parameterisation.py).
     """
 
     # What this prior can do beyond the required methods; a guidance lists what it needs in
@@ -97,8 +98,6 @@ class DiffusionPrior(BasePart):
     def validate_prompt(self, prompt: str) -> None:
         """ConfigError if this (built) prior cannot take ``prompt``; for callers that skip the
         start-up check. Default: any non-empty text (the start-up check's own test)."""
-        from scorelift.checks import check_prompt
-
         check_prompt(prompt)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -140,9 +139,7 @@ class DiffusionPrior(BasePart):
 
     def eps_from_output(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A raw denoiser output [B, C, h, w] at (z_t, t) -> eps [B, C, h, w] float32, by the
-        prior's prediction type and parameterisation (plugins/priors/parameterisation.py)."""
-        from scorelift.plugins.priors import parameterisation as pz
-
+        prior's prediction type and parameterisation (framework/maths/parameterisation.py)."""
         ab = self.alphas_cumprod.to(z_t.device)[t].reshape(-1, *([1] * (z_t.ndim - 1)))
         return pz.eps_from_output(out, z_t, ab, self.prediction_type, self.parameterisation)
 

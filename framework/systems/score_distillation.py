@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from scorelift import builders, fast_path
-from scorelift.config import parse_config
+from scorelift import fast_path
 from scorelift.data.cameras import (
     CameraBatch,
-    CameraSamplerConfig,
     make_cameras,
     sample_cameras,
     step_generator,
 )
 from scorelift.errors import ConfigError
 from scorelift.interfaces import DiffusionPrior, RenderOutput
+from scorelift.plan import RunPlan
 from scorelift.registry import register
 from scorelift.schedule import check_scheduled, scheduled
 from scorelift.systems import contracts
@@ -72,30 +70,33 @@ def loss_key(name: str) -> str:
 
 @register("system", "score-distillation")
 class ScoreDistillationSystem(pl.LightningModule):
-    """Composes the parts named in ``cfg`` (the whole resolved run config) around ``prior``."""
+    """Composes the parts of a run's plan (``scorelift.plan.RunPlan``) around ``prior``."""
 
-    def __init__(self, cfg: Any, prior: DiffusionPrior):
+    Config = SystemConfig
+
+    def __init__(self, plan: RunPlan, prior: DiffusionPrior):
         super().__init__()
-        self.cfg = parse_config(SystemConfig, cfg["system"], "system")
-        self.data_cfg = parse_config(CameraSamplerConfig, cfg["data"], "data")
-        # None: no prompt (an unconditional prior; the start-up check allows it only there).
-        self.prompt = None if cfg["prompt"] is None or not str(cfg["prompt"]).strip() else str(cfg["prompt"]).strip()
-        self.seed = int(cfg["seed"])
-        self.max_steps = int(cfg["trainer"]["max_steps"])
+        self.cfg: SystemConfig = plan.system.config
+        self.data_cfg = plan.data
+        self.prompt = plan.prompt  # None: an unconditional prior's run
+        self.seed = plan.seed
+        self.max_steps = int(plan.trainer.max_steps)
+        self.fast_path = plan.fast_path
         object.__setattr__(self, "prior", prior)  # not a submodule: never checkpointed or moved
 
-        self.geometry = builders.build("geometry", cfg["geometry"])
-        self.background = builders.build("background", cfg["background"])
-        self.renderer = builders.build("renderer", cfg["renderer"])
-        guidance = builders.build("guidance", cfg["guidance"], prior)
+        settings = {"fast_path": plan.fast_path}
+        self.geometry = plan.geometry.build(**settings)
+        self.background = plan.background.build(**settings)
+        self.renderer = plan.renderer.build(**settings)
+        guidance = plan.guidance.build(prior, **settings)
         object.__setattr__(self, "guidance", guidance)
-        self.guidance_name = str(cfg["guidance"]["type"])
+        self.guidance_name = plan.guidance.name
         conditioning = getattr(prior, "conditioning", "text")
         if conditioning == "none" or not getattr(prior, "has_unconditional", True):
             what = "is unconditional" if conditioning == "none" else f"is {conditioning}-conditioned without a null class"
             log.info("The prior %s: guidance=%s uses its single prediction, with no classifier-free guidance "
                      "(guidance_scale and cfg_convention do not apply).", what, self.guidance_name)
-        self.loss_terms = {name: builders.build_named("loss", name, opts) for name, opts in self.cfg.losses.items()}
+        self.loss_terms = {name: part.build(**settings) for name, part in plan.losses.items()}
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.plugin_outputs_checked = False  # the first training step checks what the plugins return
@@ -108,15 +109,10 @@ class ScoreDistillationSystem(pl.LightningModule):
         return self.geometry.feature_kind == "latent"
 
     @classmethod
-    def check_config(cls, cfg) -> None:
-        """Start-up check of the run config's ``system`` section: its keys and types, each loss's
-        config, one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``) and the
-        optimizer (name, args tried on the run's device, learning rates in range)."""
-        from scorelift.checks import check_part, pick_device
-
-        system = parse_config(SystemConfig, cfg["system"], "system")
-        for name, opts in system.losses.items():
-            check_part("loss", {**(opts or {}), "type": name}, f"system.losses.{name}")
+    def check_config(cls, system: SystemConfig, device: torch.device) -> None:
+        """Start-up check of the parsed ``system`` section (each loss's own config is checked as a
+        part): one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``) and the
+        optimizer (name, args tried on the run's ``device``, learning rates in range)."""
         expected = {loss_key("guidance")} | {loss_key(n) for n in system.losses}
         extra = set(system.loss_weights) - expected
         missing = expected - set(system.loss_weights)
@@ -129,7 +125,7 @@ class ScoreDistillationSystem(pl.LightningModule):
             raise ConfigError(f"system.loss_weights lacks {sorted(missing)}; give every configured term a weight.")
         for key, value in system.loss_weights.items():
             check_scheduled(value, f"system.loss_weights.{key}")
-        check_optimizer_config(system.optimizer, pick_device(cfg["device"]))
+        check_optimizer_config(system.optimizer, device)
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, cameras: CameraBatch, generator: torch.Generator | None = None) -> RenderOutput:
@@ -199,7 +195,7 @@ class ScoreDistillationSystem(pl.LightningModule):
     def part_generator(self, part, step: int, stream: int) -> torch.Generator:
         """The generator of ``part``'s draws in this step: on the run's GPU on the fast path, if the
         part draws on its generator's device (``draws_on_device``), else on the CPU."""
-        return step_generator(self.seed, step, stream, fast_path.draw_device(part, self.device))
+        return step_generator(self.seed, step, stream, fast_path.draw_device(part, self.device, self.fast_path))
 
     def check_plugin_outputs(self, guidance_out, losses: dict, image: torch.Tensor) -> None:
         """PluginError (one paragraph naming the plugin and the contract) if the guidance or a loss

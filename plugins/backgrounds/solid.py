@@ -38,7 +38,6 @@ class SolidBackground(Background):
     def __init__(self, cfg=None):
         super().__init__(cfg)
         c = self.cfg
-        self.check_config(c)
         self.n_features = c.n_features
         self.register_buffer("color", torch.tensor(list(c.color), dtype=torch.float32), persistent=False)
 

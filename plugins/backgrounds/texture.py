@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scorelift.errors import ConfigError
 from scorelift.interfaces.background import Background
 from scorelift.registry import register
-from scorelift.plugins.backgrounds.common import check_common
+from scorelift.library.background_options import check_common
 
 MAPPINGS = ("screen", "spherical")
 

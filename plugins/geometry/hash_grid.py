@@ -124,7 +124,7 @@ def _import_error(module: str) -> str | None:
 
 
 def _triton_interpreter() -> bool:
-    from scorelift.plugins.geometry.hash_encoding_triton import interpreter_mode
+    from scorelift.library.hash_encoding_triton import interpreter_mode
 
     return interpreter_mode()
 
@@ -224,14 +224,14 @@ class HashEncoding(torch.nn.Module):
         if not unit_points.is_cuda:
             raise ConfigError(
                 f"{where} got points on {unit_points.device}: tinycudann runs on CUDA tensors only (its formula on the "
-                f"CPU is scorelift.plugins.geometry.hash_encoding_tcnn.tcnn_reference_encoding). Move the geometry to the GPU."
+                f"CPU is scorelift.library.hash_encoding_tcnn.tcnn_reference_encoding). Move the geometry to the GPU."
             )
         return "tcnn"
 
     def forward(self, unit_points: torch.Tensor) -> torch.Tensor:
         backend = self.active_backend(unit_points)
         if backend == "triton":
-            from scorelift.plugins.geometry.hash_encoding_triton import triton_hash_encoding
+            from scorelift.library.hash_encoding_triton import triton_hash_encoding
 
             return triton_hash_encoding(unit_points, list(self.tables), self.resolutions, self.level_mask)
         if backend == "tcnn":
@@ -242,7 +242,7 @@ class HashEncoding(torch.nn.Module):
         """The tinycudann encoder for ``device``, built on first use."""
         key = str(device)
         if key not in self._tcnn:
-            from scorelift.plugins.geometry.hash_encoding_tcnn import TcnnGridSpec, TcnnHashEncoding
+            from scorelift.library.hash_encoding_tcnn import TcnnGridSpec, TcnnHashEncoding
 
             spec = TcnnGridSpec(
                 len(self.resolutions), self.features_per_level, self.log2_size, self.base_resolution, self.per_level_scale
@@ -303,7 +303,6 @@ class HashGrid(Geometry):
     def __init__(self, cfg=None):
         super().__init__(cfg)
         c = self.cfg
-        self.check_config(c)
         self.n_features = c.n_features
         self.feature_kind = FEATURE_KINDS[c.feature_activation]
         r = c.bbox_radius

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from scorelift import fast_path
 from scorelift.errors import ConfigError
 from scorelift.interfaces.geometry import Geometry, GeometryOutput
 from scorelift.registry import register
@@ -105,10 +104,10 @@ class VoxelGrid(Geometry):
     feature_kinds = FEATURE_KINDS
     size_options = ("resolution", "n_features")
 
-    def __init__(self, cfg=None):
+    def __init__(self, cfg=None, fast_path: bool = True):
         super().__init__(cfg)
         c = self.cfg
-        self.check_config(c)
+        self.fast_path = fast_path  # the run's fast_path: on the CPU, the lookup in CPU_SLICES batch entries
         self.n_features = c.n_features
         self.feature_kind = FEATURE_KINDS[c.feature_activation]
         R = c.resolution
@@ -176,8 +175,7 @@ class VoxelGrid(Geometry):
         """
         return (coords.abs() <= 1.0 + 1e-6).all(dim=-1)
 
-    @staticmethod
-    def _sample(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    def _sample(self, grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Trilinear lookup. grid: [1, C, D, H, W]; coords: [N, 3] (x, y, z) in [-1, 1] -> [N, C]
         (a transposed view of channel-major memory: each channel's N values are contiguous, so the
         per-channel activations that follow stream through memory instead of striding over it).
@@ -189,7 +187,7 @@ class VoxelGrid(Geometry):
             return trilinear_gather(grid, coords)
         n = coords.shape[0]
         coords = coords.to(grid.dtype)
-        if coords.device.type == "cpu" and n >= CPU_SLICES * CPU_SLICE_MIN_POINTS and fast_path.enabled():
+        if coords.device.type == "cpu" and n >= CPU_SLICES * CPU_SLICE_MIN_POINTS and self.fast_path:
             return VoxelGrid._sample_in_slices(grid, coords)
         out = F.grid_sample(
             grid, coords.reshape(1, n, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True

@@ -22,7 +22,7 @@ from scorelift.errors import ConfigError
 from scorelift.interfaces.guidance import Guidance, GuidanceOutput
 from scorelift.interfaces.prior import Conditioning, DiffusionPrior
 from scorelift.registry import register
-from scorelift.plugins.guidance import score_math as sm
+from scorelift.maths import score_math as sm
 
 SIGMA_SCHEDULES = ("random", "annealed")
 
@@ -69,7 +69,6 @@ class PAASGuidance(Guidance):
     def __init__(self, cfg: Any, prior: DiffusionPrior):
         super().__init__(cfg, prior)
         c = self.cfg
-        self.check_config(c)
         T = prior.num_train_timesteps  # the index range depends on the prior's schedule
         if not (0 <= c.t_min <= c.t_max <= T - 1):
             raise ConfigError(

@@ -28,7 +28,7 @@ import torch
 
 from scorelift.errors import ConfigError
 from scorelift.registry import register
-from scorelift.plugins.guidance.sds import SDSConfig, SDSGuidance
+from scorelift.library.sds import SDSConfig, SDSGuidance
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from scorelift.interfaces.guidance import Guidance, GuidanceOutput
 from scorelift.interfaces.prior import Conditioning
 from scorelift.registry import register
 from scorelift.transfer import to_device
-from scorelift.plugins.guidance import score_math as sm
-from scorelift.plugins.priors import parameterisation as pz
+from scorelift.maths import score_math as sm
+from scorelift.maths import parameterisation as pz
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -96,7 +96,6 @@ class VSDGuidance(Guidance):
     def __init__(self, cfg: Any, prior):
         super().__init__(cfg, prior)
         c = self.cfg
-        self.check_config(c)
         self.lora_unet = self._add_lora(prior.trainable_denoiser_copy(), c.lora_rank)
         dim = self.lora_unet.time_embedding.linear_2.out_features
         self.camera_embedding = CameraEmbedding(dim).to(prior.device)

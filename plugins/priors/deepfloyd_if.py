@@ -23,8 +23,8 @@ import torch
 
 from scorelift.config import parse_config
 from scorelift.interfaces.prior import DiffusionPrior
-from scorelift.plugins.priors import parameterisation as pz
-from scorelift.plugins.priors.pixel_prior import (
+from scorelift.maths import parameterisation as pz
+from scorelift.library.pixel_prior import (
     TEXT_WEIGHT_FILES,
     WEIGHT_FILES,
     PixelDenoiserPrior,
@@ -33,14 +33,8 @@ from scorelift.plugins.priors.pixel_prior import (
     load_diffusers_pipeline,
     pipeline_source,
 )
-from scorelift.plugins.priors.stable_diffusion import (
-    check_pipeline_dir,
-    load_error,
-    locate_pipeline,
-    read_json,
-    resolve_dtype,
-)
-from scorelift.plugins.priors.text_conditioning import (
+from scorelift.library.pipelines import check_pipeline_dir, load_error, locate_pipeline, read_json, resolve_dtype
+from scorelift.library.text_conditioning import (
     TextPrompts,
     check_view_templates,
     default_view_templates,

@@ -19,8 +19,8 @@ import torch
 
 from scorelift.config import parse_config
 from scorelift.errors import ConfigError
-from scorelift.plugins.priors import parameterisation as pz
-from scorelift.plugins.priors.pixel_prior import (
+from scorelift.maths import parameterisation as pz
+from scorelift.library.pixel_prior import (
     WEIGHT_FILES,
     PixelDenoiserPrior,
     check_weights,
@@ -29,7 +29,7 @@ from scorelift.plugins.priors.pixel_prior import (
     load_diffusers_pipeline,
     pipeline_source,
 )
-from scorelift.plugins.priors.stable_diffusion import load_error, locate_pipeline, read_json, resolve_dtype
+from scorelift.library.pipelines import load_error, locate_pipeline, read_json, resolve_dtype
 from scorelift.registry import register
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class DiffusersUNetPriorConfig:
 def model_facts(path: Path, model: str, c: DiffusersUNetPriorConfig) -> dict:
     """Check a DDPM/DDIM pipeline directory without loading weights (layout, configs, whole weight
     files, the options against the UNet) and return its start-up facts."""
-    from scorelift.plugins.priors.stable_diffusion import check_pipeline_dir
+    from scorelift.library.pipelines import check_pipeline_dir
 
     check_pipeline_dir(path, model, REQUIRED_PARTS, VALID_LAYOUT)
     read_json(path / "model_index.json", model, VALID_LAYOUT)

@@ -19,21 +19,15 @@ from typing import Any
 import torch
 
 from scorelift.config import parse_config
-from scorelift.plugins.priors import parameterisation as pz
-from scorelift.plugins.priors.pixel_prior import (
+from scorelift.maths import parameterisation as pz
+from scorelift.library.pixel_prior import (
     WEIGHT_FILES,
     PixelDenoiserPrior,
     check_weights,
     load_diffusers_pipeline,
     pipeline_source,
 )
-from scorelift.plugins.priors.stable_diffusion import (
-    check_pipeline_dir,
-    load_error,
-    locate_pipeline,
-    read_json,
-    resolve_dtype,
-)
+from scorelift.library.pipelines import check_pipeline_dir, load_error, locate_pipeline, read_json, resolve_dtype
 from scorelift.registry import register
 
 REQUIRED_PARTS: dict[str, list[tuple[str, ...]]] = {

@@ -26,9 +26,10 @@ import torch
 from scorelift.errors import ConfigError
 from scorelift.interfaces.base import BasePart
 from scorelift.registry import register
-from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer
-from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior, check_local_pipeline
-from scorelift.plugins.priors.text_conditioning import default_view_templates
+from scorelift.library.bpe_vocabulary import build_clip_tokenizer
+from scorelift.library.pipelines import check_local_pipeline
+from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
+from scorelift.library.text_conditioning import default_view_templates
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class TinyRandomPrior(StableDiffusionPrior):
         path = cached_tiny_pipeline(c.cache_dir, **pipeline_settings(c))
         return check_local_pipeline(path, str(path), prompt, c.view_templates)
 
-    def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: Any = None, device: torch.device | str = "cpu", fast_path: bool = True):
         BasePart.__init__(self, cfg)  # parse our own Config; the loading is the parent's
         c = self.cfg
         path = cached_tiny_pipeline(c.cache_dir, **pipeline_settings(c))
@@ -224,4 +225,4 @@ class TinyRandomPrior(StableDiffusionPrior):
         )
         # warnings (not logging too): shown once per process and catchable in tests, no double print.
         warnings.warn(message, UserWarning, stacklevel=2)
-        self._load(str(path), True, torch.device(device))
+        self._load(str(path), True, torch.device(device), fast_path)

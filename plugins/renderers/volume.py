@@ -30,7 +30,7 @@ from scorelift.interfaces.geometry import Geometry
 from scorelift.interfaces.renderer import RenderOutput, Renderer
 from scorelift.registry import register
 from scorelift.transfer import to_device
-from scorelift.plugins.renderers.compositing import BACKENDS, composite, resolve_backend
+from scorelift.maths.compositing import BACKENDS, composite, resolve_backend
 
 
 @dataclass(kw_only=True)

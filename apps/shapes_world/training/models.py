@@ -88,7 +88,7 @@ def build_vae(p: dict):
 
 def build_tokenizer(out_dir: str | Path):
     """CLIPTokenizer whose vocabulary makes every world word a single token (files in out_dir)."""
-    from scorelift.plugins.priors.bpe_vocabulary import build_clip_tokenizer
+    from scorelift.library.bpe_vocabulary import build_clip_tokenizer
 
     return build_clip_tokenizer(list(world.VOCABULARY), out_dir, model_max_length=TOKENIZER_MAX_LENGTH)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from scorelift.errors import ConfigError
-from scorelift.plugins.priors.parameterisation import sigmas_from_alphas_cumprod  # noqa: F401  (the VE level of a tick)
+from scorelift.maths.parameterisation import sigmas_from_alphas_cumprod  # noqa: F401  (the VE level of a tick)
 from scorelift.schedule import check_scheduled, scheduled
 from scorelift.transfer import to_device
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from scorelift.interfaces.prior import PARAMETERISATIONS
+PARAMETERISATIONS = ("vp", "ve")  # variance-preserving (DDPM/DDIM) or variance-exploding (score-SDE)
 # Which outputs each parameterisation can have: v is defined for VP only, a score output is the
 # VE family's (diffusers' UNet2DModel with Fourier time features divides by sigma to give it).
 VALID = {"vp": ("epsilon", "v_prediction", "sample"), "ve": ("epsilon", "sample", "score")}

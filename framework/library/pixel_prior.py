@@ -1,7 +1,7 @@
 """What the pixel-space priors share (``diffusers-unet``, ``score-sde``, ``deepfloyd-if``): no VAE,
 renders go to the denoiser at its own resolution in its data range; checks of a pipeline
 directory without weights; and the output of one denoiser call turned into eps by the prior's
-parameterisation (plugins/priors/parameterisation.py).
+parameterisation (framework/maths/parameterisation.py).
 
 A pixel prior's "latents" are the images themselves, mapped from [0, 1] to the model's data
 range ([-1, 1] for DDPM-family models, [0, 1] for score-SDE ones): ``latent_channels`` is 3 and
@@ -20,15 +20,9 @@ import torch
 
 from scorelift.errors import ConfigError
 from scorelift.interfaces.prior import Conditioning, DiffusionPrior
-from scorelift.plugins.priors import parameterisation as pz
-from scorelift.plugins.priors.resize import resize_bilinear
-from scorelift.plugins.priors.stable_diffusion import (
-    check_pipeline_dir,
-    check_safetensors,
-    dtype_keyword,
-    load_error,
-    looks_like_path,
-)
+from scorelift.maths import parameterisation as pz
+from scorelift.maths.resize import resize_bilinear
+from scorelift.library.pipelines import check_pipeline_dir, check_safetensors, dtype_keyword, load_error, looks_like_path
 
 log = logging.getLogger(__name__)
 

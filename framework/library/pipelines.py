@@ -1,0 +1,182 @@
+"""Loading diffusers pipelines as priors: finding the directory, checking its layout and files before
+any weight is read, and the one-paragraph errors that say what a valid directory holds.
+
+Every prior loader uses these (``stable-diffusion``, ``diffusers-unet``, ``deepfloyd-if``,
+``score-sde``); ``layout`` arguments let each loader name its own valid layout in its errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, PriorLoadError
+from .text_conditioning import check_prompt_length
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# What a complete pipeline directory must hold (sub-folder -> files, any one of each group).
+REQUIRED_PARTS: dict[str, list[tuple[str, ...]]] = {
+    "unet": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                                "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")],
+    "vae": [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                               "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")],
+    "text_encoder": [("config.json",), ("model.safetensors", "pytorch_model.bin",
+                                        "model.fp16.safetensors", "pytorch_model.fp16.bin")],
+    "tokenizer": [("vocab.json", "tokenizer.json")],
+    "scheduler": [("scheduler_config.json",)],
+}
+
+VALID_LAYOUT = (
+    "A valid prior is a diffusers StableDiffusionPipeline directory (the save_pretrained layout): "
+    "model_index.json plus the sub-folders unet/, vae/, text_encoder/ (each a config.json and weights), "
+    "tokenizer/ and scheduler/ (scheduler_config.json). Point `prior.model` at such a directory "
+    "(e.g. `prior.model=/path/to/stable-diffusion-2-1-base`), or at a Hugging Face hub id with "
+    "`prior.local_files_only=false` on a machine with network access, or pick the offline prior "
+    "`prior=tiny-random`."
+)
+
+
+def load_error(model: str, reason: str, layout: str = VALID_LAYOUT) -> PriorLoadError:
+    """What failed for ``model`` and what a valid directory holds (``layout``: each loader's own)."""
+    return PriorLoadError(f"Cannot load the diffusion prior from {model!r}: {reason}. {layout}")
+
+
+def looks_like_path(model: str) -> bool:
+    """True when ``model`` can only be a filesystem path (a hub id is ``name`` or ``org/name``)."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def check_pipeline_dir(path: Path, model: str, parts: dict[str, list[tuple[str, ...]]] = REQUIRED_PARTS,
+                       layout: str = VALID_LAYOUT) -> None:
+    """Raise PriorLoadError naming ``model`` if ``path`` is not a complete pipeline directory: a
+    model_index.json and, for each sub-folder of ``parts``, one file of each group of names."""
+    if not path.exists():
+        raise load_error(model, f"the directory {str(path)!r} does not exist", layout)
+    if not path.is_dir():
+        raise load_error(model, f"{str(path)!r} is a file, not a directory", layout)
+    if not (path / "model_index.json").is_file():
+        raise load_error(model, f"{str(path)!r} has no model_index.json", layout)
+    for part, groups in parts.items():
+        folder = path / part
+        if not folder.is_dir():
+            raise load_error(model, f"{str(path)!r} has no {part}/ sub-folder", layout)
+        for group in groups:
+            if not any((folder / name).is_file() for name in group):
+                raise load_error(model, f"{str(folder)!r} lacks {' or '.join(group)}", layout)
+
+
+def dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword: ``dtype`` where diffusers deprecates ``torch_dtype``
+    (0.42 does), else ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # fp16 halves memory and time on GPUs; CPUs have no fast fp16 kernels.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"prior.dtype={name!r} is not known; use auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def read_json(path: Path, model: str, layout: str = VALID_LAYOUT) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise load_error(model, f"{str(path)!r} is not a readable JSON file ({type(exc).__name__}: {exc})", layout) from None
+
+
+def check_safetensors(path: Path, model: str, layout: str = VALID_LAYOUT) -> None:
+    """A safetensors file whose header promises more bytes than the file holds is a truncated
+    download: say so before diffusers fails on it (reads the header only)."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        raise load_error(model, f"{str(path)!r} is not a valid safetensors file (truncated or corrupt)", layout) from None
+    if 8 + header_len + end > size:
+        raise load_error(
+            model, f"{str(path)!r} is truncated ({size} bytes of {8 + header_len + end}); download it again", layout
+        )
+
+
+def locate_pipeline(model: str, local_files_only: bool, layout: str = VALID_LAYOUT) -> Path | None:
+    """The local directory ``model`` names (a path, or a hub id's cached snapshot); None for a hub
+    id that may be downloaded at load time. PriorLoadError for a hub id that is not cached offline."""
+    local = Path(model).expanduser()
+    if local.exists() or looks_like_path(model):
+        return local
+    if not local_files_only:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001  (LocalEntryNotFoundError, a malformed id, ...)
+        raise load_error(
+            model,
+            "it is not a local directory, it is not in the local Hugging Face cache, and nothing is "
+            "downloaded (offline: `prior.local_files_only` is true)",
+            layout,
+        ) from None
+
+
+def inspect_pipeline(path: Path, model: str) -> dict:
+    """Check a pipeline directory without loading weights: layout, readable configs, whole
+    safetensors files. Returns its latent_channels, latent_size and pixel_size."""
+    check_pipeline_dir(path, model)
+    read_json(path / "model_index.json", model)
+    unet = read_json(path / "unet" / "config.json", model)
+    vae = read_json(path / "vae" / "config.json", model)
+    read_json(path / "text_encoder" / "config.json", model)
+    read_json(path / "scheduler" / "scheduler_config.json", model)
+    for part in ("unet", "vae", "text_encoder"):
+        for weights in sorted((path / part).glob("*.safetensors")):
+            check_safetensors(weights, model)
+    try:
+        latent_size = int(unet["sample_size"])
+        latent_channels = int(unet["in_channels"])
+        pixel_size = latent_size * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise load_error(model, f"its unet/ or vae/ config.json lacks a usable {exc}") from None
+    return {"space": "latent", "conditioning": "text", "has_unconditional": True,
+            "latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
+
+
+def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:
+    """``inspect_pipeline`` and the prompt's length against the pipeline's own tokenizer."""
+    facts = inspect_pipeline(path, model)
+    check_prompt_length(load_tokenizer(path, model), prompt, templates)
+    return facts
+
+
+def load_tokenizer(path: Path, model: str):
+    """The pipeline's tokenizer alone (milliseconds), to check prompt lengths before the weights load."""
+    import transformers
+
+    index = read_json(path / "model_index.json", model)
+    entry = index.get("tokenizer")
+    name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else "AutoTokenizer"
+    cls = getattr(transformers, str(name), None) or transformers.AutoTokenizer
+    try:
+        return cls.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise load_error(model, f"its tokenizer/ cannot be loaded ({type(exc).__name__}: {first_line})") from None

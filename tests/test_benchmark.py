@@ -239,6 +239,9 @@ def test_a_turntable_is_linked_as_an_animated_webp_at_the_size_shown(tmp_path):
     turntable_html(tmp_path, big, "m + n/a_red_cube/s1", "report_files", 160)  # a name quoted in the link
     webp = Image.open(tmp_path / "report_files" / "m + n" / "a_red_cube" / "s1.webp")
     assert webp.n_frames == 6 and webp.size == (128, 128)  # 256 px shown at 160: halved, not resampled unevenly
+    Image.new("RGB", (8 * 64, 64)).save(big / "turntable_strip.png")  # the render's own size: 64 px
+    turntable_html(tmp_path, big, "m/a_red_cube/s2", "report_files", 160)
+    assert Image.open(tmp_path / "report_files" / "m" / "a_red_cube" / "s2.webp").size == (64, 64)
     assert turntable_html(tmp_path, tmp_path / "none", "m/x/s0", "report_files") == "–"
 
 

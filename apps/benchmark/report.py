@@ -165,7 +165,8 @@ def write_webp(frames: list, duration: int, path: Path, size: int) -> Path:
 
 def turntable_html(out: Path, run: Path, name: str, folder: str, size: int = 160) -> str:
     """A run's turntable, written to ``<out>/<folder>/<name>.<ext>`` and linked from the page (whose
-    folder is ``out``): an animated WebP of its frames at the size shown; its mp4 (with its first
+    folder is ``out``): an animated WebP of its frames at the size shown or the render's own size,
+    whichever is smaller; its mp4 (with its first
     frame as poster) or GIF copied as it is where this machine can't read the mp4 or write WebP;
     a dash where the run has no turntable."""
     from PIL import Image, features
@@ -179,7 +180,10 @@ def turntable_html(out: Path, run: Path, name: str, folder: str, size: int = 160
         return f"<img width='{size}' height='{size}' alt='turntable' src='{href(rel + '.webp')}'>"
     frames = _turntable_frames(run) if features.check("webp") else None
     if frames:
-        write_webp(*frames, out / f"{rel}.webp", size)
+        # The strip holds the frames at the render's own size (the mp4 is upscaled for players); the
+        # page scales them up pixelated, so no more pixels than those are kept.
+        native = Image.open(strip).height if strip.is_file() else size
+        write_webp(*frames, out / f"{rel}.webp", min(size, native))
         return f"<img width='{size}' height='{size}' alt='turntable' src='{href(rel + '.webp')}'>"
     if mp4.is_file():
         poster = ""

@@ -260,6 +260,16 @@ def test_a_contact_sheet_over_the_limit_is_stored_with_a_palette(tmp_path):
     assert Image.open(save_png(flat, tmp_path / "flat.png", limit=200_000)).mode == "RGB"
 
 
+@pytest.mark.parametrize("page", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "benchmarks").rglob("*.html")))
+def test_committed_reports_link_their_images_and_keep_them_small(page):
+    linked_files(REPO / page)
+
+
+def test_committed_images_are_small():
+    images = [p for ext in ("png", "webp", "gif", "mp4", "jpg") for p in (REPO / "benchmarks").rglob(f"*.{ext}")]
+    assert images and not [(str(p.relative_to(REPO)), p.stat().st_size) for p in images if p.stat().st_size > FILE_LIMIT]
+
+
 def test_wall_time_of_a_benchmark_run_in_slices_is_their_sum():
     from scorelift.benchmark.report import info_lines
 

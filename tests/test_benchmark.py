@@ -5,17 +5,20 @@ methods; what is checked is that every cell runs, is measured and reported, and 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from scorelift.benchmark import runner
 from scorelift.benchmark import spec as spec_mod
 from scorelift.benchmark.collect import summarize
+from scorelift.benchmark.report import FILE_LIMIT
 from scorelift.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +34,27 @@ def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def linked_files(page_path: Path, limit: int = FILE_LIMIT) -> list[Path]:
+    """The files an HTML report links (src, href, poster), checked: nothing embedded (no data URI),
+    every link relative to the page's folder (it opens from disk, fetches nothing), every file there
+    and no larger than ``limit`` bytes."""
+    page = page_path.read_text()
+    assert "base64" not in page and "data:" not in page, f"{page_path} embeds data"
+    files = []
+    for _, link in re.findall(r"""\b(?:src|href|poster)=(["'])(.*?)\1""", page):
+        assert not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:|/|\.\./", link), f"{page_path}: {link} is not a link inside its folder"
+        path = page_path.parent / unquote(html.unescape(link))
+        assert path.is_file(), f"{page_path} links {link}, which is missing"
+        assert path.stat().st_size <= limit, f"{path}: {path.stat().st_size} bytes"
+        files.append(path)
+    return files
+
+
+def turntables(page_path: Path) -> list[str]:
+    """The turntable elements of a report: animated images or videos."""
+    return re.findall(r"<img [^>]*alt='turntable'|<video ", page_path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +88,12 @@ def test_ci_preset_runs_every_cell_and_reports(ci_run):
     md = (out / "report.md").read_text()
     assert "| method | IoU | identification |" in md and "| vsd |" in md
     assert "python benchmark.py ci --out" in md and "torch 2.13.0" in md
-    page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 + 8  # 4 figures + a poster per turntable
-    assert page.count("<video") + page.count("data:image/gif") == 8  # one turntable per method x prompt
-    assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", page)  # self-contained: nothing to fetch
+    linked = linked_files(out / "report.html")
+    assert {p.name for p in linked} >= {"quality_vs_step.png", "quality_vs_time.png", "method_bars.png", "contact_sheet.png"}
+    assert len(turntables(out / "report.html")) == 8  # one turntable per method x prompt, the first seed's
+    webps = sorted((out / "report_files").rglob("*.webp"))  # this environment reads mp4 and writes WebP
+    assert len(webps) == 8 and set(webps) <= set(linked)
+    assert (out / "report_files" / "sds" / "a_red_cube" / "s0.webp").is_file()
     info = json.loads((out / "benchmark_info.json").read_text())
     assert info["cells_run"] == 8 and info["preset"] == "ci"
     assert "8/8 cells finished" in proc.stdout
@@ -161,7 +187,8 @@ def test_prompt_without_ground_truth_reports_cost_and_turntables(tmp_path):
     assert (out / "contact_sheet.png").is_file() and not (out / "quality_vs_step.png").exists()
     md = (out / "report.md").read_text()
     assert re.search(r"\| sds \| – \| – \| – \| [0-9.]+ \|", md)
-    assert (out / "report.html").read_text().count("<video") + (out / "report.html").read_text().count("image/gif") == 2
+    assert len(turntables(out / "report.html")) == 2
+    linked_files(out / "report.html")
 
 
 def test_slowest_cells_start_first(tmp_path):
@@ -186,26 +213,61 @@ def test_slowest_cells_start_first(tmp_path):
         spec_mod.check_spec(spec)
 
 
-def test_gif_turntable_is_embedded_as_animated_webp(tmp_path):
-    """Runs without ffmpeg write GIF turntables; the report embeds them as (smaller) animated WebP
-    with every frame kept."""
-    import base64
-    import io
-
+def test_a_turntable_is_linked_as_an_animated_webp_at_the_size_shown(tmp_path):
+    """Runs write a GIF (no ffmpeg) or an mp4 turntable; the report writes each as an animated WebP
+    beside the page, every frame kept, no larger than the page shows it, and links it."""
     import imageio
     import numpy as np
     from PIL import Image
 
-    from scorelift.benchmark.report import _gif_uri
+    from scorelift.benchmark.report import turntable_html
 
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
-    gif = tmp_path / "turntable.gif"
-    imageio.mimsave(gif, frames, duration=60, loop=0)
-    uri = _gif_uri(gif)
-    assert uri.startswith("data:image/webp;base64,")
-    webp = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    small = tmp_path / "small" / "run"
+    small.mkdir(parents=True)
+    imageio.mimsave(small / "turntable.gif", [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)],
+                    duration=60, loop=0)
+    element = turntable_html(tmp_path, small, "m/a_red_cube/s0", "report_files", 160)
+    assert element == "<img width='160' height='160' alt='turntable' src='report_files/m/a_red_cube/s0.webp'>"
+    webp = Image.open(tmp_path / "report_files" / "m" / "a_red_cube" / "s0.webp")
     assert webp.format == "WEBP" and webp.n_frames == 5 and webp.size == (32, 32)
+
+    big = tmp_path / "big" / "run"  # a render upscaled 4x by nearest neighbour (as the mp4 writer does)
+    big.mkdir(parents=True)
+    frames = [np.kron(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8)) for _ in range(6)]
+    imageio.mimsave(big / "turntable.gif", frames, duration=50, loop=0)
+    turntable_html(tmp_path, big, "m + n/a_red_cube/s1", "report_files", 160)  # a name quoted in the link
+    webp = Image.open(tmp_path / "report_files" / "m + n" / "a_red_cube" / "s1.webp")
+    assert webp.n_frames == 6 and webp.size == (128, 128)  # 256 px shown at 160: halved, not resampled unevenly
+    Image.new("RGB", (8 * 64, 64)).save(big / "turntable_strip.png")  # the render's own size: 64 px
+    turntable_html(tmp_path, big, "m/a_red_cube/s2", "report_files", 160)
+    assert Image.open(tmp_path / "report_files" / "m" / "a_red_cube" / "s2.webp").size == (64, 64)
+    assert turntable_html(tmp_path, tmp_path / "none", "m/x/s0", "report_files") == "–"
+
+
+def test_a_contact_sheet_over_the_limit_is_stored_with_a_palette(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from scorelift.benchmark.plots import save_png
+
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    assert save_png(noisy, tmp_path / "lossless.png").stat().st_size > 200_000
+    assert Image.open(tmp_path / "lossless.png").mode == "RGB"
+    path = save_png(noisy, tmp_path / "sheet.png", limit=200_000)
+    assert path.stat().st_size <= 200_000 and Image.open(path).mode == "P"
+    flat = Image.new("RGB", (300, 300), "white")  # under the limit: kept lossless
+    assert Image.open(save_png(flat, tmp_path / "flat.png", limit=200_000)).mode == "RGB"
+
+
+@pytest.mark.parametrize("page", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "benchmarks").rglob("*.html")))
+def test_committed_reports_link_their_images_and_keep_them_small(page):
+    linked_files(REPO / page)
+
+
+def test_committed_images_are_small():
+    images = [p for ext in ("png", "webp", "gif", "mp4", "jpg") for p in (REPO / "benchmarks").rglob(f"*.{ext}")]
+    assert images and not [(str(p.relative_to(REPO)), p.stat().st_size) for p in images if p.stat().st_size > FILE_LIMIT]
 
 
 def test_wall_time_of_a_benchmark_run_in_slices_is_their_sum():

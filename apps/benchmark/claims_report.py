@@ -1,6 +1,7 @@
-"""The claims report: claims.json (every number), claims.md and a self-contained claims.html (per
-claim: its sentence, verdict, the parts' effects and intervals, a figure, and the turntable of one
-representative cell per arm), written from the cells finished so far."""
+"""The claims report: claims.json (every number), claims.md and claims.html (per claim: its sentence,
+verdict, the parts' effects and intervals, a figure, and the turntable of one representative cell per
+arm), written from the cells finished so far. The page links its figures (beside it) and turntables
+(animated WebP in claims_files/) by relative paths, as report.html does."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from pathlib import Path
 
 from scorelift.benchmark import claim_values, verdict
 from scorelift.benchmark.claim_spec import Claim, Part, Plan
-from scorelift.benchmark.report import CSS, _data_uri, _fmt, html_table, info_lines, markdown_table, turntable_html
+from scorelift.benchmark.report import (CSS, _fmt, fresh_folder, href, html_table, info_lines, markdown_table,
+                                        turntable_html)
 from scorelift.benchmark.runner import cell_dir, read_json
 from scorelift.benchmark.spec import Cell
+
+CLAIMS_FILES = "claims_files"  # claims.html's turntables, beside it
 
 # Which way is better, for the figure's axis labels.
 MEASURE_LABELS = {
@@ -161,6 +165,7 @@ def write_claims_report(out: Path, claims: list[Claim], plan: Plan, info: dict) 
     figures = {r["name"]: figure(r, out / f"claim_{r['name']}.png") for r in results}
 
     v_header, v_rows = verdict_rows(results)
+    fresh_folder(out / CLAIMS_FILES)
     md = ["# Do the papers' claims hold? (scorelift, shapes world)", "", RULE, "",
           *[f"- {line}" for line in info_lines(info, None)], "", "## Verdicts", "", markdown_table(v_header, v_rows), ""]
     body = ["<h1>Do the papers' claims hold? (scorelift, shapes world)</h1>", f"<p>{html.escape(RULE)}</p>",
@@ -179,7 +184,8 @@ def write_claims_report(out: Path, claims: list[Claim], plan: Plan, info: dict) 
             body += ["<h3>Diagnosis</h3>", html_table(d_header, d_rows)]
         if figures[r["name"]]:
             md += [f"![{r['name']}](claim_{r['name']}.png)", ""]
-            body.append(f"<img class='figure' alt='{html.escape(r['name'])}' src='{_data_uri(figures[r['name']], 'image/png')}'>")
+            link = href(figures[r["name"]].name)
+            body.append(f"<a href='{link}'><img class='figure' alt='{html.escape(r['name'])}' src='{link}'></a>")
         body += ["<h3>One representative cell per arm (the median of the arm's first measured part)</h3>",
                  _arm_turntables(out, claim, plan)]
         md += ["Arms:", ""] + [f"- `{b}.{arm}`: `{' '.join(spec.common + overrides)}`"
@@ -210,5 +216,6 @@ def _arm_turntables(out: Path, claim: Claim, plan: Plan) -> str:
     for label, cell in arm_representatives(out, claim, plan):
         caption = "" if cell is None else f"<br><small>{html.escape(cell.prompt)}, seed {cell.seed}</small>"
         heads.append(f"<th>{html.escape(label)}</th>")
-        cells.append("<td>–</td>" if cell is None else f"<td>{turntable_html(cell_dir(out, cell) / 'run', 128)}{caption}</td>")
+        cells.append("<td>–</td>" if cell is None else
+                     f"<td>{turntable_html(out, cell_dir(out, cell) / 'run', cell.key, CLAIMS_FILES, 128)}{caption}</td>")
     return f"<table class='videos'><thead><tr>{''.join(heads)}</tr></thead><tbody><tr>{''.join(cells)}</tr></tbody></table>"

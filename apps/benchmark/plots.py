@@ -91,8 +91,26 @@ def method_bars(summary: list[dict], path: Path) -> Path | None:
     return path
 
 
-def contact_sheet(strips: dict[tuple[str, str], Path], methods: list[str], prompts: list[str], path: Path) -> Path | None:
-    """One row per prompt x method: the 8 turntable frames of that cell (the first seed), labelled."""
+def save_png(image, path: Path, limit: int | None = None) -> Path:
+    """``image`` as an optimised PNG; where that is over ``limit`` bytes, as a 256-colour one (median-cut
+    palette, Floyd-Steinberg dithered, else undithered where that alone fits): renders of a few
+    colours each lose little, and a sheet of many turntables stays small enough to commit."""
+    from PIL import Image
+
+    image.save(path, optimize=True)
+    if limit is None or path.stat().st_size <= limit:
+        return path
+    palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    image.convert("RGB").quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    if path.stat().st_size > limit:
+        palette.save(path, optimize=True)
+    return path
+
+
+def contact_sheet(strips: dict[tuple[str, str], Path], methods: list[str], prompts: list[str], path: Path,
+                  limit: int | None = None) -> Path | None:
+    """One row per prompt x method: the 8 turntable frames of that cell (the first seed), labelled;
+    a 256-colour PNG where the lossless one is over ``limit`` bytes (see save_png)."""
     from PIL import Image, ImageDraw
 
     cells = [(p, m) for p in prompts for m in methods if (m, p) in strips]
@@ -110,5 +128,4 @@ def contact_sheet(strips: dict[tuple[str, str], Path], methods: list[str], promp
         draw.text((6, y + h // 2 - 12), prompt, fill="black")
         draw.text((6, y + h // 2 + 2), method, fill="#444444")
         y += h + 4
-    sheet.save(path)
-    return path
+    return save_png(sheet, path, limit)

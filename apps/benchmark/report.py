@@ -1,15 +1,16 @@
-"""The benchmark's report: results.csv, curves.csv, report.md, PNG figures and a self-contained
-report.html (figures and turntable videos embedded as data URIs, so the one file can be mailed or
-committed and opened anywhere)."""
+"""The benchmark's report: results.csv, curves.csv, report.md, PNG figures and report.html, which
+links its figures (beside it) and the first seed's turntables (animated WebP in report_files/, at the
+size the page shows) by relative paths: the folder opens from disk, and no file in it is large
+(FILE_LIMIT), so results can be committed as they are."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
+import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 from scorelift.benchmark import collect, plots
 from scorelift.benchmark.runner import cell_dir
@@ -21,6 +22,10 @@ FIGURES = {
     "method_bars.png": "Final quality and cost per method",
     "contact_sheet.png": "Turntable frames per prompt and method (first seed)",
 }
+REPORT_FILES = "report_files"  # report.html's turntables, beside it
+# Bytes: what a report's images stay under (results are committed). The contact sheet is stored as
+# a 256-colour PNG when the lossless one is larger; turntables are WebP at the size shown.
+FILE_LIMIT = 1_000_000
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -110,52 +115,97 @@ def info_lines(info: dict, gpu: dict | None) -> list[str]:
     return lines
 
 
-def _data_uri(path: Path, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+def href(path: str) -> str:
+    """A relative link, quoted for a URL and for an HTML attribute (the pages are opened from disk)."""
+    return html.escape(quote(path), quote=True)
 
 
-def _poster(strip: Path) -> str:
-    """The first frame of a turntable strip as a PNG data URI (the video's still before it plays)."""
+def _shrink(frame, size: int):
+    """A frame at no more than ``size`` pixels a side, by an integer factor and box filter (a
+    turntable upscaled by nearest neighbour comes back to its pixels; the page shows ``size``)."""
     from PIL import Image
 
-    im = Image.open(strip).convert("RGB")
-    frame = im.crop((0, 0, im.height, im.height))
-    buf = io.BytesIO()
-    frame.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    factor = math.ceil(max(frame.size) / size)
+    if factor <= 1:
+        return frame
+    return frame.resize((max(1, frame.width // factor), max(1, frame.height // factor)), Image.Resampling.BOX)
 
 
-def _gif_uri(gif: Path) -> str:
-    """A GIF turntable as an animated WebP data URI (quality 90: about a quarter of the GIF's bytes,
-    which keeps a report of 48 turntables small enough to commit); the GIF itself where this Pillow
-    cannot write WebP."""
-    from PIL import Image, ImageSequence, features
+def _turntable_frames(run: Path) -> tuple[list, int] | None:
+    """The run's turntable frames (RGB PIL images) and the time per frame in ms: from its GIF, else
+    from its mp4 (read through imageio-ffmpeg); None where there is neither, or the mp4 can't be read."""
+    from PIL import Image, ImageSequence
 
-    if not features.check("webp"):
-        return _data_uri(gif, "image/gif")
-    im = Image.open(gif)
-    frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], loop=0,
-                   duration=im.info.get("duration", 62), quality=90, method=6)
-    return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def turntable_html(run: Path, size: int = 160) -> str:
-    """A run's turntable as an embedded element: its mp4 (poster: the first frame), else its GIF as
-    WebP, else a dash."""
-    mp4, gif, strip = run / "turntable.mp4", run / "turntable.gif", run / "turntable_strip.png"
-    poster = f' poster="{_poster(strip)}"' if strip.is_file() else ""
-    if mp4.is_file():
-        return (f'<video width="{size}" height="{size}" autoplay loop muted playsinline{poster} '
-                f'src="{_data_uri(mp4, "video/mp4")}"></video>')
+    gif, mp4 = run / "turntable.gif", run / "turntable.mp4"
     if gif.is_file():
-        return f'<img width="{size}" height="{size}" src="{_gif_uri(gif)}">'
-    return "–"
+        im = Image.open(gif)
+        return [f.convert("RGB") for f in ImageSequence.Iterator(im)], int(im.info.get("duration", 62))
+    if mp4.is_file():
+        try:
+            import imageio
+
+            with imageio.get_reader(mp4) as reader:
+                fps = reader.get_meta_data().get("fps") or 20
+                frames = [Image.fromarray(f).convert("RGB") for f in reader]
+        except Exception:  # no ffmpeg here: the caller links the mp4 itself
+            return None
+        return frames, round(1000 / fps)
+    return None
 
 
-def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell]) -> str:
-    """An HTML table: rows prompts, columns methods, each the first seed's turntable (mp4, or a GIF as WebP)."""
+def write_webp(frames: list, duration: int, path: Path, size: int) -> Path:
+    """Frames as one animated WebP (quality 90, about a quarter of a GIF's bytes) at no more than
+    ``size`` pixels a side."""
+    frames = [_shrink(f, size) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], loop=0, duration=duration,
+                   quality=90, method=6)
+    return path
+
+
+def turntable_html(out: Path, run: Path, name: str, folder: str, size: int = 160) -> str:
+    """A run's turntable, written to ``<out>/<folder>/<name>.<ext>`` and linked from the page (whose
+    folder is ``out``): an animated WebP of its frames at the size shown or the render's own size,
+    whichever is smaller; its mp4 (with its first
+    frame as poster) or GIF copied as it is where this machine can't read the mp4 or write WebP;
+    a dash where the run has no turntable."""
+    from PIL import Image, features
+
+    mp4, gif, strip = run / "turntable.mp4", run / "turntable.gif", run / "turntable_strip.png"
+    if not (mp4.is_file() or gif.is_file()):
+        return "–"
+    rel = f"{folder}/{name}"
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    if (out / f"{rel}.webp").is_file():  # a cell the page shows twice (claims sharing it): written once
+        return f"<img width='{size}' height='{size}' alt='turntable' src='{href(rel + '.webp')}'>"
+    frames = _turntable_frames(run) if features.check("webp") else None
+    if frames:
+        # The strip holds the frames at the render's own size (the mp4 is upscaled for players); the
+        # page scales them up pixelated, so no more pixels than those are kept.
+        native = Image.open(strip).height if strip.is_file() else size
+        write_webp(*frames, out / f"{rel}.webp", min(size, native))
+        return f"<img width='{size}' height='{size}' alt='turntable' src='{href(rel + '.webp')}'>"
+    if mp4.is_file():
+        poster = ""
+        if strip.is_file():
+            im = Image.open(strip).convert("RGB")
+            im.crop((0, 0, im.height, im.height)).save(out / f"{rel}.png", optimize=True)
+            poster = f" poster='{href(rel + '.png')}'"
+        shutil.copyfile(mp4, out / f"{rel}.mp4")
+        return (f"<video width='{size}' height='{size}' autoplay loop muted playsinline{poster} "
+                f"src='{href(rel + '.mp4')}'></video>")
+    shutil.copyfile(gif, out / f"{rel}.gif")
+    return f"<img width='{size}' height='{size}' alt='turntable' src='{href(rel + '.gif')}'>"
+
+
+def fresh_folder(path: Path) -> None:
+    """Empty the page's own folder of files before writing it again (no turntable of a cell left out stays)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell], folder: str = REPORT_FILES) -> str:
+    """An HTML table: rows prompts, columns methods, each the first seed's turntable (linked files in ``folder``)."""
     seed = spec.seeds[0]
     by_key = {(c.method, c.prompt): c for c in cells if c.seed == seed}
     head = "<th>prompt</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in spec.methods)
@@ -163,7 +213,8 @@ def video_grid(out: Path, spec: BenchmarkSpec, cells: list[Cell]) -> str:
     for prompt in spec.prompts:
         tds = [f"<td>{html.escape(prompt)}</td>"]
         for method in spec.methods:
-            tds.append(f"<td>{turntable_html(cell_dir(out, by_key[(method, prompt)]) / 'run')}</td>")
+            cell = by_key[(method, prompt)]
+            tds.append(f"<td>{turntable_html(out, cell_dir(out, cell) / 'run', cell.key, folder)}</td>")
         rows.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table class='videos'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -203,7 +254,7 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
         for c, row in zip(cells, rows)
         if c.seed == first_seed and row["status"] == "ok" and (cell_dir(out, c) / "run" / "turntable_strip.png").is_file()
     }
-    figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png")
+    figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png", FILE_LIMIT)
 
     gpu = gpu_summary(out / "gpu_util.csv")
     s_header, s_rows = summary_table(summary)
@@ -234,8 +285,9 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
             "<h2>Methods</h2>", html_table(s_header, s_rows)]
     if failed:
         body.append(f"<p><b>Unfinished cells:</b> {len(failed)}</p>")
+    fresh_folder(out / REPORT_FILES)
     body += ["<h2>Turntables (first seed)</h2>", video_grid(out, spec, cells), "<h2>Figures</h2>"]
-    body += [f"<h3>{html.escape(caption)}</h3><img class='figure' alt='{name}' src='{_data_uri(figures[name], 'image/png')}'>"
+    body += [f"<h3>{html.escape(caption)}</h3><a href='{href(name)}'><img class='figure' alt='{name}' src='{href(name)}'></a>"
              for name, caption in FIGURES.items() if figures.get(name)]
     body += ["<h2>Per prompt (mean over seeds)</h2>", html_table(p_header, p_rows), "<h2>How each method ran</h2>",
              f"<p>Common overrides: <code>{html.escape(' '.join(spec.common) or '(none)')}</code></p><ul>"

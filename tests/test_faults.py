@@ -51,8 +51,8 @@ def nan_eps_on_calls(monkeypatch, bad_calls):
     build = run_module.build_system
     calls = {"n": 0}
 
-    def patched_build(cfg, device):
-        system = build(cfg, device)
+    def patched_build(plan):
+        system = build(plan)
         prior = system.prior
         original = prior.predict_eps
 

@@ -97,7 +97,7 @@ setup(
         "tensorboard",   # Lightning's TensorBoard logger beside the CSV one
     ],
     extras_require={
-        # the packaging test builds a wheel; import-linter holds the package's layers (tests/test_layers.py)
+        # the packaging test builds a wheel; import-linter holds the package's layers (tests/core/test_layers.py)
         "test": ["pytest>=7", "pytest-xdist>=3", "nerfacc==0.5.3", "setuptools>=64", "wheel", "import-linter>=2.16,<3"],
         "cuda": ["nerfacc==0.5.3"],  # tinycudann is not on PyPI: build it from its repository
     },

@@ -15,13 +15,13 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift import registry
-from scorelift.errors import ConfigError
+from . import registry
+from .errors import ConfigError
 
 def config_file(kind: str, name: str) -> Path:
     """Where the default config of plugin ``name`` of ``kind`` lives: the plugin's own
     ``config_file``, else ``<kind>/<name>.yaml`` in scorelift's config folders."""
-    from scorelift.compose import config_root
+    from .compose import config_root
 
     cls = registry.find(kind, name)
     own = getattr(cls, "config_file", None)

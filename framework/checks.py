@@ -19,17 +19,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scorelift import builders, fast_path, registry
-from scorelift.config import parse_config
-from scorelift.devices import pick_device
-from scorelift.errors import ConfigError, PluginError
-from scorelift.memory import check_memory
-from scorelift.outputs import checkpoint as ckpt_files
-from scorelift.outputs.checkpoint import checkpoint_path
-from scorelift.plan import PART_KINDS, PartPlan, PriorFacts, RunPlan
-from scorelift.prompts import check_prompt, given_prompt
-from scorelift.run_lock import check_not_in_use
-from scorelift.trainer_options import check_trainer
+from . import builders, fast_path, registry
+from .config import parse_config
+from .devices import pick_device
+from .errors import ConfigError, PluginError
+from .memory import check_memory
+from .outputs import checkpoint as ckpt_files
+from .outputs.checkpoint import checkpoint_path
+from .plan import PART_KINDS, PartPlan, PriorFacts, RunPlan
+from .prompts import check_prompt, given_prompt
+from .run_lock import check_not_in_use
+from .trainer_options import check_trainer
 
 MODES = ("train", "test", "export")
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
@@ -288,7 +288,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     tokenizer limit, image sizes) and how the parts fit together. Returns the run's plan (each
     part's parsed, checked config, the device, the fast path, the prior's facts), which building
     takes as it is. ConfigError / PluginError / PriorLoadError name the key."""
-    from scorelift.data.cameras import CameraSamplerConfig, check_sampler_config
+    from .data.cameras import CameraSamplerConfig, check_sampler_config
 
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
@@ -320,7 +320,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     data = parse_config(CameraSamplerConfig, cfg.data, "data")
     check_sampler_config(data)
     if cfg.mode == "export":
-        from scorelift.outputs.mesh import check_export_config
+        from .outputs.mesh import check_export_config
 
         try:
             check_export_config(cfg.export)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from scorelift import registry
-from scorelift.errors import ConfigError
+from . import registry
+from .errors import ConfigError
 
 # Saved overrides a resume does not carry over: they name this invocation, not the run.
 KEYS_NOT_CARRIED = ("resume=", "mode=", "hydra.run.dir=", "+resume=")
@@ -125,7 +125,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from scorelift.compose import parse_error
+    from .compose import parse_error
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -146,7 +146,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 # ------------------------------------------------------------------------------ --list
 def format_plugin_list() -> str:
     """Every registered plugin by kind, with where it came from, and the presets."""
-    from scorelift.compose import group_options
+    from .compose import group_options
 
     lines = []
     for kind, entries in registry.available().items():

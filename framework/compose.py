@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, open_dict
 
-from scorelift import registry
-from scorelift.errors import ConfigError
+from . import registry
+from .errors import ConfigError
 
 CONFIG_MODULE = "scorelift.configs"
 # Packages that add options to the config groups declare their config module in this entry-point
@@ -208,7 +208,7 @@ def compose_config(overrides: list[str], with_hydra: bool = True) -> DictConfig:
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    import scorelift.resolvers  # noqa: F401  (${slug:...}, ${step_fraction:...}, ${scorelift_data:...})
+    from . import resolvers  # noqa: F401  (${slug:...}, ${step_fraction:...}, ${scorelift_data:...})
 
     load_local_plugins(overrides)
     check_override_targets(overrides)

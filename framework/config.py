@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from scorelift.errors import ConfigError
-import scorelift.resolvers  # noqa: F401,E402  (configs use ${step_fraction:...}; parsed configs resolve here)
+from .errors import ConfigError
+from . import resolvers  # noqa: F401,E402  (configs use ${step_fraction:...}; parsed configs resolve here)
 
 C = TypeVar("C")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from scorelift.errors import ConfigError
-from scorelift.outputs.checkpoint import candidates
-from scorelift.systems.optim import state_slots
-from scorelift.units import human_bytes
+from .errors import ConfigError
+from .outputs.checkpoint import candidates
+from .systems.optim import state_slots
+from .units import human_bytes
 
 SMALL_FILES = 1 << 20
 BYTES_PER_LOGGED_VALUE = 64

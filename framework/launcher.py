@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift.command_line import (
+from .command_line import (
     expand_resume,
     format_plugin_list,
     parse_command_line,
@@ -26,8 +26,8 @@ from scorelift.command_line import (
     saved_overrides,
     sweep_jobs,
 )
-from scorelift.console import setup_console_logging
-from scorelift.errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
+from .console import setup_console_logging
+from .errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
 
 
 def fail(exc: ScoreliftError) -> int:
@@ -58,7 +58,7 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
     command line (a resume re-applies the run's saved overrides first), or, for a resumed run
     whose .hydra/ is gone, from its saved config.yaml (and then no overrides are saved, so that
     later resumes start from config.yaml again)."""
-    from scorelift.compose import compose_config, compose_saved
+    from .compose import compose_config, compose_saved
 
     saved = saved_config_only(overrides)
     if saved is not None:
@@ -69,10 +69,10 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scorelift.checks import check_inputs
-    from scorelift.library_noise import quiet_known_library_noise
-    from scorelift.multirun import SUBMITIT_LAUNCHERS, launcher_choice, report, run_on_submitit, sweep_job_plan
-    from scorelift.run import run
+    from .checks import check_inputs
+    from .library_noise import quiet_known_library_noise
+    from .multirun import SUBMITIT_LAUNCHERS, launcher_choice, report, run_on_submitit, sweep_job_plan
+    from .run import run
 
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.list_parts:

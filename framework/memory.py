@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift.errors import ConfigError
-from scorelift.units import human_bytes
+from .errors import ConfigError
+from .units import human_bytes
 
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
 
@@ -84,8 +84,8 @@ def check_memory(cfg: DictConfig, parts: dict, device: torch.device) -> None:
     parameter (``Geometry.parameter_bytes`` x (2 + ``optim.state_slots``)) exceed the free memory
     of the device the run trains on; told from the parsed config, before anything is allocated.
     Only a sure failure is refused: the prior, the renders and the activations need memory too."""
-    from scorelift.systems.optim import state_slots
-    from scorelift.trainer_options import lightning_precision
+    from .systems.optim import state_slots
+    from .trainer_options import lightning_precision
 
     geometry_cls, geometry_cfg = parts["geometry"]
     per_copy = geometry_cls.parameter_bytes(geometry_cfg)

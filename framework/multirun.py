@@ -31,8 +31,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, open_dict
 
-from scorelift.command_line import KEYS_NOT_CARRIED, saved_overrides
-from scorelift.errors import EXIT_STOPPED, ConfigError, RunStopped, ScoreliftError
+from .command_line import KEYS_NOT_CARRIED, saved_overrides
+from .errors import EXIT_STOPPED, ConfigError, RunStopped, ScoreliftError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULT_MAX_NUM_TIMEOUT = 3
 
 def launcher_choice(overrides: list[str]) -> str | None:
     """The ``hydra/launcher=`` option the command line picks (None: Hydra's basic launcher)."""
-    from scorelift.compose import find_override
+    from .compose import find_override
 
     given = find_override(overrides, "hydra/launcher")
     return given.split("=", 1)[1] if given else None
@@ -115,7 +115,7 @@ def preemption_signal() -> signal.Signals:
 
 def with_stop_signal(cfg: DictConfig, sig: signal.Signals) -> None:
     """Add ``sig`` to the run's stop signals, so that it, too, ends the run with a checkpoint."""
-    from scorelift.stop_signals import parse_stop_signals
+    from .stop_signals import parse_stop_signals
 
     if sig not in parse_stop_signals(list(cfg.trainer.stop_signals)):
         cfg.trainer.stop_signals = [*[str(n) for n in cfg.trainer.stop_signals], sig.name]
@@ -138,8 +138,8 @@ def sweep_job(cfg: DictConfig) -> dict:
     not return then)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from scorelift.console import setup_console_logging
-    from scorelift.run import run
+    from .console import setup_console_logging
+    from .run import run
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -186,11 +186,11 @@ def run_on_submitit(overrides: list[str], sweep_dir: Path, choice: str) -> int:
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from scorelift.compose import CONFIG_MODULE, search_path_override
+    from .compose import CONFIG_MODULE, search_path_override
 
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from scorelift.slurm_queue import use_squeue_for_submitit
+    from .slurm_queue import use_squeue_for_submitit
 
     if choice == "submitit_slurm":
         use_squeue_for_submitit()  # job states without the accounting database (sacct)

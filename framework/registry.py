@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from scorelift.errors import PluginError
+from .errors import PluginError
 
 KINDS = ("system", "geometry", "renderer", "background", "guidance", "loss", "prior", "evaluator")
 ENTRY_POINT_GROUP = "scorelift.plugins"
@@ -224,7 +224,7 @@ def _check_required_methods(kind: str, name: str, cls: type, origin: str) -> Non
 def _check_capabilities(kind: str, name: str, cls: type, origin: str, base: type) -> None:
     """A prior implements the method of every capability it declares; a guidance requires only
     capabilities that exist (``scorelift.interfaces.prior.CAPABILITIES``)."""
-    from scorelift.interfaces.prior import CAPABILITIES
+    from .interfaces.prior import CAPABILITIES
 
     declared = cls.capabilities if kind == "prior" else cls.requires
     unknown = sorted(set(declared) - set(CAPABILITIES))
@@ -234,7 +234,7 @@ def _check_capabilities(kind: str, name: str, cls: type, origin: str, base: type
             f"{', '.join(unknown)}; declare only these capabilities: {', '.join(CAPABILITIES)}."
         )
     if kind == "prior":
-        from scorelift.interfaces.prior import DiffusionPrior
+        from .interfaces.prior import DiffusionPrior
 
         lacking = [c for c in declared if getattr(cls, CAPABILITIES[c]) is getattr(DiffusionPrior, CAPABILITIES[c])]
         if lacking:

@@ -20,14 +20,14 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift import registry
-from scorelift.atomic import write_text_atomic
-from scorelift.console import LOG_FORMAT
-from scorelift.checks import ResumePoint, check_inputs, resume_checkpoint
-from scorelift.disk_space import check_disk_space, free_bytes
-from scorelift.errors import ConfigError, RunStopped, RunWriteError
-from scorelift.library_noise import quiet_known_library_noise
-from scorelift.outputs.checkpoint import (
+from . import registry
+from .atomic import write_text_atomic
+from .console import LOG_FORMAT
+from .checks import ResumePoint, check_inputs, resume_checkpoint
+from .disk_space import check_disk_space, free_bytes
+from .errors import ConfigError, RunStopped, RunWriteError
+from .library_noise import quiet_known_library_noise
+from .outputs.checkpoint import (
     CheckpointKeeper,
     DirectCheckpointIO,
     checkpoint_dir,
@@ -37,17 +37,17 @@ from scorelift.outputs.checkpoint import (
     remove_dead_writers_files,
     set_aside,
 )
-from scorelift.outputs.logs import ResumableCSVLogger, tensorboard_logger
-from scorelift.outputs.final import ValidationImages, write_final_outputs
-from scorelift.outputs.mesh import export_mesh
-from scorelift.outputs.progress import StepProgressBar
-from scorelift.outputs.evaluation import Evaluation, applicable_evaluators
-from scorelift.outputs.timing import StepTimer
-from scorelift.plan import RunPlan
-from scorelift.run_info import record_end, write_run_info
-from scorelift.run_lock import RunLock
-from scorelift.stop_signals import GracefulStop, StopSignals
-from scorelift.units import human_bytes
+from .outputs.logs import ResumableCSVLogger, tensorboard_logger
+from .outputs.final import ValidationImages, write_final_outputs
+from .outputs.mesh import export_mesh
+from .outputs.progress import StepProgressBar
+from .outputs.evaluation import Evaluation, applicable_evaluators
+from .outputs.timing import StepTimer
+from .plan import RunPlan
+from .run_info import record_end, write_run_info
+from .run_lock import RunLock
+from .stop_signals import GracefulStop, StopSignals
+from .units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
     trainer.accelerator and trainer.devices only agree with ``device``, which places the run)."""
     from lightning_fabric.plugins.environments import LightningEnvironment
 
-    from scorelift.trainer_options import lightning_precision
+    from .trainer_options import lightning_precision
 
     return pl.Trainer(
         max_steps=cfg.trainer.max_steps,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from scorelift.atomic import write_text_atomic
-from scorelift.resolvers import package_data_path
+from .atomic import write_text_atomic
+from .resolvers import package_data_path
 
 log = logging.getLogger(__name__)
 

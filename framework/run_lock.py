@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from scorelift.errors import RunDirInUse
+from .errors import RunDirInUse
 
 LOCK_NAME = ".lock"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-from scorelift.errors import ConfigError
+from .errors import ConfigError
 
 Scalar = Union[float, int, Sequence[float]]
 

@@ -21,7 +21,7 @@ import threading
 
 import pytorch_lightning as pl
 
-from scorelift.errors import ConfigError, RunStopped
+from .errors import ConfigError, RunStopped
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scorelift.config import parse_config
-from scorelift.devices import pick_device
-from scorelift.errors import ConfigError
-from scorelift.stop_signals import DEFAULT_STOP_SIGNALS, parse_stop_signals
+from .config import parse_config
+from .devices import pick_device
+from .errors import ConfigError
+from .stop_signals import DEFAULT_STOP_SIGNALS, parse_stop_signals
 
 
 @dataclass(kw_only=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from scorelift.outputs.checkpoint import checkpoint_path, read_step
-from tests.test_system import small_run_overrides
+from tests.run.test_system import small_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 LATENT = 8  # the conftest tiny pipeline's latent size

@@ -7,14 +7,14 @@
 # builds the SD-2.1-base-shaped random fp16 pipeline (tools/build_random_sd_pipeline.py, several
 # GB) in $SCRATCH (default /tmp/scorelift-gpu-scratch, removed at the end), then, for each item
 # of <what> (default: all), in this order:
-#   tests    pytest tests/test_fast_path.py on CUDA (graphed UNet == eager, device draws, repeats)
+#   tests    pytest tests/run/test_fast_path.py on CUDA (graphed UNet == eager, device draws, repeats)
 #            (tests run first: the timings of a broken fast path mean nothing)
 #   speed    tools/gpu_speed_benchmark.py, this checkout            -> speed_after.json
 #   before   the same with <before checkout>'s launch.py (PYTHONPATH=$BEFORE_PYTHONPATH if set)
 #                                                                   -> speed_before.json
 #   off      this checkout with fast_path=false                     -> speed_off.json
 #   profile  tools/gpu_step_profile.py for each method              -> profile_<method>.json
-#   hash     tests/test_hash_encoding_backends.py and tools/bench_hash_grid.py (tinycudann if importable)
+#   hash     tests/parts/test_hash_encoding_backends.py and tools/bench_hash_grid.py (tinycudann if importable)
 # Each step's exit status goes to status.txt; a failed step does not stop the others. With
 # [seconds], every step is cut short (exit 124) once that many seconds have passed since the start.
 set -u
@@ -41,7 +41,7 @@ step() {  # step <name> <command...>: output to <name>.log, exit status to statu
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 step sd_build python tools/build_random_sd_pipeline.py "$sd" --dtype float16
-want tests && step tests python -m pytest -q -rs tests/test_fast_path.py
+want tests && step tests python -m pytest -q -rs tests/run/test_fast_path.py
 want speed && step speed python tools/gpu_speed_benchmark.py --sd "$sd" --out "$out/speed_after.json" --runs "$scratch/runs"
 if want before && [ -n "$before" ]; then
   step before env PYTHONPATH="${BEFORE_PYTHONPATH:-$before}" python tools/gpu_speed_benchmark.py --repo "$before" \
@@ -57,7 +57,7 @@ if want profile; then
   step profile_shapes python tools/gpu_step_profile.py --out "$out/profile_shapes_sjc.json" system=sjc guidance=paas
 fi
 if want hash; then
-  step hash_tests python -m pytest -q -rs tests/test_hash_encoding_backends.py
+  step hash_tests python -m pytest -q -rs tests/parts/test_hash_encoding_backends.py
   step hash_bench python tools/bench_hash_grid.py --json "$out/hash_grid_bench.json"
 fi
 rm -rf "$scratch"

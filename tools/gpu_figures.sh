@@ -40,11 +40,11 @@ step() {  # step <name> <command...>: output to <name>.log, exit status to statu
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt"
-step nerfacc_test python -m pytest -q -rs tests/test_renderer.py -k nerfacc
+step nerfacc_test python -m pytest -q -rs tests/parts/test_renderer.py -k nerfacc
 step sd_pipeline_build python tools/build_random_sd_pipeline.py "$out/scratch/sd21-random" --dtype float16
 step method_timings python tools/gpu_method_timings.py --out "$out/method_timings.json" \
   --sd "$out/scratch/sd21-random" --steps "$steps" --runs "$out/scratch/runs"
-step hash_grid_tests python -m pytest -q -rs tests/test_hash_encoding_backends.py tests/test_hash_grid.py
+step hash_grid_tests python -m pytest -q -rs tests/parts/test_hash_encoding_backends.py tests/parts/test_hash_grid.py
 step hash_grid_bench python tools/bench_hash_grid.py --json "$out/hash_grid_bench.json"
 rm -rf "$out/scratch"
 tail -n 12 "$out/method_timings.log"

@@ -26,9 +26,9 @@ import os
 import time
 from pathlib import Path
 
-from scorelift.benchmark import processes
-from scorelift.benchmark.runner import POLL_S, RunningCell, is_finished, launch, settle
-from scorelift.benchmark.spec import Cell
+from . import processes
+from .runner import POLL_S, RunningCell, is_finished, launch, settle
+from .spec import Cell
 
 
 class CellTask:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from scorelift.benchmark import spec as spec_mod
-from scorelift.benchmark.spec import BenchmarkSpec, Cell
-from scorelift.benchmark.verdict import EXPECTATIONS
+from . import spec as spec_mod
+from .spec import BenchmarkSpec, Cell
+from .verdict import EXPECTATIONS
 from scorelift.errors import ConfigError
 from scorelift.resolvers import package_data_path
 

@@ -15,9 +15,9 @@ import math
 import statistics
 from pathlib import Path
 
-from scorelift.benchmark.claim_spec import PROMPT_MEASURES
-from scorelift.benchmark.runner import cell_dir, is_finished
-from scorelift.benchmark.spec import Cell
+from .claim_spec import PROMPT_MEASURES
+from .runner import cell_dir, is_finished
+from .spec import Cell
 
 
 def run_dir(out: Path, cell: Cell) -> Path:

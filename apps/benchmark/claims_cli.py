@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from scorelift.benchmark import claim_spec, claims_report, collect, dispatch, runner
-from scorelift.benchmark.cli_common import add_slurm_arguments, machine_description, run_options, stopped
+from . import claim_spec, claims_report, collect, dispatch, runner
+from .cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:

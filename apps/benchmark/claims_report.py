@@ -12,12 +12,12 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from scorelift.benchmark import claim_values, verdict
-from scorelift.benchmark.claim_spec import Claim, Part, Plan
-from scorelift.benchmark.report import (CSS, _fmt, fresh_folder, href, html_table, info_lines, markdown_table,
+from . import claim_values, verdict
+from .claim_spec import Claim, Part, Plan
+from .report import (CSS, _fmt, fresh_folder, href, html_table, info_lines, markdown_table,
                                         turntable_html)
-from scorelift.benchmark.runner import cell_dir, read_json
-from scorelift.benchmark.spec import Cell
+from .runner import cell_dir, read_json
+from .spec import Cell
 
 CLAIMS_FILES = "claims_files"  # claims.html's turntables, beside it
 
@@ -96,7 +96,7 @@ def representative(out: Path, cells: list, metric: str):
 def figure(result: dict, path: Path) -> Path | None:
     """One panel per part and diagnosis: each unit's value in arm a and b joined by a line (paired),
     the arms' means as bars; an at_most part shows arm a's values against its bound."""
-    from scorelift.benchmark.plots import _pyplot
+    from .plots import _pyplot
 
     panels = result["parts"] + result["diagnosis"]
     if not any(p["values_a"] for p in panels):

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from scorelift.benchmark import claims_cli, dispatch, report, runner, spec as spec_mod
-from scorelift.benchmark.cli_common import add_slurm_arguments, machine_description, run_options, stopped
+from . import claims_cli, dispatch, report, runner, spec as spec_mod
+from .cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:

@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from scorelift.benchmark import dispatch, runner, spec as spec_mod
+from . import dispatch, runner, spec as spec_mod
 from scorelift.errors import EXIT_STOPPED
 
 
@@ -62,7 +62,7 @@ def parse_gpus(text: str | None) -> list[int] | None:
 
 
 def slurm_options(args: argparse.Namespace):
-    from scorelift.benchmark.slurm_cells import SlurmOptions
+    from .slurm_cells import SlurmOptions
 
     extra = {}
     for item in args.sbatch:

@@ -9,8 +9,8 @@ import math
 import statistics
 from pathlib import Path
 
-from scorelift.benchmark.runner import cell_dir, cell_state, is_finished
-from scorelift.benchmark.spec import Cell
+from .runner import cell_dir, cell_state, is_finished
+from .spec import Cell
 
 QUALITY = ("iou", "colour_error", "identification")
 RESULT_COLUMNS = (

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scorelift.benchmark import processes
-from scorelift.benchmark.local_cells import detect_gpus, run_local
-from scorelift.benchmark.runner import (
+from . import processes
+from .local_cells import detect_gpus, run_local
+from .runner import (
     DEFAULT_STOP_GRACE_S,
     GpuSampler,
     MpsDaemon,
@@ -21,8 +21,8 @@ from scorelift.benchmark.runner import (
     wait_for_earlier_processes,
     warm_evaluation_cache,
 )
-from scorelift.benchmark.slurm_cells import held_by_live_jobs, run_slurm
-from scorelift.benchmark.spec import Cell
+from .slurm_cells import held_by_live_jobs, run_slurm
+from .spec import Cell
 
 
 @dataclass

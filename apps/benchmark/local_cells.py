@@ -25,10 +25,10 @@ import time
 from collections import deque
 from pathlib import Path
 
-from scorelift.benchmark import processes
-from scorelift.benchmark.cell_task import CellTask
-from scorelift.benchmark.runner import POLL_S, cell_line, close_abandoned
-from scorelift.benchmark.spec import Cell
+from . import processes
+from .cell_task import CellTask
+from .runner import POLL_S, cell_line, close_abandoned
+from .spec import Cell
 from scorelift.errors import ConfigError
 
 NO_TIMEOUT_MIN = 60 * 24 * 365  # the local executor's default limit is 2 minutes; cells have none

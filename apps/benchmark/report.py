@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-from scorelift.benchmark import collect, plots
-from scorelift.benchmark.runner import cell_dir
-from scorelift.benchmark.spec import BenchmarkSpec, Cell
+from . import collect, plots
+from .runner import cell_dir
+from .spec import BenchmarkSpec, Cell
 
 FIGURES = {
     "quality_vs_step.png": "Quality vs optimizer step",

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import IO
 
 from scorelift.atomic import write_text_atomic
-from scorelift.benchmark import processes
-from scorelift.benchmark.spec import Cell
+from . import processes
+from .spec import Cell
 from scorelift.errors import EXIT_STOPPED, RunDirInUse
 from scorelift.run_lock import check_not_in_use
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scorelift.atomic import write_text_atomic
-from scorelift.benchmark import processes
-from scorelift.benchmark.cell_task import CellTask
-from scorelift.benchmark.runner import cell_dir, cell_line, close_abandoned, is_finished, read_json
-from scorelift.benchmark.spec import Cell
+from . import processes
+from .cell_task import CellTask
+from .runner import cell_dir, cell_line, close_abandoned, is_finished, read_json
+from .spec import Cell
 from scorelift.errors import ConfigError
 from scorelift.slurm_queue import live_jobs
 

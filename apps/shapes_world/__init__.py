@@ -8,9 +8,9 @@ data, and the evaluator of generated objects and prior samples (see docs/shapes-
   (also ``python -m scorelift.shapes_world.evaluate RUN_DIR...``).
 """
 
-from scorelift.shapes_world.dataset import sample_training_batch, write_dataset
-from scorelift.shapes_world.render import render_ground_truth, render_shading
-from scorelift.shapes_world.world import (
+from .dataset import sample_training_batch, write_dataset
+from .render import render_ground_truth, render_shading
+from .world import (
     ALL_OBJECTS,
     BACKGROUND,
     COLOURS,
@@ -30,7 +30,7 @@ def __getattr__(name):
     # The evaluator is imported on first use, so `python -m scorelift.shapes_world.evaluate`
     # does not find its own module already imported by the package (runpy warns about that).
     if name in _EVALUATE:
-        from scorelift.shapes_world import evaluate
+        from . import evaluate
 
         return getattr(evaluate, name)
     raise AttributeError(f"module 'scorelift.shapes_world' has no attribute {name!r}")

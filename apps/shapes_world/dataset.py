@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from scorelift.data.cameras import CameraBatch, make_cameras
-from scorelift.shapes_world.render import render_ground_truth
-from scorelift.shapes_world.world import COLOURS, SHAPES, caption
+from .render import render_ground_truth
+from .world import COLOURS, SHAPES, caption
 
 IMAGE_SIZE = 64
 DISTANCE_RANGE = (1.8, 2.2)

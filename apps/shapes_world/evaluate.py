@@ -34,10 +34,10 @@ import torch
 
 from scorelift.data.cameras import CameraBatch, evaluation_cameras, make_cameras
 from scorelift.atomic import write_text_atomic
-from scorelift.shapes_world import claim_measures
-from scorelift.shapes_world.dataset import save_png
-from scorelift.shapes_world.render import RENDER_KEY, albedo_table, render_shading
-from scorelift.shapes_world.world import (
+from . import claim_measures
+from .dataset import save_png
+from .render import RENDER_KEY, albedo_table, render_shading
+from .world import (
     ALL_OBJECTS,
     COLOURS,
     SHAPES,

@@ -43,12 +43,12 @@ class ShapesWorldEvaluator(Evaluator):
     metrics = ("iou", "colour_error", "identification")
 
     def applies_to(self, prompt: str) -> bool:
-        from scorelift.shapes_world.evaluate import parse_target
+        from .evaluate import parse_target
 
         return parse_target(prompt) is not None
 
     def measure(self, system, prompt: str) -> dict[str, float]:
-        from scorelift.shapes_world.evaluate import evaluate_views, parse_target
+        from .evaluate import evaluate_views, parse_target
 
         rgb, alpha = render_evaluation_views(system)
         m = evaluate_views(rgb, alpha, *parse_target(prompt))
@@ -58,7 +58,7 @@ class ShapesWorldEvaluator(Evaluator):
         """eval/view_k.png and eval/alpha_k.png, then the metrics read back from those 8-bit files
         (``python -m scorelift.shapes_world.evaluate RUN_DIR`` gives the same view metrics later),
         with the geometry's disconnected_mass, which needs the density and not the views."""
-        from scorelift.shapes_world import claim_measures, evaluate
+        from . import claim_measures, evaluate
 
         rgb, alpha = render_evaluation_views(system)
         evaluate.write_eval_views(run_dir, rgb, alpha)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from scorelift.data.cameras import CameraBatch
-from scorelift.shapes_world.world import AMBIENT, COLOURS, DIFFUSE, LIGHT_DIR, SHAPES
+from .world import AMBIENT, COLOURS, DIFFUSE, LIGHT_DIR, SHAPES
 
 # --- the contract's dimensions -------------------------------------------------------------
 SPHERE_R = 0.45

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from scorelift.errors import ConfigError
-from scorelift.transfer import to_device
+from ..errors import ConfigError
+from ..transfer import to_device
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scorelift.interfaces.base import BaseModulePart
+from .base import BaseModulePart
 
 
 class Background(BaseModulePart):

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from scorelift.config import parse_config
-from scorelift.schedule import Updateable
+from ..config import parse_config
+from ..schedule import Updateable
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scorelift.interfaces.base import BasePart
+from .base import BasePart
 
 
 class Evaluator(BasePart):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scorelift.interfaces.base import BaseModulePart
+from .base import BaseModulePart
 
 
 @dataclass

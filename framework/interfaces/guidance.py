@@ -6,8 +6,8 @@ from typing import Iterator
 
 import torch
 
-from scorelift.interfaces.base import BasePart
-from scorelift.interfaces.prior import Conditioning, DiffusionPrior
+from .base import BasePart
+from .prior import Conditioning, DiffusionPrior
 
 GuidanceOutput = dict  # {"loss": scalar to back-propagate, plus detached diagnostics}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from scorelift.data.cameras import CameraBatch
-from scorelift.interfaces.base import BasePart
-from scorelift.interfaces.renderer import RenderOutput
+from ..data.cameras import CameraBatch
+from .base import BasePart
+from .renderer import RenderOutput
 
 
 class Loss(BasePart):

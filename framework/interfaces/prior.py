@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
-from scorelift.interfaces.base import BasePart
-from scorelift.maths import parameterisation as pz
-from scorelift.prompts import check_prompt
+from .base import BasePart
+from ..maths import parameterisation as pz
+from ..prompts import check_prompt
 
 # The facts a prior declares about itself (class attributes, or set when it loads; ``inspect``
 # reports them before anything loads so the start-up check can refuse what makes no sense).

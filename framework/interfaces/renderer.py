@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from scorelift.interfaces.background import Background
-from scorelift.interfaces.base import BaseModulePart
-from scorelift.interfaces.geometry import Geometry
+from .background import Background
+from .base import BaseModulePart
+from .geometry import Geometry
 
 
 @dataclass

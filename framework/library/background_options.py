@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scorelift.errors import ConfigError
+from ..errors import ConfigError
 
 ACTIVATIONS = ("none", "sigmoid")
 

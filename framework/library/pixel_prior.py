@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from scorelift.errors import ConfigError
-from scorelift.interfaces.prior import Conditioning, DiffusionPrior
-from scorelift.maths import parameterisation as pz
-from scorelift.maths.resize import resize_bilinear
-from scorelift.library.pipelines import check_pipeline_dir, check_safetensors, dtype_keyword, load_error, looks_like_path
+from ..errors import ConfigError
+from ..interfaces.prior import Conditioning, DiffusionPrior
+from ..maths import parameterisation as pz
+from ..maths.resize import resize_bilinear
+from .pipelines import check_pipeline_dir, check_safetensors, dtype_keyword, load_error, looks_like_path
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from scorelift.errors import ConfigError
-from scorelift.interfaces.prior import Conditioning
+from ..errors import ConfigError
+from ..interfaces.prior import Conditioning
 
 log = logging.getLogger(__name__)
 

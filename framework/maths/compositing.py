@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from scorelift.errors import ConfigError
+from ..errors import ConfigError
 
 BACKENDS = ("auto", "torch", "nerfacc")
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from scorelift.transfer import to_device
+from ..transfer import to_device
 
 
 @lru_cache(maxsize=16)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scorelift.errors import ConfigError
-from scorelift.maths.parameterisation import sigmas_from_alphas_cumprod  # noqa: F401  (the VE level of a tick)
-from scorelift.schedule import check_scheduled, scheduled
-from scorelift.transfer import to_device
+from ..errors import ConfigError
+from .parameterisation import sigmas_from_alphas_cumprod  # noqa: F401  (the VE level of a tick)
+from ..schedule import check_scheduled, scheduled
+from ..transfer import to_device
 
 CFG_CONVENTIONS = ("standard", "threestudio")
 

@@ -29,9 +29,9 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
-from scorelift.atomic import temp_path
-from scorelift.errors import RunWriteError
-from scorelift.units import human_bytes
+from ..atomic import temp_path
+from ..errors import RunWriteError
+from ..units import human_bytes
 
 log = logging.getLogger(__name__)
 

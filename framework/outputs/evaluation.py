@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from scorelift import registry
-from scorelift.atomic import write_text_atomic
-from scorelift.outputs.timing import StepTimer
+from .. import registry
+from ..atomic import write_text_atomic
+from .timing import StepTimer
 
 log = logging.getLogger(__name__)
 

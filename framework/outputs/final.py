@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from scorelift.outputs.images import make_grid, write_png, write_video
+from .images import make_grid, write_png, write_video
 
 log = logging.getLogger(__name__)
 

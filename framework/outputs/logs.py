@@ -25,7 +25,7 @@ from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from scorelift.atomic import write_text_atomic
+from ..atomic import write_text_atomic
 
 METRICS_FILE = "metrics.csv"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scorelift.errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def sample_density(geometry, resolution: int, chunk: int = 262_144) -> tuple[np.
 
 def silhouette_cameras(lo: np.ndarray, hi: np.ndarray, n: int = AUTO_VIEWS, resolution: int = AUTO_RESOLUTION):
     """n cameras around the box's centre at elevations alternating 15 / 45 deg, framing the whole box."""
-    from scorelift.data.cameras import make_cameras
+    from ..data.cameras import make_cameras
 
     radius = float(np.linalg.norm(hi - lo) / 2)  # the box's circumscribed sphere
     fovy = 40.0

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from scorelift import registry
-from scorelift.errors import PluginError
+from .. import registry
+from ..errors import PluginError
 
 GUIDANCE_CONTRACT = (
     "A guidance's __call__ must return a dict with a scalar (0-dim) floating-point tensor under "

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from scorelift.errors import ConfigError
+from ..errors import ConfigError
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,

@@ -14,20 +14,20 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 
-from scorelift import fast_path
-from scorelift.data.cameras import (
+from .. import fast_path
+from ..data.cameras import (
     CameraBatch,
     make_cameras,
     sample_cameras,
     step_generator,
 )
-from scorelift.errors import ConfigError
-from scorelift.interfaces import DiffusionPrior, RenderOutput
-from scorelift.plan import RunPlan
-from scorelift.registry import register
-from scorelift.schedule import check_scheduled, scheduled
-from scorelift.systems import contracts
-from scorelift.systems.optim import OptimizerConfig, build_optimizer, check_optimizer_config
+from ..errors import ConfigError
+from ..interfaces import DiffusionPrior, RenderOutput
+from ..plan import RunPlan
+from ..registry import register
+from ..schedule import check_scheduled, scheduled
+from . import contracts
+from .optim import OptimizerConfig, build_optimizer, check_optimizer_config
 
 log = logging.getLogger(__name__)
 

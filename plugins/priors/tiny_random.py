@@ -28,7 +28,7 @@ from scorelift.interfaces.base import BasePart
 from scorelift.registry import register
 from scorelift.library.bpe_vocabulary import build_clip_tokenizer
 from scorelift.library.pipelines import check_local_pipeline
-from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
+from .stable_diffusion import StableDiffusionPrior
 from scorelift.library.text_conditioning import default_view_templates
 
 log = logging.getLogger(__name__)

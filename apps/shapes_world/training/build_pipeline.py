@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from scorelift.shapes_world.training import models
+from . import models
 
 SIZE_LIMIT_BYTES = 40_000_000
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from scorelift.shapes_world import world
-from scorelift.shapes_world.dataset import sample_training_batch
+from .. import world
+from ..dataset import sample_training_batch
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from scorelift.shapes_world import world
-from scorelift.shapes_world.training import models
+from .. import world
+from . import models
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float, batch: int) -> torch.Tensor:
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     from diffusers import StableDiffusionPipeline
 
-    from scorelift.shapes_world.evaluate import classify_samples
+    from ..evaluate import classify_samples
 
     t0 = time.time()
     pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=torch.float32).to(args.device)

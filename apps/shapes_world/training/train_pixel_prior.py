@@ -43,12 +43,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scorelift.shapes_world import world
-from scorelift.shapes_world.dataset import sample_training_cameras
-from scorelift.shapes_world.render import render_ground_truth
-from scorelift.shapes_world.training import models
-from scorelift.shapes_world.training.train_unet import ema_update
-from scorelift.shapes_world.training.train_vae import lr_factor
+from .. import world
+from ..dataset import sample_training_cameras
+from ..render import render_ground_truth
+from . import models
+from .train_unet import ema_update
+from .train_vae import lr_factor
 
 SHAPE = "cube"
 RENDER_SIZE = 64  # the world's image size; renders are box-filtered down to SAMPLE_SIZE
@@ -227,7 +227,7 @@ def nearest_objects(images32: torch.Tensor, fovys: tuple[float, ...] | None = No
     alone is not enough: the nearest object of pure noise is a cube too (the biggest silhouette, in
     the greyest colour), so only a small rms says that a sample looks like a render of the world.
     """
-    from scorelift.shapes_world.evaluate import (
+    from ..evaluate import (
         CLASSIFY_FOVYS,
         EVAL_SIZE,
         _nearest_object,
@@ -317,7 +317,7 @@ def sample_check(pipe_dir, n: int = 64, steps: int = 50, seed: int = 0, device="
 
     pred, rms = nearest_objects(images.to(device), fovys)
     result = dict(n=n, steps=steps, seed=seed, scheduler="DDIMScheduler (eta 0)", **_summarise(pred, rms, threshold))
-    from scorelift.shapes_world.evaluate import CLASSIFY_FOVYS
+    from ..evaluate import CLASSIFY_FOVYS
 
     result.update(fovys=list(CLASSIFY_FOVYS if fovys is None else fovys), rms_threshold=threshold,
                   rms_quantile=quantile, baseline=base, seconds=time.time() - t0, image_mean=float(images.mean()))

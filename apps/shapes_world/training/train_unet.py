@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scorelift.shapes_world.training import models
-from scorelift.shapes_world.training.train_vae import lr_factor
+from . import models
+from .train_vae import lr_factor
 
 
 def parse_args(argv=None):

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scorelift.shapes_world.training import models
+from . import models
 
 
 def parse_args(argv=None):

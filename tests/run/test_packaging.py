@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 IGNORED = shutil.ignore_patterns(".git", ".ci-venv", "outputs", "build", "dist", "*.egg-info", "__pycache__",
                                  ".pytest_cache", "benchmarks", "tests")
 

@@ -111,7 +111,7 @@ def test_vsd_on_latent_renders_fails_clearly(tiny_pipeline_dir, latent_size, tmp
     assert not checkpoint_path(tmp_path).exists()
 
 
-# The valid pairs that the other tests here and tests/test_benchmark.py do not already train.
+# The valid pairs that the other tests here and tests/apps/test_benchmark.py do not already train.
 @pytest.mark.parametrize("system,guidance", [
     ("sjc", "sds"), ("sjc", "ssd"), ("dreamfusion", "paas"), ("prolificdreamer", "sds"), ("prolificdreamer", "paas"),
 ])

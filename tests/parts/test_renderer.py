@@ -255,7 +255,7 @@ def test_normals_extras_and_errors():
     with pytest.raises(ConfigError, match="return_normals"):
         renderer(return_normals=True)(Wall(), solid(), o, d)
     # A background whose channels differ from the geometry's is refused at start-up
-    # (tests/test_system.py), not by the renderer on every call.
+    # (tests/run/test_system.py), not by the renderer on every call.
 
 
 def test_texture_background_upsampling():

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from tests.launching import REPO, error_paragraph, final_step, launch, same_weights
-from tests.test_system import small_run_overrides
+from tests.run.test_system import small_run_overrides
+
+pytestmark = pytest.mark.subprocess
 
 STEPS = 6
 

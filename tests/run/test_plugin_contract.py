@@ -21,7 +21,7 @@ from scorelift.plugins.losses.sparsity import SparsityLoss
 from scorelift.run import checkpoint_path, run
 from scorelift.systems import contracts
 from scorelift.systems.score_distillation import ScoreDistillationSystem, loss_key
-from tests.test_system import compose_cfg, latent_size, small_run_overrides  # noqa: F401  (latent_size: a fixture)
+from tests.run.test_system import compose_cfg, latent_size, small_run_overrides  # noqa: F401  (latent_size: a fixture)
 
 
 def defaults_file(kind: str, name: str):

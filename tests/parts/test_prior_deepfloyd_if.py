@@ -18,6 +18,8 @@ from scorelift.plugins.priors.deepfloyd_if import DeepFloydIFPrior
 from tests.conftest import pipeline_variant
 from tests.tiny_if_pipeline import TINY_IF_SIZE, TINY_IF_TEXT_DIM, build_tiny_if_pipeline
 
+pytestmark = pytest.mark.subprocess
+
 VIEWS = ["front", "side", "back", "overhead"]
 S = TINY_IF_SIZE
 pytestmark = pytest.mark.usefixtures("single_thread")

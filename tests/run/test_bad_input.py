@@ -22,9 +22,11 @@ import torch
 
 from tests.conftest import pipeline_variant
 from tests.launching import error_paragraph
-from tests.test_system import small_run_overrides
+from tests.run.test_system import small_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 LATENT = 8  # the conftest tiny pipeline: 8 x 8 latents, 16 x 16 pixels
 SHAPES_LIMIT = 16  # the shapes prior's tokenizer takes 16 tokens
 

@@ -22,6 +22,8 @@ from scorelift.errors import EXIT_BAD_INPUT, EXIT_STOPPED
 from scorelift.outputs.checkpoint import checkpoint_path
 from tests.launching import final_step, launch, run_args, same_weights, start, state, wait_for_checkpoint
 
+pytestmark = pytest.mark.subprocess
+
 STEPS = 40
 
 

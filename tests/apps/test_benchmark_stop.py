@@ -24,7 +24,9 @@ import torch
 from scorelift.benchmark import processes, runner
 from scorelift.benchmark import spec as spec_mod
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 150
 LINUX = sys.platform.startswith("linux")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")

@@ -17,7 +17,7 @@ from scorelift.builders import build_named
 from scorelift.errors import ConfigError
 from scorelift.outputs.mesh import export_mesh, fit_threshold, sample_density
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 CUBE_HALF = 0.35  # the contract's cube
 

@@ -12,6 +12,8 @@ from tests.conftest import ROOT
 from tools.gpu_speed_benchmark import percentile, step_statistics
 from tools.gpu_step_profile import busy_time_us, is_gpu_work
 
+pytestmark = pytest.mark.subprocess
+
 
 def test_percentiles_interpolate_linearly_between_order_statistics():
     values = [5.0, 1.0, 4.0, 2.0, 3.0]  # sorted 1..5: the q-quantile sits at 1 + 4q

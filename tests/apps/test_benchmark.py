@@ -21,7 +21,9 @@ from scorelift.benchmark.collect import summarize
 from scorelift.benchmark.report import FILE_LIMIT
 from scorelift.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:

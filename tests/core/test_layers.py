@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import pytest
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def package_roots() -> dict[str, str]:

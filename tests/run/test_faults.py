@@ -1,8 +1,8 @@
 """Faults and bad input: NaN losses, unwritable outputs, bad prompts, a checkpoint of another
-system (kills and stop signals: tests/test_preemption.py).
+system (kills and stop signals: tests/run/test_preemption.py).
 
 The bad-input tests here call ``run()`` directly (its own checks guard programmatic use: they fail
-before the run directory is made); tests/test_bad_input.py covers the same inputs and the rest of the
+before the run directory is made); tests/run/test_bad_input.py covers the same inputs and the rest of the
 command line through launch.py, where nothing at all may be written."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from scorelift.errors import ConfigError
 import scorelift.run as run_module
 from scorelift.run import checkpoint_path, run
 from scorelift.plugins.guidance.paas import PAASGuidance
-from tests.test_system import compose_cfg, small_run_overrides
+from tests.run.test_system import compose_cfg, small_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_a_nan_step_is_skipped_and_counted(tiny_pipeline_dir, latent_size, tmp_p
     assert max(logged_column(tmp_path, "train/nonfinite_steps")) == 1.0
 
 
-@pytest.mark.parametrize("system, guidance", [("sjc", "paas"), ("dreamfusion", "sds")])  # vsd: tests/test_vsd.py
+@pytest.mark.parametrize("system, guidance", [("sjc", "paas"), ("dreamfusion", "sds")])  # vsd: tests/parts/test_vsd.py
 def test_a_nan_score_is_a_skipped_step_not_a_zero_one(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch, system, guidance):
     """One NaN pixel in the prior's eps on the 4th step: the guidance's g is NaN there, so the
     loss is NaN and the step is skipped and counted; it is not zeroed and trained on."""

@@ -24,6 +24,8 @@ from scorelift.errors import EXIT_BAD_INPUT, EXIT_WRITE_FAILED
 from scorelift.outputs.checkpoint import checkpoint_path, read_step
 from tests.launching import REPO, env, error_paragraph, launch, run_args, start, wait_for_checkpoint
 
+pytestmark = pytest.mark.subprocess
+
 BIG_GRID = "geometry.resolution=48"  # 48^3 x 5 float32 = 2.2 MB of parameters, ~6.6 MB a checkpoint
 MID_GRID = "geometry.resolution=24"  # ~0.8 MB a checkpoint
 

@@ -14,7 +14,9 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 FROZEN = REPO / "tests" / "data" / "frozen_plugins"
 PACKAGES = {  # entry-point package -> (folder, guidance name, distribution and version as --list shows it)
     "scaled-sds": (FROZEN / "2026-11-29" / "scorelift-scaled-sds", "scorelift-scaled-sds 0.3.1"),

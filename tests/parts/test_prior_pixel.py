@@ -15,7 +15,7 @@ from scorelift.plugins.priors.diffusers_unet import DiffusersUNetPrior
 from scorelift.plugins.priors.score_sde import ScoreSdePrior, ve_sigma_ladder
 from tests import tiny_pixel_pipelines as tiny
 from tests.conftest import yaml_defaults
-from tests.test_system import compose_cfg
+from tests.run.test_system import compose_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 VIEWS = ["front", "side"]
@@ -222,7 +222,7 @@ def test_an_unconditional_prior_takes_no_prompt_and_no_cfg_settings(pipes, tmp_p
 
 
 def test_a_text_prior_still_needs_a_prompt(tiny_pipeline_dir, tmp_path):
-    from tests.test_system import small_run_overrides
+    from tests.run.test_system import small_run_overrides
 
     with pytest.raises(ConfigError, match=r"The prompt is empty \(None\)"):
         start_check(small_run_overrides(tiny_pipeline_dir, 8, "sjc", "paas", 1) + ["prompt=null"], tmp_path)

@@ -1,6 +1,6 @@
 """Numbers no run can train with, refused at start-up: learning rates out of range, optimizer
 arguments torch rejects, and a geometry whose parameters, gradients and optimizer state exceed
-the device's memory (tests/test_bad_input.py runs the same through launch.py; this file checks
+the device's memory (tests/run/test_bad_input.py runs the same through launch.py; this file checks
 the boundaries and the arithmetic)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from scorelift.systems.optim import (
     check_optimizer_config,
     state_slots,
 )
-from tests.test_system import compose_cfg, small_run_overrides
+from tests.run.test_system import compose_cfg, small_run_overrides
 
 CPU = torch.device("cpu")
 

@@ -29,7 +29,9 @@ from scorelift.library.hash_encoding_tcnn import (
 )
 from scorelift.plugins.geometry.hash_grid import BACKENDS, PRIMES, HashEncoding
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+ROOT = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_TCNN = importlib.util.find_spec("tinycudann") is not None
 CUDA = torch.cuda.is_available()

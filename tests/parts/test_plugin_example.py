@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "scorelift-normalized-sds"
 
 

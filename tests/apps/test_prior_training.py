@@ -17,7 +17,7 @@ import torch
 from scorelift.shapes_world import world
 from scorelift.shapes_world.training import models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "apps" / "shapes_world" / "prior"
 
 

@@ -19,7 +19,7 @@ from scorelift.errors import ConfigError
 from scorelift.launcher import main as launcher_main
 from scorelift.outputs.checkpoint import checkpoint_dir, checkpoint_path, read_step
 from scorelift.run import run
-from tests.test_system import CrashAtStep, compose_cfg, small_run_overrides
+from tests.run.test_system import CrashAtStep, compose_cfg, small_run_overrides
 
 LATENT = 8
 

@@ -22,7 +22,7 @@ from scorelift.plugins.geometry.voxel_grid import CPU_SLICE_MIN_POINTS, CPU_SLIC
 from scorelift.plugins.renderers.volume import VolumeRenderer
 from scorelift.run import run
 from tests.conftest import load_prior
-from tests.test_system import compose_cfg, final_params, small_run_overrides
+from tests.run.test_system import compose_cfg, final_params, small_run_overrides
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the GPU machine)")

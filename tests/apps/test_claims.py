@@ -15,9 +15,11 @@ import pytest
 
 from scorelift.benchmark import claim_spec, verdict
 from scorelift.errors import ConfigError
-from tests.test_benchmark import linked_files, turntables
+from tests.apps.test_benchmark import linked_files, turntables
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- the rule

@@ -15,7 +15,7 @@ from omegaconf import open_dict
 import scorelift.run as run_module
 from scorelift.errors import ConfigError
 from scorelift.run import checkpoint_path, run
-from tests.test_system import compose_cfg, latent_size, small_run_overrides  # noqa: F401  (latent_size: a fixture)
+from tests.run.test_system import compose_cfg, latent_size, small_run_overrides  # noqa: F401  (latent_size: a fixture)
 
 
 def overrides(pipeline, size: int, steps: int, *extra: str) -> list[str]:
@@ -132,7 +132,7 @@ def test_precisions_train_on_the_cpu(given, precision, tiny_pipeline_dir, latent
 
 
 def test_mixed_precision_with_the_hash_grid(tiny_pipeline_dir, latent_size, tmp_path):
-    from tests.test_system import HASH_GRID_SMALL
+    from tests.run.test_system import HASH_GRID_SMALL
 
     over = [o for o in overrides(tiny_pipeline_dir, latent_size, 2, "trainer.precision=bf16-mixed") if not o.startswith("geometry.res")]
     run(compose_cfg([*over, "geometry=hash-grid", *HASH_GRID_SMALL]), tmp_path)

@@ -9,7 +9,7 @@ written) for each refused name. The built-in ``sds`` keeps its class and its con
 
 launch.py starts in about 7 s, so the launcher cases run in one subprocess that executes
 launch.py as ``__main__`` once per case (tests/run_cases.py: the code path of ``python launch.py``), as
-tests/test_bad_input.py does. Collisions and local plugin files are tested in this process.
+tests/run/test_bad_input.py does. Collisions and local plugin files are tested in this process.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from scorelift import registry
 from scorelift.errors import ConfigError, PluginError
 from scorelift.library.sds import SDSGuidance as BuiltinSDS
 from tests.launching import error_paragraph
-from tests.test_system import small_run_overrides
+from tests.run.test_system import small_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 LATENT = 8  # the conftest tiny pipeline: 8 x 8 latents
 PACKAGE, VERSION, MODULE = "scorelift-faulty-plugins", "0.3.1", "scorelift_faulty_plugins.guidance"
 GOOD = "faulty-good-sds"

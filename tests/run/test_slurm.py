@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.subprocess, pytest.mark.slurm]
+
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "slurm_cluster.sh"
 STEPS = 40
 
@@ -139,7 +141,7 @@ def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preempt
     job 0 gets the preemption signal submitit listens for (SIGUSR2, what SLURM sends ahead of a time
     limit), checkpoints, is requeued by submitit and resumes to the weights of the uninterrupted job 1."""
     from tests.launching import env, same_weights, wait_for_checkpoint
-    from tests.test_multirun import sweep_args
+    from tests.run.test_multirun import sweep_args
 
     sweep_dir = tmp_path / "sweep"
     args = sweep_args(tiny_pipeline_dir, sweep_dir, "0,0", launcher="submitit_slurm", steps=40)

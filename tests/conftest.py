@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest` from anywhere imports the tests package (tests.conftest)
@@ -20,20 +19,6 @@ if str(ROOT) not in sys.path:  # `pytest` from anywhere imports the tests packag
 
 TINY_LATENT_SIZE = 8
 TINY_VAE_BLOCKS = 2  # pixels 16 x 16
-
-
-def yaml_defaults(kind: str, name: str, **overrides) -> dict:
-    """A plugin's defaults with ``overrides`` on top: from configs/<kind>/<name>.yaml where the
-    part has one, else {} (its Config dataclass holds the defaults, filled in when parsed).
-
-    Read directly (not through the registry) so these tests do not depend on every other
-    plugin importing cleanly; test_registration checks the registry path.
-    """
-    path = ROOT / "configs" / kind / f"{name}.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    data.pop("type", None)
-    data.update(overrides)
-    return data
 
 
 def pipeline_variant(src: Path, dst: Path, edits: dict[str, dict]) -> Path:
@@ -62,8 +47,7 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
 def load_prior(model: Path | str, device: str = "cpu", fast_path: bool = True, **overrides):
     from scorelift.plugins.priors.stable_diffusion import StableDiffusionPrior
 
-    return StableDiffusionPrior(yaml_defaults("prior", "stable-diffusion", model=str(model), **overrides), device,
-                                fast_path=fast_path)
+    return StableDiffusionPrior(dict(model=str(model), **overrides), device, fast_path=fast_path)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from scorelift.errors import ConfigError
 from scorelift.maths import score_math as sm
 from scorelift.plugins.guidance.paas import PAASGuidance
 from scorelift.library.sds import SDSGuidance
-from tests.conftest import yaml_defaults
 
 B, C, H = 2, 4, 8
 PROMPT = "a red cube"
@@ -17,11 +16,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_sds(prior, **over) -> SDSGuidance:
-    return SDSGuidance(yaml_defaults("guidance", "sds", **over), prior)
+    return SDSGuidance(dict(**over), prior)
 
 
 def make_paas(prior, **over) -> PAASGuidance:
-    return PAASGuidance(yaml_defaults("guidance", "paas", **over), prior)
+    return PAASGuidance(dict(**over), prior)
 
 
 def latent(seed: int = 0, batch: int = B) -> torch.Tensor:
@@ -350,5 +349,5 @@ def test_ssd_passes_a_non_finite_eps_on(fresh_prior):
 
     text = fresh_prior.condition(PROMPT, ["front", "back"])
     poison_eps(fresh_prior, float("nan"))
-    ssd = SSDGuidance(yaml_defaults("guidance", "ssd", grad_clip=0.05), fresh_prior)
+    ssd = SSDGuidance(dict(grad_clip=0.05), fresh_prior)
     assert torch.isnan(ssd(latent(), True, text, torch.Generator().manual_seed(0))["loss"])

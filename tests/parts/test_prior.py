@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from scorelift.errors import ConfigError, PriorLoadError
-from tests.conftest import TINY_LATENT_SIZE, load_prior, pipeline_variant, yaml_defaults
+from tests.conftest import TINY_LATENT_SIZE, load_prior, pipeline_variant
 
 VIEWS = ["front", "side", "back", "overhead"]
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -241,7 +241,7 @@ def test_validate_prompt_errors(tiny_prior):
 def test_tiny_random_prior_builds_once_and_warns(tmp_path, monkeypatch):
     from scorelift.plugins.priors import tiny_random
 
-    cfg = yaml_defaults("prior", "tiny-random", cache_dir=str(tmp_path), latent_size=8, vae_blocks=2)
+    cfg = dict(cache_dir=str(tmp_path), latent_size=8, vae_blocks=2)
     with pytest.warns(UserWarning, match="RANDOM weights"):
         first = tiny_random.TinyRandomPrior(cfg)
     assert (first.latent_size, first.pixel_size) == (8, 16)

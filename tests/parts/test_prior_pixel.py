@@ -14,7 +14,6 @@ from scorelift.errors import ConfigError, PriorLoadError
 from scorelift.plugins.priors.diffusers_unet import DiffusersUNetPrior
 from scorelift.plugins.priors.score_sde import ScoreSdePrior, ve_sigma_ladder
 from tests import tiny_pixel_pipelines as tiny
-from tests.conftest import yaml_defaults
 from tests.run.test_system import compose_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,11 +28,11 @@ def pipes(tmp_path_factory):
 
 
 def unet_prior(path, **options):
-    return DiffusersUNetPrior(yaml_defaults("prior", "diffusers-unet", model=str(path), **options), "cpu")
+    return DiffusersUNetPrior(dict(model=str(path), **options), "cpu")
 
 
 def sde_prior(path):
-    return ScoreSdePrior(yaml_defaults("prior", "score-sde", model=str(path)), "cpu")
+    return ScoreSdePrior(dict(model=str(path)), "cpu")
 
 
 def draws(seed=0, t=(5, 700)):

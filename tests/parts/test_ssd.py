@@ -9,14 +9,13 @@ import torch
 from scorelift.errors import ConfigError
 from scorelift.library.sds import SDSGuidance
 from scorelift.plugins.guidance.ssd import SSDGuidance, projection_ratio
-from tests.conftest import yaml_defaults
 
 B, C, H = 3, 4, 8
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_ssd(prior, **over) -> SSDGuidance:
-    return SSDGuidance(yaml_defaults("guidance", "ssd", **over), prior)
+    return SSDGuidance(dict(**over), prior)
 
 
 def fixed(seed: int) -> torch.Tensor:
@@ -33,7 +32,7 @@ def eps_triplet():
 def test_three_terms_sum_to_the_sds_estimator(tiny_prior, eps_triplet, convention, scale, w):
     e_c, e_u, eps = eps_triplet
     ssd = make_ssd(tiny_prior, guidance_scale=scale, cfg_convention=convention)
-    sds = SDSGuidance(yaml_defaults("guidance", "sds", guidance_scale=scale, cfg_convention=convention), tiny_prior)
+    sds = SDSGuidance(dict(guidance_scale=scale, cfg_convention=convention), tiny_prior)
     parts = ssd.terms(e_c, e_u, eps)
     torch.testing.assert_close(parts["disengaging"], w * (e_c - e_u))
     t = torch.full((B,), 500)
@@ -79,7 +78,7 @@ def test_tau_T_add_with_c_one_and_no_rescale_is_sds(tiny_prior):
     """The full guidance call, against SDS with the same generator: identical gradients."""
     text = tiny_prior.condition("a red cube", ["front", "side", "back"])
     ssd = make_ssd(tiny_prior, tau=tiny_prior.num_train_timesteps, combine="add", control_coefficient=1.0, rescale=False)
-    sds = SDSGuidance(yaml_defaults("guidance", "sds"), tiny_prior)
+    sds = SDSGuidance({}, tiny_prior)
     grads = []
     for guidance in (ssd, sds):
         z = fixed(5).requires_grad_(True)

@@ -9,14 +9,13 @@ import torch
 from scorelift.data.cameras import make_cameras
 from scorelift.maths import score_math as sm
 from scorelift.plugins.guidance.vsd import VSDGuidance
-from tests.conftest import yaml_defaults
 
 B, C = 2, 4
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_vsd(prior, **over) -> VSDGuidance:
-    return VSDGuidance(yaml_defaults("guidance", "vsd", **over), prior)
+    return VSDGuidance(dict(**over), prior)
 
 
 @pytest.fixture()

@@ -142,22 +142,33 @@ class Plan:
     relative_cost: dict[str, float]
 
 
-def plan(claims: list[Claim], extra: list[str] | None = None) -> Plan:
-    """The pool of distinct cells of ``claims``; a cell is named after the first arm that runs it
-    (``<claim>.<benchmark>.<arm>``)."""
+def _arm_cells(claim: Claim, extra: list[str] | None):
+    """(benchmark name, benchmark, arm, cell, identity) of every cell of every arm of ``claim``. The
+    identity sorts the overrides: Hydra applies group choices before values whatever their order,
+    so two arms listing the same overrides in another order run the same thing."""
+    for bname, bench in claim.benchmarks.items():
+        named = dataclasses.replace(bench, methods={f"{claim.name}.{bname}.{arm}": o for arm, o in bench.methods.items()})
+        for cell in spec_mod.expand(named, extra):
+            identity = (cell.prompt, cell.seed, cell.unconditional, tuple(sorted(cell.overrides)))
+            yield bname, bench, cell.method.split(".", 2)[2], cell, identity
+
+
+def plan(claims: list[Claim], extra: list[str] | None = None, catalogue: list[Claim] | None = None) -> Plan:
+    """The pool of distinct cells of ``claims``. A cell is named after the first arm that runs it
+    (``<claim>.<benchmark>.<arm>``) in ``catalogue`` (default: ``claims``): with the catalogue of
+    every claim, a cell that several claims share has one folder whichever claims are chosen and
+    in whatever order, so a run of some claims and a later run or report of others find it."""
     pool: dict[tuple, Cell] = {}
+    for claim in catalogue or []:
+        for *_, cell, identity in _arm_cells(claim, extra):
+            pool.setdefault(identity, cell)
     arms: dict[tuple[str, str, str], list[Cell]] = {}
     cost: dict[str, float] = {}
     for claim in claims:
-        for bname, bench in claim.benchmarks.items():
-            named = dataclasses.replace(bench, methods={f"{claim.name}.{bname}.{arm}": o for arm, o in bench.methods.items()})
-            for cell in spec_mod.expand(named, extra):
-                arm = cell.method.split(".", 2)[2]
-                # Sorted: Hydra applies group choices before values whatever their order, so two arms
-                # listing the same overrides in another order run the same thing.
-                identity = (cell.prompt, cell.seed, cell.unconditional, tuple(sorted(cell.overrides)))
-                canonical = pool.setdefault(identity, cell)
-                arms.setdefault((claim.name, bname, arm), []).append(canonical)
-                if arm in bench.relative_cost:
-                    cost[canonical.method] = bench.relative_cost[arm]
-    return Plan(cells=list(pool.values()), arms=arms, relative_cost=cost)
+        for bname, bench, arm, cell, identity in _arm_cells(claim, extra):
+            canonical = pool.setdefault(identity, cell)
+            arms.setdefault((claim.name, bname, arm), []).append(canonical)
+            if arm in bench.relative_cost:
+                cost[canonical.method] = bench.relative_cost[arm]
+    used = {id(cell) for cells in arms.values() for cell in cells}
+    return Plan(cells=[c for c in pool.values() if id(c) in used], arms=arms, relative_cost=cost)

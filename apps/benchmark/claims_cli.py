@@ -63,8 +63,11 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         gpus, slurm = run_options(args)
-        claims = [claim_spec.sized(claim_spec.load_claim(n), args.size) for n in select_claims(args.claims)]
-        plan = claim_spec.plan(claims, args.set)
+        chosen = select_claims(args.claims)
+        claims = [claim_spec.sized(claim_spec.load_claim(n), args.size) for n in chosen]
+        # Every built-in claim names the cells it shares, so their folders do not depend on --claims.
+        catalogue = [claim_spec.sized(claim_spec.load_claim(n), args.size) for n in claim_spec.claim_names()]
+        plan = claim_spec.plan(claims, args.set, catalogue)
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         print(f"{len(claims)} claim(s), {sum(len(c) for c in plan.arms.values())} arm cells, {len(plan.cells)} distinct "

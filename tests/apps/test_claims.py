@@ -199,3 +199,22 @@ def test_a_claim_file_of_ones_own_is_chosen_by_its_path(tmp_path):
     assert claim_spec.load_claim(str(path)).name == "mine"
     with pytest.raises(ConfigError, match=r"not a claim; .* or the path of a claim file"):
         select_claims(str(tmp_path / "missing.yaml"))
+
+
+def test_a_shared_cells_folder_does_not_depend_on_which_claims_are_run_or_their_order():
+    """With the catalogue of every claim, the SJC preset's red-cube cell, which four claims share, has
+    the folder of the catalogue's first arm that runs it, whether sjc-schedule runs alone, first, or
+    not at all; without it, the first chosen claim names it."""
+    catalogue = [claim_spec.load_claim(n) for n in claim_spec.claim_names()]
+    def baseline_key(names, with_catalogue=True):
+        plan = claim_spec.plan([claim_spec.load_claim(n) for n in names], None, catalogue if with_catalogue else None)
+        cells = plan.arms[("sjc-schedule", "text", "random")] if "sjc-schedule" in names else plan.arms[("sjc-paas", "main", "paas")]
+        return next(c for c in cells if c.prompt == "a red cube" and c.seed == 0).key, plan
+
+    keys = {baseline_key(names)[0] for names in (["sjc-schedule"], ["sjc-schedule", "sjc-paas"],
+                                                 ["sjc-paas", "sjc-schedule"], ["sjc-paas"])}
+    assert len(keys) == 1 and next(iter(keys)).startswith("sjc-paas.main.paas/")
+    assert baseline_key(["sjc-schedule", "sjc-paas"], with_catalogue=False)[0].startswith("sjc-schedule.text.random/")
+    _, alone = baseline_key(["sjc-schedule"])  # the catalogue names cells; only the chosen claim's run
+    assert len(alone.cells) == len({id(c) for cells in alone.arms.values() for c in cells})
+    assert {k[0] for k in alone.arms} == {"sjc-schedule"}

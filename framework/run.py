@@ -46,7 +46,8 @@ from .outputs.timing import StepTimer
 from .plan import RunPlan
 from .run_info import record_end, write_run_info
 from .run_lock import RunLock
-from .stop_signals import GracefulStop, StopSignals
+from .outputs.graceful_stop import GracefulStop
+from .stop_signals import StopSignals
 from .units import human_bytes
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Stopping a run cleanly on the signals that cluster schedulers send ahead of a kill.
+"""Stopping cleanly on the signals that cluster schedulers send ahead of a kill: the one catcher of
+stop signals, used by a run (``scorelift.run``) and by the benchmark's runner and its cell jobs.
 
 SLURM, Kubernetes and preemptible clouds send SIGTERM (SLURM's ``--signal`` often SIGUSR1) some
 seconds before SIGKILL. On any of ``trainer.stop_signals`` (default SIGTERM, SIGUSR1, SIGINT) a
@@ -8,7 +9,7 @@ once; the last checkpoint written stays intact.
 
     with StopSignals(["SIGTERM", "SIGUSR1", "SIGINT"]) as stop:   # for the whole run
         ... build ...
-        trainer = Trainer(callbacks=[keeper, ..., GracefulStop(stop, keeper)])
+        trainer = Trainer(callbacks=[keeper, ..., GracefulStop(stop, keeper)])   # outputs.graceful_stop
         trainer.fit(...)
         if stop.requested: raise stop.stopped(...)
 """
@@ -18,8 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-
-import pytorch_lightning as pl
+import time
 
 from .errors import ConfigError, RunStopped
 
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 UNCATCHABLE = ("SIGKILL", "SIGSTOP")
 LIGHTNING_TOUCHES = (signal.SIGTERM,)  # what Lightning's Trainer handles itself during fit
+# Stop signals this soon after the previous one count as the same stop: one stop often arrives
+# twice at once (GNU timeout signals its child and then the child's whole process group; a
+# terminal's Ctrl+C reaches every process of the foreground group).
+SAME_STOP_S = 1.0
 
 
 def parse_stop_signals(names, key: str = "trainer.stop_signals") -> list[signal.Signals]:
@@ -56,13 +60,24 @@ def parse_stop_signals(names, key: str = "trainer.stop_signals") -> list[signal.
 
 
 class StopSignals:
-    """Context manager: while it is active, the stop signals set ``requested`` instead of killing
+    """Context manager: while it is active, the stop signals record that a stop was asked for
+    (the first signal in ``received``; in ``count``, how many stops arrived, signals within
+    ``SAME_STOP_S`` of the previous one counting as the same) and wake ``wait`` instead of killing
     the process; on exit the previous handlers are back. Outside the main thread (where Python
-    cannot install handlers) it does nothing and the signals keep their usual effect."""
+    cannot install handlers) it does nothing and the signals keep their usual effect.
 
-    def __init__(self, names=DEFAULT_STOP_SIGNALS):
+    ``second_sigint_interrupts``: a second SIGINT (Ctrl+C twice) raises KeyboardInterrupt at once,
+    as a run wants; a runner that stops its children itself counts it as one more stop instead.
+    ``announce``: log the first stop (what the run will do about it)."""
+
+    def __init__(self, names=DEFAULT_STOP_SIGNALS, second_sigint_interrupts: bool = True, announce: bool = True):
         self.signals = parse_stop_signals(list(names))
+        self.second_sigint_interrupts = second_sigint_interrupts
+        self.announce = announce
         self.received: signal.Signals | None = None
+        self.count = 0
+        self._last = float("-inf")  # time.monotonic() of the last stop signal
+        self._wake = threading.Event()
         self._previous: dict[signal.Signals, object] = {}
         self._outer: dict[signal.Signals, object] = {}  # handlers before the run, of LIGHTNING_TOUCHES
 
@@ -76,12 +91,23 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         sig = signal.Signals(signum)
-        if self.received is not None and sig == signal.SIGINT:
+        if self.received is not None and sig == signal.SIGINT and self.second_sigint_interrupts:
             raise KeyboardInterrupt  # Ctrl+C twice: stop now, without the checkpoint
+        now = time.monotonic()
+        if now - self._last >= SAME_STOP_S:
+            self.count += 1
+        self._last = now
         if self.received is None:
             self.received = sig
-            log.warning("Received %s: finishing the current step, then writing a checkpoint and stopping "
-                        "(exit code 75: resume the run to continue).", sig.name)
+            if self.announce:
+                log.warning("Received %s: finishing the current step, then writing a checkpoint and stopping "
+                            "(exit code 75: resume the run to continue).", sig.name)
+        self._wake.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a stop signal ends the sleep at once."""
+        if self._wake.wait(seconds):
+            self._wake.clear()
 
     def install(self) -> None:
         """(Re)install the handlers. Lightning's Trainer installs its own SIGTERM handler when fit
@@ -114,30 +140,3 @@ class StopSignals:
             f"Stopped by {self.name}{at}: {what} Resume with `scorelift resume={run_dir}` (exit code 75 means "
             f"\"stopped, resume me\")."
         )
-
-
-class GracefulStop(pl.Callback):
-    """At the end of a step after a stop signal: write the checkpoint (through the run's
-    ``CheckpointKeeper``) and end training; the step's metric rows reach the log when Lightning
-    tears down. Written here, not when training ends: ending the epoch early would store the
-    next epoch's number. Last in the callback list, so the step's own evaluation and images are
-    done first."""
-
-    def __init__(self, stop: StopSignals, keeper):
-        self.stop, self.keeper = stop, keeper
-        self.stopped_at: int | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.stop.install()  # replaces the SIGTERM handler Lightning composed when fit began
-        if self.stop.requested:  # arrived while the run was being set up
-            self._stop(trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.stop.requested and self.stopped_at is None:
-            self._stop(trainer)
-
-    def _stop(self, trainer) -> None:
-        self.keeper.save(trainer)
-        self.stopped_at = int(trainer.global_step)
-        trainer.should_stop = True
-        log.warning("Stopped by %s after step %d; checkpoint written.", self.stop.name, self.stopped_at)

@@ -24,68 +24,25 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
+
+from scorelift.stop_signals import SAME_STOP_S, StopSignals  # noqa: F401  (SAME_STOP_S: the runner's too)
 
 # What the runner sends each running cell when it is stopped, whichever signal it got itself:
 # SIGTERM is in every run's default trainer.stop_signals, and a repeat of it changes nothing (a
 # second SIGINT would interrupt a run without its checkpoint). Also the parent-death signal below.
 FORWARDED_SIGNAL = signal.SIGTERM
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-# Stop signals this soon after the previous one count as the same stop: one stop often arrives
-# twice at once (GNU timeout signals its child and then the child's whole process group; a
-# terminal's Ctrl+C reaches every process of the foreground group).
-SAME_STOP_S = 1.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-class StopRequests:
-    """While active (a ``with`` block in the main thread), the stop signals only record that the
-    runner is to stop (the first signal in ``received``; in ``count``, how many stops arrived,
-    signals within ``SAME_STOP_S`` of the previous one counting as the same) and wake ``wait``;
-    the previous handlers are back on exit. Outside the main thread, where Python cannot install
-    handlers, it does nothing."""
+class StopRequests(StopSignals):
+    """The runner's stop signals (``scorelift.stop_signals``, the catcher a run uses too): each stop
+    only records that the runner is to stop, counts (a stop within ``SAME_STOP_S`` of the one before
+    is the same stop) and wakes ``wait``; a second SIGINT is one more stop, not an interrupt, since
+    the runner stops its cells itself."""
 
     def __init__(self, signals=STOP_SIGNALS):
-        self.signals = tuple(signals)
-        self.received: signal.Signals | None = None
-        self.count = 0
-        self._last = float("-inf")  # time.monotonic() of the last stop signal
-        self._wake = threading.Event()
-        self._previous: dict = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.received is not None
-
-    @property
-    def name(self) -> str | None:
-        return self.received.name if self.received is not None else None
-
-    def _handle(self, signum, frame) -> None:
-        now = time.monotonic()
-        if now - self._last >= SAME_STOP_S:
-            self.count += 1
-        self._last = now
-        if self.received is None:
-            self.received = signal.Signals(signum)
-        self._wake.set()
-
-    def wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds``; a stop signal ends the sleep at once."""
-        if self._wake.wait(seconds):
-            self._wake.clear()
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+        super().__init__([s.name for s in signals], second_sigint_interrupts=False, announce=False)
 
 
 @functools.lru_cache(maxsize=1)

@@ -114,7 +114,7 @@ def check_lightning_options(trainer: TrainerConfig, device_name) -> None:
             f"trainer.devices={trainer.devices!r}: a scorelift run trains on one device, so trainer.devices "
             f"must be 1 (pick which one with device=cuda:N). To keep several GPUs busy, run several runs: one "
             f"launch per GPU (device=cuda:0, device=cuda:1, ...), or many at once with the benchmark "
-            f"(benchmark.py --workers N)."
+            f"(scorelift-bench --workers N)."
         )
     clip = trainer.gradient_clip_val
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip >= 0):

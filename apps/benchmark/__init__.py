@@ -1,3 +1,3 @@
 """The benchmark: methods x prompts x seeds at one step budget, run as resumable launch.py cells,
 reported as results.csv, report.md, PNG figures and report.html, which links its
-figures and turntables (benchmark.py)."""
+figures and turntables (``scorelift-bench``, ``python -m scorelift.benchmark``)."""

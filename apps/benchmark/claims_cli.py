@@ -1,4 +1,4 @@
-"""``python benchmark.py claims --out DIR``: run (or resume) every claim's cells, then write the
+"""``scorelift-bench claims --out DIR``: run (or resume) every claim's cells, then write the
 verdicts (claims.md, claims.html, claims.json; the rule is in scorelift.benchmark.verdict)."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from .cli_common import add_slurm_arguments, machine_description, run_options, s
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
-  python benchmark.py claims --out benchmarks/claims --workers 16 --mps   # every claim, full budget (GPU)
-  python benchmark.py claims --out outputs/claims-ci --size ci            # every part end to end, 4 steps (CPU)
-  python benchmark.py claims --out outputs/claims --claims sjc-paas,ssd
-  python benchmark.py claims --out benchmarks/claims --report-only        # re-judge the finished cells
-  python benchmark.py claims --out /shared/claims --executor slurm --slurm-gpus-per-job 1 --cells-per-job 4
+  scorelift-bench claims --out benchmarks/claims --workers 16 --mps   # every claim, full budget (GPU)
+  scorelift-bench claims --out outputs/claims-ci --size ci            # every part end to end, 4 steps (CPU)
+  scorelift-bench claims --out outputs/claims --claims sjc-paas,ssd
+  scorelift-bench claims --out benchmarks/claims --report-only        # re-judge the finished cells
+  scorelift-bench claims --out /shared/claims --executor slurm --slurm-gpus-per-job 1 --cells-per-job 4
 Cells that two claims share (the same overrides, prompt and seed) run once. Run the same command
 again to resume: finished cells are kept, stopped ones resume from their checkpoint. Stopping,
-exit codes, --workers and the SLURM options are those of `python benchmark.py PRESET` (0 all
+exit codes, --workers and the SLURM options are those of `scorelift-bench PRESET` (0 all
 finished, 1 a cell failed, 2 bad input, 75 stopped: run again to resume)."""
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
 
         info = {
             "claims": [c.name for c in claims], "size": args.size,
-            "command": "python benchmark.py claims " + " ".join(shlex.quote(a) for a in argv),
+            "command": "scorelift-bench claims " + " ".join(shlex.quote(a) for a in argv),
             "machine": machine_description(), "versions": {k: v for k, v in package_versions().items() if v},
             "git_commit": git_commit(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": round(time.perf_counter() - start, 1), "cells_run": len(outcome.records), "workers": args.workers,
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
         collect.write_csv(out / "results.csv", rows, collect.RESULT_COLUMNS)
         results = claims_report.write_claims_report(out, claims, plan, info)
     except ScoreliftError as exc:
-        print(f"benchmark.py claims: error: {exc}", file=sys.stderr)
+        print(f"scorelift-bench claims: error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in rows if r["status"] != "ok"]
     print(f"Claims: {out / 'claims.html'} and {out / 'claims.md'} ({len(rows) - len(failed)}/{len(rows)} cells finished).")

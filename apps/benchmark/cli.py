@@ -1,4 +1,4 @@
-"""``python benchmark.py PRESET --out DIR``: run (or resume) a benchmark preset and write its report."""
+"""``scorelift-bench PRESET --out DIR``: run (or resume) a benchmark preset and write its report."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import claims_cli, dispatch, report, runner, spec as spec_mod
+from . import claims_cli, dispatch, judge, pack, report, runner, spec as spec_mod
 from .cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
 EPILOG = """examples:
-  python benchmark.py ci --out outputs/bench-ci                      # the small preset CI runs
-  python benchmark.py full --out benchmarks/shapes-full --workers 16 # 12 prompts x 4 methods x 3 seeds (GPU)
-  python benchmark.py full --out outputs/bench --methods sds,ssd --seeds 0
-  python benchmark.py full --out outputs/bench --workers 16 --mps --gpus 0,1  # 16 cells on each of GPUs 0 and 1
-  python benchmark.py full --out benchmarks/shapes-full --report-only  # re-tabulate finished cells
-  python benchmark.py ci --out outputs/bench-ci --set device=cpu      # extra launch.py overrides for every cell
+  scorelift-bench ci --out outputs/bench-ci                      # the small preset CI runs
+  scorelift-bench full --out benchmarks/shapes-full --workers 16 # 12 prompts x 4 methods x 3 seeds (GPU)
+  scorelift-bench full --out outputs/bench --methods sds,ssd --seeds 0
+  scorelift-bench full --out outputs/bench --workers 16 --mps --gpus 0,1  # 16 cells on each of GPUs 0 and 1
+  scorelift-bench full --out benchmarks/shapes-full --report-only  # re-tabulate finished cells
+  scorelift-bench ci --out outputs/bench-ci --set device=cpu      # extra launch.py overrides for every cell
 Run the same command again to resume: finished cells are kept, stopped ones resume from their
 checkpoint, the rest start again. Cells run as submitit jobs on this machine: --workers at once
 on each GPU it sees (each cell pinned to one GPU), or --workers at once on the CPU.
@@ -40,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="scorelift-bench", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", help=f"a preset name ({', '.join(spec_mod.preset_names())}) or a YAML file; or `claims` "
-                                   "(python benchmark.py claims --help): the papers' claims and their verdicts")
+                                   "(scorelift-bench claims --help): the papers' claims and their verdicts; or `judge` or `pack` (their --help)")
     ap.add_argument("--out", required=True, help="output folder (created; reused to resume)")
     ap.add_argument("--workers", "--cells-per-gpu", type=int, default=1, dest="workers",
                     help="cells run at once on each GPU, or on the CPU where there is no GPU (default 1)")
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["claims"]:  # the papers' claims, each judged on its own cells
         return claims_cli.main(argv[1:])
+    if argv[:1] == ["judge"]:  # two methods of any results.csv, by the claims' rule
+        return judge.main(argv[1:])
+    if argv[:1] == ["pack"]:  # a folder's cells without checkpoints, to carry to another machine
+        return pack.main(argv[1:])
     args = parse_args(argv)
     try:
         spec = spec_mod.select(spec_mod.load_spec(args.preset), args.methods, args.seeds, args.prompts)
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         info = {
             "preset": spec.name,
-            "command": "python benchmark.py " + " ".join(shlex.quote(a) for a in argv),
+            "command": "scorelift-bench " + " ".join(shlex.quote(a) for a in argv),
             "machine": machine_description(),
             "versions": {k: v for k, v in package_versions().items() if v},
             "git_commit": git_commit(),
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "benchmark_info.json").write_text(json.dumps(info, indent=2))
         result = report.write_report(out, spec, cells, info)
     except ScoreliftError as exc:
-        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        print(f"scorelift-bench: error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     only_stopped = failed and all(r["status"].startswith("stopped") for r in failed)

@@ -92,7 +92,7 @@ def stopped(outcome: dispatch.RunOutcome, out: Path, cells: list) -> int:
     """The runner was stopped by a signal: one line saying what is where (the lines of the
     stopped cells came before it), no report (it would be of a run cut short); exit 75."""
     finished = sum(runner.is_finished(out, c) for c in cells)
-    print(f"benchmark.py: stopped by {outcome.stopped_by}: {len(outcome.stopped)} cell(s) stopped, "
+    print(f"scorelift-bench: stopped by {outcome.stopped_by}: {len(outcome.stopped)} cell(s) stopped, "
           f"{outcome.not_started} not started, {finished} of {len(cells)} finished; no report written. Run the same "
           f"command again to resume (exit code 75: stopped, resume me).", file=sys.stderr)
     return EXIT_STOPPED

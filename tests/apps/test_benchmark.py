@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "scorelift.benchmark", *args], capture_output=True, text=True, cwd=REPO)
     if check and proc.returncode != 0:
-        raise AssertionError(f"benchmark.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"scorelift-bench {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -89,7 +89,7 @@ def test_ci_preset_runs_every_cell_and_reports(ci_run):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (out / "report.md").read_text()
     assert "| method | IoU | identification |" in md and "| vsd |" in md
-    assert "python benchmark.py ci --out" in md and "torch 2.13.0" in md
+    assert "scorelift-bench ci --out" in md and "torch 2.13.0" in md
     linked = linked_files(out / "report.html")
     assert {p.name for p in linked} >= {"quality_vs_step.png", "quality_vs_time.png", "method_bars.png", "contact_sheet.png"}
     assert len(turntables(out / "report.html")) == 8  # one turntable per method x prompt, the first seed's

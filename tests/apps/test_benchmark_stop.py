@@ -50,7 +50,7 @@ def preset(tiny_pipeline_dir, tmp_path_factory) -> Path:
 
 
 def command(preset: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "benchmark.py"), str(preset), "--out", str(out), "--workers", "2",
+    return [sys.executable, "-m", "scorelift.benchmark", str(preset), "--out", str(out), "--workers", "2",
             "--threads-per-run", "1", *extra]
 
 

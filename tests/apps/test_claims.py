@@ -1,5 +1,5 @@
 """The claims benchmark: the verdict rule on numbers whose answer is known, the claim files (they
-load, their arms start, shared cells run once), and ``benchmark.py claims --size ci`` end to end
+load, their arms start, shared cells run once), and ``scorelift-bench claims --size ci`` end to end
 in a real subprocess: it runs, resumes, and its verdicts follow from the cells' own metrics."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_every_arm_of_every_claim_passes_the_start_up_checks():
 
 # ---------------------------------------------------------------- end to end
 def claims_command(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "benchmark.py"), "claims", "--out", str(out), "--size", "ci",
+    return subprocess.run([sys.executable, "-m", "scorelift.benchmark", "claims", "--out", str(out), "--size", "ci",
                            "--claims", "sjc-paas", "--workers", "2", *extra],
                           capture_output=True, text=True, cwd=REPO, timeout=900)
 
@@ -184,7 +184,7 @@ def test_claims_ci_runs_resumes_and_judges_from_the_cells_metrics(tmp_path):
 
 
 def test_an_unknown_claim_is_refused_before_anything_runs(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "benchmark.py"), "claims", "--out", str(tmp_path / "o"),
+    result = subprocess.run([sys.executable, "-m", "scorelift.benchmark", "claims", "--out", str(tmp_path / "o"),
                              "--claims", "sjc-paas,beauty"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert "--claims 'sjc-paas,beauty': ['beauty'] not a claim; the claims: sds-cfg, sjc-paas" in result.stderr

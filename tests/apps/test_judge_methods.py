@@ -1,4 +1,4 @@
-"""tools/judge_methods.py: two methods of a results.csv judged by the claims' rule, on tables
+"""apps/benchmark/judge.py: two methods of a results.csv judged by the claims' rule, on tables
 whose verdicts and effects are known by construction."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from tools.judge_methods import main
+from scorelift.benchmark.judge import main
 
 COLUMNS = ["method", "prompt", "seed", "status", "iou", "colour_error"]
 

@@ -1,4 +1,4 @@
-"""tools/pack_cells.py: what travels of a benchmark folder (records and what reports read) and what stays
+"""apps/benchmark/pack.py: what travels of a benchmark folder (records and what reports read) and what stays
 (checkpoints, logs), on a folder built here, packed, split and unpacked again."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import io
 import tarfile
 
-from tools.pack_cells import main
+from scorelift.benchmark.cli import main as bench_main
+from scorelift.benchmark.pack import main
 
 
 def test_a_packed_folder_keeps_records_and_results_and_drops_checkpoints(tmp_path):
@@ -25,7 +26,7 @@ def test_a_packed_folder_keeps_records_and_results_and_drops_checkpoints(tmp_pat
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
     assert done.is_dir() and failed.is_dir()
-    assert main([str(out), str(tmp_path / "pack"), "0.0001"]) == 0  # 104-byte parts: several of them
+    assert main([str(out), str(tmp_path / "pack"), "--part-mb", "0.0001"]) == 0  # 104-byte parts: several of them
     parts = sorted((tmp_path / "pack").glob("cells.tar.gz.part*"))
     assert len(parts) > 1
     data = b"".join(p.read_bytes() for p in parts)
@@ -36,3 +37,9 @@ def test_a_packed_folder_keeps_records_and_results_and_drops_checkpoints(tmp_pat
         "cells/m/a_red_cube/s0/run/eval/view_0.png", "cells/m/a_red_cube/s0/run/turntable.mp4",
         "cells/m/a_red_cube/s1/failed.json", "cells/m/a_red_cube/s1/stdout.log",  # a failed cell keeps its log
     }
+
+
+def test_pack_is_a_command_of_the_benchmark_and_refuses_a_missing_folder(tmp_path, capsys):
+    assert bench_main(["pack", str(tmp_path / "nowhere"), str(tmp_path / "dest")]) == 2
+    assert "is not a folder; give a benchmark's --out folder" in capsys.readouterr().err
+    assert not (tmp_path / "dest").exists()

@@ -51,7 +51,7 @@ def cluster():
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "benchmark.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "scorelift.benchmark", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=900)
 
 
@@ -91,7 +91,7 @@ def test_the_ci_cells_as_a_job_array_give_the_local_numbers(tmp_path):
 
 def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(preset, tmp_path):
     out = tmp_path / "slurm"
-    cmd = [sys.executable, str(REPO / "benchmark.py"), str(preset), "--out", str(out), "--executor", "slurm",
+    cmd = [sys.executable, "-m", "scorelift.benchmark", str(preset), "--out", str(out), "--executor", "slurm",
            "--stop-grace", "20", "--threads-per-run", "1"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     ckpt = out / "cells" / "paas" / "a_red_cube" / "s0" / "run" / "checkpoints" / "last.ckpt"
@@ -169,7 +169,7 @@ def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tm
     the task stops its cell with a checkpoint, submitit requeues the task, and the requeued task
     resumes the cell; the one driver invocation ends with the cell finished."""
     out = tmp_path / "slurm"
-    cmd = [sys.executable, str(REPO / "benchmark.py"), str(preset), "--out", str(out), "--executor", "slurm",
+    cmd = [sys.executable, "-m", "scorelift.benchmark", str(preset), "--out", str(out), "--executor", "slurm",
            "--stop-grace", "20", "--threads-per-run", "1"]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     folder = out / "cells" / "paas" / "a_red_cube" / "s0"
@@ -192,7 +192,7 @@ def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tm
 
 
 def test_the_claims_go_to_the_cluster_as_one_array_and_are_judged_from_its_cells(tmp_path):
-    """``benchmark.py claims --executor slurm``: the claim's six cells go to the cluster as two array
+    """``scorelift-bench claims --executor slurm``: the claim's six cells go to the cluster as two array
     tasks of three, and each part is judged on the metrics the cells wrote there (that a cell on the
     cluster gives the local numbers is the job-array test above)."""
     out = tmp_path / "claims"

@@ -1,12 +1,12 @@
 """Judge two methods of any benchmark by the claims' rule: paired by (prompt, seed), 95 % bootstrap.
 
-    python tools/judge_methods.py benchmarks/shapes-schedule-cpu/results.csv paas-random paas-annealed
-    python tools/judge_methods.py OUT/results.csv sds ssd --metric colour_error --expect less
-    python tools/judge_methods.py NEW/results.csv sjc-sds paas-random --also OLD/results.csv
+    scorelift-bench judge benchmarks/shapes-schedule-cpu/results.csv paas-random paas-annealed
+    scorelift-bench judge OUT/results.csv sds ssd --metric colour_error --expect less
+    scorelift-bench judge NEW/results.csv sjc-sds paas-random --also OLD/results.csv
 
 It reads the finished rows (status ``ok``) of a benchmark's ``results.csv``, pairs method A's and
 method B's values of ``--metric`` by (prompt, seed), and prints the part's verdict, the mean
-difference A - B and its interval, exactly as ``benchmark.py claims`` judges a part (the rule:
+difference A - B and its interval, exactly as ``scorelift-bench claims`` judges a part (the rule:
 ``scorelift.benchmark.verdict``, docs/claims.md). For a question a preset answers but no claim
 file asks, such as one schedule against another on one prompt. ``--also`` adds the rows of other
 benchmarks' results.csv (runs of the same machine), so an arm run once serves several comparisons.
@@ -47,7 +47,7 @@ def repeated_cells(rows: list[dict]) -> set[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="judge_methods", description=__doc__,
+    ap = argparse.ArgumentParser(prog="scorelift-bench judge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, help="a benchmark's results.csv")
     ap.add_argument("a", help="method A (the one the claim favours)")
@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(paths)
     twice = repeated_cells(rows)
     if twice:
-        print(f"judge_methods: {len(twice)} (method, prompt, seed) row(s) appear in more than one place, such as "
+        print(f"scorelift-bench judge: {len(twice)} (method, prompt, seed) row(s) appear in more than one place, such as "
               f"{sorted(twice)[0]}; give each cell once.", file=sys.stderr)
         return 2
     methods = sorted({r["method"] for r in rows})
     unknown = [m for m in (args.a, args.b) if m not in methods]
     if unknown or not rows or args.metric not in rows[0]:
         what = f"method(s) {', '.join(unknown)}" if unknown else f"--metric {args.metric!r}"
-        print(f"judge_methods: {what} not in {', '.join(map(str, paths))}; its methods: {', '.join(methods) or 'none'}; "
+        print(f"scorelift-bench judge: {what} not in {', '.join(map(str, paths))}; its methods: {', '.join(methods) or 'none'}; "
               f"its columns: {', '.join(rows[0]) if rows else 'none'}.", file=sys.stderr)
         return 2
     a, b = method_values(rows, args.a, args.metric), method_values(rows, args.b, args.metric)

@@ -1,6 +1,6 @@
 """Pack a benchmark or claims output folder without checkpoints and logs, to move it between machines.
 
-    python tools/pack_cells.py <out dir> <dest dir> [part MB, default 15]
+    scorelift-bench pack <out dir> <dest dir> [--part-mb 15]
 
 Writes <dest dir>/cells.tar.gz.part00, part01, ... (split so each part stays under a transfer limit).
 Kept: the folder's top-level files; per cell its records (cell.json, segments.json, failed.json, and
@@ -14,6 +14,7 @@ starts again, since its checkpoint stayed behind. Unpack with
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 import tarfile
@@ -36,9 +37,21 @@ def kept(rel: Path, folder: Path) -> bool:
     return False
 
 
-def main(argv: list[str]) -> int:
-    src, dest = Path(argv[0]), Path(argv[1])
-    part_bytes = int(float(argv[2]) * 2**20) if len(argv) > 2 else 15 * 2**20
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scorelift-bench pack", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="a benchmark's or the claims' output folder")
+    ap.add_argument("dest", type=Path, help="where the parts cells.tar.gz.partNN are written")
+    ap.add_argument("--part-mb", type=float, default=15.0, help="the largest part, in MiB (default 15)")
+    args = ap.parse_args(argv)
+    src, dest = args.out, args.dest
+    if not src.is_dir():
+        print(f"scorelift-bench pack: {str(src)!r} is not a folder; give a benchmark's --out folder.", file=sys.stderr)
+        return 2
+    if not args.part_mb > 0:
+        print(f"scorelift-bench pack: --part-mb {args.part_mb:g} must be positive.", file=sys.stderr)
+        return 2
+    part_bytes = int(args.part_mb * 2**20)
     buf, n = io.BytesIO(), 0
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for path in sorted(p for p in src.rglob("*") if p.is_file()):
@@ -54,4 +67,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

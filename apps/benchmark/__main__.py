@@ -1,0 +1,8 @@
+"""``python -m scorelift.benchmark``: the same as the ``scorelift-bench`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

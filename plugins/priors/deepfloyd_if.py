@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from scorelift.config import parse_config
+from scorelift.interfaces.base import parsed_config
 from scorelift.interfaces.prior import DiffusionPrior
 from scorelift.maths import parameterisation as pz
 from scorelift.library.pixel_prior import (
@@ -207,7 +207,7 @@ class DeepFloydIFPrior(TextPrompts, PixelDenoiserPrior):
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         super().__init__(cfg)
-        c = self.checked_options(self.cfg)
+        c = self.cfg
         device = torch.device(device)
         source, local = pipeline_source(c.model, REQUIRED_PARTS, VALID_LAYOUT)
         # A hub id offline: its cached snapshot (PriorLoadError naming local_files_only if there is none).
@@ -244,13 +244,11 @@ class DeepFloydIFPrior(TextPrompts, PixelDenoiserPrior):
         self.init_text_cache(files, source)
 
     @classmethod
-    def checked_options(cls, cfg: Any) -> DeepFloydIFPriorConfig:
-        """``cfg`` parsed into ``cls.Config``, with its view templates and dtype checked."""
-        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
+    def check_config(cls, c: DeepFloydIFPriorConfig) -> None:
+        """The view templates and the dtype (``inspect`` checks the model itself)."""
         check_view_templates(c.view_templates)
         if c.dtype != "auto":
             resolve_dtype(c.dtype, torch.device("cpu"))
-        return c
 
     @classmethod
     def inspect(cls, cfg: Any, prompt: str) -> dict:
@@ -259,7 +257,7 @@ class DeepFloydIFPrior(TextPrompts, PixelDenoiserPrior):
         must be cached when offline) and ``prompt`` against IF's 77 tokens (with each view's words).
         Returns the start-up facts: space pixel, conditioning text, latent_channels 3 and
         latent_size = pixel_size (64 for IF-I); empty for a hub id that will be downloaded."""
-        c = cls.checked_options(cfg)
+        c = parsed_config(cls, cfg, cls.describe())
         path = locate_pipeline(c.model, c.local_files_only, VALID_LAYOUT)
         if path is None:
             return {}

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from scorelift.config import parse_config
+from scorelift.interfaces.base import parsed_config
 from scorelift.errors import ConfigError
 from scorelift.maths import parameterisation as pz
 from scorelift.library.pixel_prior import (
@@ -130,7 +130,7 @@ class DiffusersUNetPrior(PixelDenoiserPrior):
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         super().__init__(cfg)
-        c = self.checked_options(self.cfg)
+        c = self.cfg
         device = torch.device(device)
         source, local = pipeline_source(c.model, REQUIRED_PARTS, VALID_LAYOUT)
         if local is not None:
@@ -157,20 +157,19 @@ class DiffusersUNetPrior(PixelDenoiserPrior):
                      "guidance, the guidance uses the conditional prediction alone.", c.model)
 
     @classmethod
-    def checked_options(cls, cfg: Any) -> DiffusersUNetPriorConfig:
-        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
+    def check_config(cls, c: DiffusersUNetPriorConfig) -> None:
+        """The dtype and the class names (``inspect`` checks the model itself)."""
         if c.dtype != "auto":
             resolve_dtype(c.dtype, torch.device("cpu"))
         if len(set(n.strip().lower() for n in c.class_names)) != len(c.class_names):
             raise ConfigError(f"prior.class_names={list(c.class_names)} repeats a name; each class needs its own.")
-        return c
 
     @classmethod
     def inspect(cls, cfg: Any, prompt) -> dict:
         """The options, the model directory (layout, configs, whole weights; a hub id must be cached
         when offline) and the prompt: none for an unconditional model, a class name or index for a
         class-conditional one. Returns the start-up facts (empty for a hub id to be downloaded)."""
-        c = cls.checked_options(cfg)
+        c = parsed_config(cls, cfg, cls.describe())
         path = locate_pipeline(c.model, c.local_files_only, VALID_LAYOUT)
         if path is None:
             return {}

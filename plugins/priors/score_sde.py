@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scorelift.config import parse_config
+from scorelift.interfaces.base import parsed_config
 from scorelift.maths import parameterisation as pz
 from scorelift.library.pixel_prior import (
     WEIGHT_FILES,
@@ -118,7 +118,7 @@ class ScoreSdePrior(PixelDenoiserPrior):
 
     def __init__(self, cfg: Any = None, device: torch.device | str = "cpu"):
         super().__init__(cfg)
-        c = self.checked_options(self.cfg)
+        c = self.cfg
         device = torch.device(device)
         source, local = pipeline_source(c.model, REQUIRED_PARTS, VALID_LAYOUT)
         if local is not None:
@@ -144,17 +144,16 @@ class ScoreSdePrior(PixelDenoiserPrior):
         return -sigma * out.float()
 
     @classmethod
-    def checked_options(cls, cfg: Any) -> ScoreSdePriorConfig:
-        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
+    def check_config(cls, c: ScoreSdePriorConfig) -> None:
+        """The dtype (``inspect`` checks the model itself)."""
         if c.dtype != "auto":
             resolve_dtype(c.dtype, torch.device("cpu"))
-        return c
 
     @classmethod
     def inspect(cls, cfg: Any, prompt) -> dict:
         """The options and the model directory, checked without weights; its start-up facts (empty
         for a hub id that will be downloaded). The prompt is the start-up check's: none allowed."""
-        c = cls.checked_options(cfg)
+        c = parsed_config(cls, cfg, cls.describe())
         path = locate_pipeline(c.model, c.local_files_only, VALID_LAYOUT)
         return {} if path is None else model_facts(path, c.model)
 

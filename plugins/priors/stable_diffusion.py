@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from scorelift import fast_path as fast_paths
-from scorelift.config import parse_config
+from scorelift.interfaces.base import parsed_config
 from scorelift.cuda_graphs import GraphedInference
 from scorelift.interfaces.prior import DiffusionPrior
 from scorelift.registry import register
@@ -83,26 +83,23 @@ class StableDiffusionPrior(TextPrompts, DiffusionPrior):
         when offline) and ``prompt`` against the tokenizer's limit (with each view's words).
         Returns what the run's render size is checked against: latent_channels, latent_size and
         pixel_size (empty for a hub id that will be downloaded)."""
-        c = cls.checked_options(cfg)
+        c = parsed_config(cls, cfg, cls.describe())
         path = locate_pipeline(c.model, c.local_files_only)
         if path is None:
             return {}
         return check_local_pipeline(path, c.model, prompt, c.view_templates)
 
     @classmethod
-    def checked_options(cls, cfg: Any):
-        """``cfg`` parsed into ``cls.Config``, with its view templates and dtype checked."""
-        c = cfg if isinstance(cfg, cls.Config) else parse_config(cls.Config, cfg, cls.describe())
+    def check_config(cls, c) -> None:
+        """The view templates and the dtype (``inspect`` checks the model itself)."""
         check_view_templates(c.view_templates)
         if c.dtype != "auto":
             resolve_dtype(c.dtype, torch.device("cpu"))
-        return c
 
     # ------------------------------------------------------------------ loading
     def _load(self, model: str, local_files_only: bool, device: torch.device, fast_path: bool = True) -> None:
         from diffusers import StableDiffusionPipeline
 
-        check_view_templates(self.cfg.view_templates)
         self.device = device
         self.dtype = resolve_dtype(self.cfg.dtype, device)
         local = Path(model).expanduser()

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from scorelift.errors import ConfigError
-from scorelift.interfaces.base import BasePart
+from scorelift.interfaces.base import BasePart, parsed_config
 from scorelift.registry import register
 from scorelift.library.bpe_vocabulary import build_clip_tokenizer
 from scorelift.library.pipelines import check_local_pipeline
@@ -202,15 +202,20 @@ class TinyRandomPrior(StableDiffusionPrior):
     Config = TinyRandomPriorConfig
 
     @classmethod
-    def inspect(cls, cfg: Any, prompt: str) -> dict:
-        """As stable-diffusion's, on the cached pipeline (built here on first use: a few seconds,
-        into the cache directory, never into a run directory)."""
-        c = cls.checked_options(cfg)
+    def check_config(cls, c) -> None:
+        """stable-diffusion's checks, and the sizes and prediction type of the pipeline to build."""
+        super().check_config(c)
         for key in ("latent_size", "vae_blocks", "text_hidden", "text_layers"):
             if getattr(c, key) < 1:
                 raise ConfigError(f"prior.{key}={getattr(c, key)} must be a positive number.")
         if c.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prior.prediction_type={c.prediction_type!r} must be epsilon or v_prediction.")
+
+    @classmethod
+    def inspect(cls, cfg: Any, prompt: str) -> dict:
+        """As stable-diffusion's, on the cached pipeline (built here on first use: a few seconds,
+        into the cache directory, never into a run directory)."""
+        c = parsed_config(cls, cfg, cls.describe())
         path = cached_tiny_pipeline(c.cache_dir, **pipeline_settings(c))
         return check_local_pipeline(path, str(path), prompt, c.view_templates)
 

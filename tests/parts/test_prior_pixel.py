@@ -100,11 +100,11 @@ def test_class_prior_without_a_null_class_has_no_unconditional_branch(pipes):
 
 def test_options_that_do_not_fit_the_model_are_refused_before_loading(pipes):
     with pytest.raises(ConfigError, match=r"prior.null_class=0 is set, but the model .* is unconditional"):
-        DiffusersUNetPrior.inspect(DiffusersUNetPrior.checked_options({"model": str(pipes["ddpm"]), "null_class": 0}), None)
+        DiffusersUNetPrior.inspect({"model": str(pipes["ddpm"]), "null_class": 0}, None)
     with pytest.raises(ConfigError, match=r"prior.null_class=9 is not a class of the model .* which has 4 \(labels 0..3\)"):
-        DiffusersUNetPrior.inspect(DiffusersUNetPrior.checked_options({"model": str(pipes["class"]), "null_class": 9}), "1")
+        DiffusersUNetPrior.inspect({"model": str(pipes["class"]), "null_class": 9}, "1")
     with pytest.raises(ConfigError, match="repeats a name"):
-        DiffusersUNetPrior.checked_options({"model": "x", "class_names": ["a", "A"]})
+        DiffusersUNetPrior.inspect({"model": "x", "class_names": ["a", "A"]}, None)
 
 
 # ---------------------------------------------------------------- score-sde
@@ -171,7 +171,7 @@ def test_missing_and_incomplete_directories_name_the_path_and_the_layout(pipes, 
 
 def test_a_hub_id_offline_and_not_cached_says_so():
     with pytest.raises(PriorLoadError, match=r"not in the local Hugging Face cache.*local_files_only.*DDPMPipeline"):
-        DiffusersUNetPrior.inspect(DiffusersUNetPrior.checked_options({"model": "nobody/no-such-ddpm"}), None)
+        DiffusersUNetPrior.inspect({"model": "nobody/no-such-ddpm"}, None)
 
 
 def test_learned_variance_must_match_the_output_channels(pipes, tmp_path):

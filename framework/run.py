@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import registry
 from .atomic import write_text_atomic
-from .console import LOG_FORMAT
 from .checks import ResumePoint, check_inputs, resume_checkpoint
+from .console import LOG_FORMAT
 from .disk_space import check_disk_space, free_bytes
 from .errors import ConfigError, RunStopped, RunWriteError
 from .library_noise import quiet_known_library_noise
@@ -39,6 +39,7 @@ from .outputs.checkpoint import (
 )
 from .outputs.logs import ResumableCSVLogger, tensorboard_logger
 from .outputs.final import ValidationImages, write_final_outputs
+from .outputs.graceful_stop import GracefulStop
 from .outputs.mesh import export_mesh
 from .outputs.progress import StepProgressBar
 from .outputs.evaluation import Evaluation, applicable_evaluators
@@ -46,7 +47,6 @@ from .outputs.timing import StepTimer
 from .plan import RunPlan
 from .run_info import record_end, write_run_info
 from .run_lock import RunLock
-from .outputs.graceful_stop import GracefulStop
 from .stop_signals import StopSignals
 from .units import human_bytes
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU figures of the README's "CPU and GPU" section, on any CUDA machine, one step after another
+# The GPU figures of docs/cpu-and-gpu.md ("Step times"), on any CUDA machine, one step after another
 # (about 10 minutes on an H100, most of it nerfacc's first build):
 #
 #   bash tools/gpu_figures.sh <out dir> [steps per timed run, default 25]

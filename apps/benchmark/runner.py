@@ -446,7 +446,8 @@ def cell_line(out: Path, cell: Cell, record: dict, done: int, total: int) -> str
 def close_abandoned(out: Path, cell: Cell, stopping: bool, why: str) -> dict:
     """The record of a cell whose job ended without returning it (the job was killed, or its task
     raised): its open segment is closed from the files, as stopped when the driver was stopping
-    (the next invocation resumes it from its last periodic checkpoint) and as failed otherwise."""
+    (the next invocation resumes it from its last periodic checkpoint) and as failed otherwise; a
+    cell whose process never began is stopped when the driver was stopping, else failed."""
     folder = cell_dir(out, cell)
     if is_finished(out, cell):  # it finished; only the job's result went missing
         return read_json(folder / "cell.json")
@@ -459,7 +460,9 @@ def close_abandoned(out: Path, cell: Cell, stopping: bool, why: str) -> dict:
         segments[-1].update(outcome="stopped" if stopping else "failed", returncode=None,
                             wall_s=round(max(0.0, ended - segments[-1]["started"]), 2), note=f"killed ({why})")
         write_json_atomic(folder / SEGMENTS, {"fingerprint": cell.fingerprint, "segments": segments})
-    outcome = segments[-1]["outcome"] if segments else "failed"
+    # A job stopped before its cell's process began (a stop that came as it started) left no
+    # segment: not started, not failed; the next invocation runs it.
+    outcome = segments[-1]["outcome"] if segments else "stopped" if stopping else "failed"
     record = {
         "method": cell.method, "prompt": cell.prompt, "seed": cell.seed, "fingerprint": cell.fingerprint,
         "command": segments[0]["command"] if segments else None,

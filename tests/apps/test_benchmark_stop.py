@@ -329,6 +329,20 @@ def test_which_cells_resume_and_which_start_again(tmp_path):
     assert runner.outcome_of(2, None, True) == "failed" and runner.outcome_of(0, None, True) == "finished"
 
 
+def test_a_job_stopped_before_its_cell_began_is_stopped_not_failed(tmp_path):
+    """A job that a stop ended before it started its cell's process leaves no segment: while the
+    runner is stopping, that cell is recorded as stopped (no failed.json, so the next invocation
+    runs it without --retry-failed); when nothing was stopping, as failed."""
+    cell = spec_mod.Cell("sds", "a red cube", 0, ("guidance=sds",))
+    folder = tmp_path / "cells" / cell.key
+    record = runner.close_abandoned(tmp_path, cell, True, "its job ended without a result (UncompletedJobError)")
+    assert record["status"] == "stopped" and record["segments"] == [] and not (folder / "failed.json").exists()
+    assert runner.cells_to_run(tmp_path, [cell], False, lambda line: None) == [cell]
+    record = runner.close_abandoned(tmp_path, cell, False, "its job ended without a result (UncompletedJobError)")
+    assert record["status"] == "failed" and (folder / "failed.json").is_file()
+    assert runner.cells_to_run(tmp_path, [cell], False, lambda line: None) == []  # failed: only with --retry-failed
+
+
 def test_a_cell_still_held_by_a_process_is_waited_for_not_deleted(tmp_path):
     """A run directory whose lock is held (the cell of a killed runner, still writing its
     checkpoint) is waited for, and left alone if it stays held."""

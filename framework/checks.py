@@ -362,5 +362,5 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     return RunPlan(
         config=resolved, mode=cfg.mode, seed=int(cfg.seed), prompt=prompt, device=device, fast_path=fast,
         deterministic=bool(cfg.deterministic), system=PartPlan("system", str(cfg.system.type), system_cls, system_config),
-        losses=losses, data=data, trainer=trainer, prior_facts=facts, evaluators=tuple(cfg.evaluators), **parts,
+        losses=losses, data=data, trainer=trainer, prior_facts=facts, **parts,
     )

@@ -15,7 +15,7 @@ first stage trains, so a run that cannot finish says so before it starts.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -105,12 +105,3 @@ class RunPlan:
     trainer: Any
     prior_facts: PriorFacts
     init_from: Path | None = None
-    evaluators: tuple[str, ...] = field(default_factory=tuple)
-
-    def part(self, kind: str) -> PartPlan:
-        """The ``PartPlan`` of ``kind`` (one of ``PART_KINDS`` or "system")."""
-        return getattr(self, kind)
-
-    def parts(self) -> dict[str, tuple[type, Any]]:
-        """kind -> (class, parsed config) of the five parts (what the composition checks read)."""
-        return {kind: (self.part(kind).cls, self.part(kind).config) for kind in PART_KINDS}

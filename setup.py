@@ -79,10 +79,12 @@ setup(
         # Below 1.4 and 2.4: hydra-submitit-launcher asks for hydra-core>=1.1.0.dev7, a pre-release
         # specifier that lets pip pick release candidates (1.4.0rc3 with omegaconf 2.4.1rc1).
         "hydra-core>=1.3,<1.4",
-        # The benchmark's cells run as submitit jobs, locally or on SLURM; its local controller is
-        # started the way this version starts it (scorelift.benchmark.local_cells), hence the pin.
+        # Sweeps and benchmark cells run as submitit tasks, locally or on SLURM; the local controller
+        # is started the way this version starts it (scorelift.jobs.local), hence the pin.
         "submitit==1.5.4",
-        "hydra-submitit-launcher==1.2.0",  # launch.py -m hydra/launcher=submitit_local|submitit_slurm
+        # The schema of launch.py -m hydra/launcher=submitit_local|submitit_slurm's options, which
+        # scorelift.multirun reads (the jobs themselves go through scorelift.jobs).
+        "hydra-submitit-launcher==1.2.0",
         "omegaconf>=2.3,<2.4",
         "imageio>=2.30",
         "imageio-ffmpeg",

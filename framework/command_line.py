@@ -132,7 +132,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     except OverrideParseException:
         raise parse_error(overrides) from None
     # Keyed as Hydra's basic sweeper keys them (a key given twice: its place, the last value), so that
-    # job N here is job N of Hydra's multirun (the submitit launchers).
+    # job N is the combination Hydra's own multirun would number N.
     choices: dict[str, list[str]] = {}
     for override in parsed:
         key = override.get_key_element()

@@ -5,10 +5,10 @@
 
 Nothing is written before the config has been composed and checked and the parts have been
 built, so bad input exits with code 2 and one paragraph and leaves nothing behind. A sweep
-(``-m``) composes and checks every run before the first one starts, then runs them here, one
-after another, or as submitit jobs (``hydra/launcher=submitit_local|submitit_slurm``, see
-``scorelift.multirun``). Exit codes: 0 finished, 2 bad input, 74 a write found no space, 75
-stopped by a signal with a checkpoint ("resume me"); see ``scorelift.errors``.
+(``-m``) composes and checks every run before the first one starts, then hands them to the one
+job runner (``scorelift.multirun``, ``scorelift.jobs``): one after another here, all at once
+here, or as a SLURM job array. Exit codes: 0 finished, 2 bad input, 74 a write found no space,
+75 stopped by a signal with a checkpoint ("resume me"); see ``scorelift.errors``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .command_line import (
     expand_resume,
@@ -37,12 +37,10 @@ def fail(exc: ScoreliftError) -> int:
     return getattr(exc, "exit_code", EXIT_BAD_INPUT)
 
 
-def run_dir_of(cfg: DictConfig, sweep_index: int | None = None, sweep_dir: Path | None = None) -> Path:
-    """Where a run writes: ``hydra.run.dir`` (default ``outputs/<system>-<guidance>/<prompt>@<time>``),
-    or ``<hydra.sweep.dir>/<index>`` for a run of a sweep."""
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Where a run writes: ``hydra.run.dir`` (default ``outputs/<system>-<guidance>/<prompt>@<time>``;
+    a sweep's job N: ``<hydra.sweep.dir>/N/run``, which its runner passes as hydra.run.dir)."""
     try:
-        if sweep_index is not None:
-            return (sweep_dir or Path(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(sweep_index)
         return Path(str(OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=True)))
     except Exception as exc:  # noqa: BLE001  (an interpolation that cannot resolve)
         raise ConfigError(f"The run directory (hydra.run.dir) cannot be resolved: {exc}") from None
@@ -71,7 +69,7 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     from .checks import check_inputs
     from .library_noise import quiet_known_library_noise
-    from .multirun import SUBMITIT_LAUNCHERS, launcher_choice, report, run_on_submitit, sweep_job_plan
+    from .multirun import SUBMITIT_LAUNCHERS, launcher_choice
     from .run import run
 
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
@@ -89,34 +87,44 @@ def main(argv: list[str] | None = None) -> int:
                 keys = {"job": [k for k in cfg if k != "hydra"], "hydra": ["hydra"], "all": list(cfg)}[args.show_cfg]
                 print(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, keys)))
             return 0
-        sweep_dir = None
         if args.multirun:
-            sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
-        run_dirs = [run_dir_of(cfg, i if args.multirun else None, sweep_dir) for i, cfg in enumerate(configs)]
-        configs = [job_config(cfg) for cfg in configs]
-        # A sweep folder given again resumes: finished jobs are skipped, stopped ones continue.
-        plans = ([sweep_job_plan(cfg, run_dir, overrides or []) for cfg, run_dir, (_, overrides) in zip(configs, run_dirs, composed)]
-                 if args.multirun else ["new"])
-        # Each job's run plan, checked before any job starts (None: a finished job, skipped).
-        run_plans = [None if plan == "skip" else check_inputs(cfg, run_dir)
-                     for cfg, run_dir, plan in zip(configs, run_dirs, plans)]
+            return start_sweep(jobs, configs, launcher)
+        cfg, overrides = job_config(configs[0]), composed[0][1]
+        run_dir = run_dir_of(configs[0])
+        plan = check_inputs(cfg, run_dir)
     except ScoreliftError as exc:
         return fail(exc)
-
     setup_console_logging()
-    if args.multirun and set(plans) == {"skip"}:  # every job finished before: nothing to run or submit
-        return report([{"run_dir": str(d), "status": "skipped", "message": "finished before"} for d in run_dirs], sweep_dir)
-    if launcher in SUBMITIT_LAUNCHERS:
-        return run_on_submitit(args.overrides, sweep_dir, launcher)
-    for (_, overrides), cfg, run_dir, run_plan in zip(composed, configs, run_dirs, run_plans):
-        if run_plan is None:
-            print(f"scorelift: {run_dir} holds a finished run of this job: skipped.", file=sys.stderr)
-            continue
-        try:
-            run(cfg, run_dir, overrides=overrides, plan=run_plan)
-        except ScoreliftError as exc:
-            return fail(exc)
+    try:
+        run(cfg, run_dir, overrides=overrides, plan=plan)
+    except ScoreliftError as exc:
+        return fail(exc)
     return 0
+
+
+def start_sweep(job_overrides: list[list[str]], configs: list[DictConfig], launcher: str | None) -> int:
+    """Check every job of a sweep, then run them through the one runner (``scorelift.multirun``).
+    Nothing runs or is written unless every job that is to run passes its checks (exit 2 otherwise)."""
+    from .checks import check_inputs
+    from .jobs import is_finished
+    from .jobs.folder import resumable_segments
+    from .multirun import check_sweep_folder, run_sweep, sweep_jobs_of
+
+    sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir"))).absolute()
+    jobs = sweep_jobs_of(job_overrides)
+    check_sweep_folder(sweep_dir, jobs)
+    for job, cfg in zip(jobs, configs):
+        if is_finished(sweep_dir, job):
+            continue
+        cfg = job_config(cfg)
+        run_dir = job.folder(sweep_dir) / "run"
+        if resumable_segments(sweep_dir, job) is not None:  # the runner resumes it: check it as a resume
+            with open_dict(cfg):
+                cfg.resume = str(run_dir)
+            check_inputs(cfg, run_dir)
+        else:  # the runner starts it afresh, in a folder it clears first
+            check_inputs(cfg, None)
+    return run_sweep(sweep_dir, jobs, launcher, configs[0].hydra)
 
 
 def check_launcher(choice: str | None, multirun: bool, submitit: tuple[str, ...]) -> str | None:

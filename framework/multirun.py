@@ -1,38 +1,34 @@
-"""Sweeps (``scorelift -m ...``): one run per combination, here one after another or as submitit jobs.
+"""Sweeps (``scorelift -m ...``): one run per combination, each a job of the one runner (``scorelift.jobs``).
 
-    scorelift -m guidance=sds,paas seed=0,1,2                                   # here, in turn
-    scorelift -m hydra/launcher=submitit_local guidance=sds,paas seed=0,1,2      # submitit, this machine
+    scorelift -m guidance=sds,paas seed=0,1,2                                   # here, one after another
+    scorelift -m hydra/launcher=submitit_local guidance=sds,paas seed=0,1,2      # here, all at once
     scorelift -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu \\
         hydra.launcher.gpus_per_node=1 guidance=sds,paas seed=0,1,2             # a SLURM job array
 
-Every run of a sweep is composed and checked before the first starts (``launcher.main``). With a
-submitit launcher (Hydra's submitit launcher plugin) the sweep goes through Hydra's own multirun:
-its basic sweeper splits the combinations, the plugin submits them as one job array, and each job
-runs ``sweep_job`` in ``<hydra.sweep.dir>/<job number>``.
+Every run of a sweep is composed and checked before the first starts (``launcher.main``). Job N
+of the sweep runs in ``<hydra.sweep.dir>/N/`` (the run in ``run/``, its output in ``stdout.log``,
+its records beside them: ``scorelift.jobs.folder``), the folder format the benchmark's cells have.
+The ``hydra/launcher`` options keep the names of Hydra's submitit launcher plugin, whose config
+schema checks them; scorelift reads them and runs the jobs itself.
 
-A sweep folder resumes: given again as ``hydra.sweep.dir=<folder>``, a job whose folder holds a
-finished run of the same overrides is skipped, one that was stopped continues from its
-checkpoint, and one whose folder holds another job's run is refused before anything starts.
-On the preemption signal submitit listens for (SIGUSR2, the signal SLURM sends ahead of a time
-limit with the plugin's ``signal_delay_s``) a job finishes its step, checkpoints and has submitit
-requeue it; the requeued job resumes from that checkpoint.
+A sweep folder resumes: given again as ``hydra.sweep.dir=<folder>``, a job that finished is
+skipped, one that was stopped continues from its checkpoint, and a folder that holds another
+job's run (the sweep changed) is refused before anything starts. On SLURM, the time-limit signal
+(SIGUSR2, ``signal_delay_s`` ahead) makes the job checkpoint and requeues it; the requeued job
+resumes from that checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
-import sys
-import traceback
 from pathlib import Path
 
-import yaml
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from .command_line import KEYS_NOT_CARRIED, saved_overrides
-from .errors import EXIT_STOPPED, ConfigError, RunStopped, ScoreliftError
+from .errors import EXIT_STOPPED, ConfigError
+from .jobs import Job, SlurmOptions, foreign_folders, is_finished, run_jobs
+from .jobs.job import fingerprint_of
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +36,9 @@ SUBMITIT_LAUNCHERS = ("submitit_local", "submitit_slurm")
 # Re-submissions a SLURM job may make after hitting its time limit. The plugin's default (0) is
 # for code that cannot resume; a scorelift run resumes from its checkpoint.
 DEFAULT_MAX_NUM_TIMEOUT = 3
+# hydra.launcher options of submitit_slurm that become sbatch options as they are.
+SBATCH_KEYS = ("qos", "comment", "constraint", "exclude", "gres", "cpus_per_gpu", "mem_per_gpu", "mem_per_cpu",
+               "account")
 
 
 def launcher_choice(overrides: list[str]) -> str | None:
@@ -50,180 +49,117 @@ def launcher_choice(overrides: list[str]) -> str | None:
     return given.split("=", 1)[1] if given else None
 
 
-# ------------------------------------------------------------------------------ resuming a sweep folder
-def run_state(run_dir: Path) -> tuple[str | None, list[str] | None]:
-    """(how the run in ``run_dir`` last ended, or None if it never recorded an end; the overrides it
-    saved), or (None, None) where ``run_dir`` holds no run."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        return None, None
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-    try:
-        invocations = json.loads((run_dir / "run_info.json").read_text()).get("invocations", [])
-    except (OSError, ValueError):
-        invocations = []
-    trained = [i for i in invocations if i.get("mode") == "train"]
-    return (trained[-1].get("status") if trained else None), overrides
-
-
 def comparable(overrides: list[str] | None) -> list[str]:
     """A run's own overrides, without those that name one invocation (resume, mode, hydra.*)."""
     return [o for o in saved_overrides(overrides or []) if not o.startswith(KEYS_NOT_CARRIED)]
 
 
-def same_overrides(saved: list[str] | None, given: list[str]) -> bool:
-    """Whether two override lists say the same thing (``a=false`` and ``a=False`` do: Hydra's
-    sweeper writes values back in its own spelling), compared as Hydra parses them."""
+def override_facts(overrides: list[str]) -> list:
+    """What ``overrides`` say, as Hydra parses them (``a=false`` and ``a=False`` say the same:
+    Hydra's sweeper writes values back in its own spelling)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    parser = OverridesParser.create()
     try:
-        parsed = [parser.parse_overrides(comparable(o)) for o in (saved, given)]
+        parsed = OverridesParser.create().parse_overrides(comparable(overrides))
     except OverrideParseException:
-        return comparable(saved) == comparable(given)
-    as_facts = [[(o.type, o.key_or_group, o.package, repr(o.value())) for o in each] for each in parsed]
-    return as_facts[0] == as_facts[1]
+        return comparable(overrides)
+    return [[o.type.name, o.key_or_group, o.package, repr(o.value())] for o in parsed]
 
 
-def sweep_job_plan(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str:
-    """What job ``run_dir`` of a sweep does: ``new`` (nothing there yet), ``resume`` (a stopped or
-    interrupted run of these overrides: ``cfg.resume`` is set to it) or ``skip`` (finished).
-    ConfigError when the folder holds a run of other overrides (the sweep changed)."""
-    status, saved = run_state(run_dir)
-    if status is None and saved is None:
-        return "new"
-    if not same_overrides(saved, overrides):
+def sweep_jobs_of(job_overrides: list[list[str]]) -> list[Job]:
+    """The runner's jobs of a sweep: job N in folder ``N``, with the run's own overrides."""
+    jobs = []
+    for number, overrides in enumerate(job_overrides):
+        own = saved_overrides(overrides)
+        jobs.append(Job(key=str(number), overrides=tuple(own), label=f"job {number}",
+                        fingerprint=fingerprint_of(override_facts(own)), facts={"overrides": comparable(own)}))
+    return jobs
+
+
+def check_sweep_folder(sweep_dir: Path, jobs: list[Job]) -> None:
+    """ConfigError when a job's folder holds another job's run or files the runner did not
+    write: a sweep folder resumes only with the same command line, and nothing in it is replaced."""
+    from .jobs.folder import SEGMENTS, finished_record, read_json
+
+    for job, what in foreign_folders(sweep_dir, jobs):
+        folder = job.folder(sweep_dir)
+        ours = " ".join(job.facts["overrides"]) or "none"
+        if what == "records of another job":
+            record = finished_record(folder) or read_json(folder / "failed.json") or read_json(folder / SEGMENTS) or {}
+            theirs = " ".join(record.get("overrides") or []) or "unknown"
+            raise ConfigError(
+                f"{folder} holds a run of other overrides ({theirs}) than {job.label} of this sweep ({ours}); a sweep "
+                f"resumes only with the same command line. Give the sweep a new folder (leave hydra.sweep.dir at its "
+                f"default).")
         raise ConfigError(
-            f"{run_dir} holds a run of other overrides ({' '.join(comparable(saved)) or 'none'}) than job "
-            f"{run_dir.name} of this sweep ({' '.join(comparable(overrides)) or 'none'}); a sweep resumes only "
-            f"with the same command line. Give the sweep a new folder (leave hydra.sweep.dir at its default)."
-        )
-    if status == "finished" and cfg.mode == "train":
-        return "skip"
-    with open_dict(cfg):
-        cfg.resume = str(run_dir)
-    return "resume"
+            f"{folder} holds files this sweep did not write (a sweep folder of an earlier scorelift, whose runs wrote "
+            f"straight into it, or something else), so {job.label} of this sweep ({ours}) cannot run there. Give the "
+            f"sweep a new folder (leave hydra.sweep.dir at its default); a run of an earlier sweep continues with "
+            f"`scorelift resume=<its folder>`.")
 
 
-# ------------------------------------------------------------------------------ the job (in the job's process)
-def preemption_signal() -> signal.Signals:
-    """The signal submitit requeues a job on (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
-    return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")]
+def slurm_options(launcher: DictConfig) -> SlurmOptions:
+    """The runner's SLURM options from ``hydra.launcher`` of ``hydra/launcher=submitit_slurm``."""
+    if launcher.nodes != 1 or launcher.tasks_per_node != 1:
+        raise ConfigError(
+            f"hydra.launcher.nodes={launcher.nodes} and hydra.launcher.tasks_per_node={launcher.tasks_per_node}: a "
+            f"scorelift run is one process on one node, so both must be 1; ask for more GPUs or CPUs with "
+            f"hydra.launcher.gpus_per_node and hydra.launcher.cpus_per_task.")
+    sbatch = {key: str(launcher[key]) for key in SBATCH_KEYS if launcher[key] is not None}
+    if launcher.mem_gb is not None:
+        sbatch["mem"] = f"{launcher.mem_gb}GB"
+    sbatch.update({str(k): str(v) for k, v in (launcher.additional_parameters or {}).items()})
+    opts = SlurmOptions(
+        partition=launcher.partition, time_min=int(launcher.timeout_min),
+        gpus_per_task=int(launcher.gpus_per_node or launcher.gpus_per_task or 0),
+        cpus_per_task=int(launcher.cpus_per_task or 1), jobs_per_task=1,
+        array_parallelism=int(launcher.array_parallelism), signal_delay_s=int(launcher.signal_delay_s),
+        max_requeues=int(launcher.max_num_timeout) or DEFAULT_MAX_NUM_TIMEOUT, sbatch=sbatch,
+        setup=list(launcher.setup or []), job_name=str(launcher.name))
+    opts.check()
+    return opts
 
 
-def with_stop_signal(cfg: DictConfig, sig: signal.Signals) -> None:
-    """Add ``sig`` to the run's stop signals, so that it, too, ends the run with a checkpoint."""
-    from .stop_signals import parse_stop_signals
-
-    if sig not in parse_stop_signals(list(cfg.trainer.stop_signals)):
-        cfg.trainer.stop_signals = [*[str(n) for n in cfg.trainer.stop_signals], sig.name]
-
-
-def stop_signal_of(run_dir: Path) -> str | None:
-    """The signal that stopped the run's last invocation (run_info.json)."""
-    try:
-        return json.loads((Path(run_dir) / "run_info.json").read_text())["invocations"][-1].get("signal")
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
+def run_sweep(sweep_dir: Path, jobs: list[Job], choice: str | None, hydra_cfg: DictConfig) -> int:
+    """Run a checked sweep's jobs through the runner: one at a time here (the default), all at
+    once here (submitit_local) or as a SLURM job array (submitit_slurm). One line per job, then
+    the exit code (0 all finished, 75 some stopped, 1 some failed)."""
+    slurm = slurm_options(hydra_cfg.launcher) if choice == "submitit_slurm" else None
+    workers = len(jobs) if choice == "submitit_local" else 1
+    finished_before = {j.key for j in jobs if is_finished(sweep_dir, j)}
+    # Running the sweep again means "do what is left": a failed job runs again, from scratch.
+    outcome = run_jobs(sweep_dir, jobs, workers, slurm=slurm, retry_failed=True, log=lambda line: print(line, flush=True))
+    statuses = {r["key"]: r["status"] for r in outcome.records}
+    return report(sweep_dir, jobs, finished_before, statuses, outcome.stopped_by)
 
 
-def sweep_job(cfg: DictConfig) -> dict:
-    """One job of a submitit sweep (Hydra's task function): the run of this job's overrides in its
-    sweep subfolder, resumed if an earlier attempt left a checkpoint there.
-
-    Returns {"run_dir", "status" (finished | skipped | stopped | failed), "message"}. On submitit's
-    preemption signal the run checkpoints and submitit's own handler requeues the job (it does
-    not return then)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from .console import setup_console_logging
-    from .run import run
-
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = comparable(list(hydra_cfg.overrides.task))
-    setup_console_logging()
-    try:
-        if sweep_job_plan(cfg, run_dir, overrides) == "skip":
-            log.info("%s holds a finished run of this job: skipped.", run_dir)
-            return {"run_dir": str(run_dir), "status": "skipped", "message": "finished before"}
-        preempt = preemption_signal()
-        requeue = signal.getsignal(preempt)  # submitit's checkpoint-and-requeue handler
-        if cfg.mode == "train" and callable(requeue):
-            with_stop_signal(cfg, preempt)
-        try:
-            run(cfg, run_dir, overrides=overrides)
-        except RunStopped as exc:
-            if stop_signal_of(run_dir) == preempt.name and callable(requeue):
-                log.info("Preempted: the checkpoint is written; submitit requeues the job, which resumes it.")
-                requeue(preempt, None)  # requeues and exits this process
-            return {"run_dir": str(run_dir), "status": "stopped", "message": str(exc)}
-        return {"run_dir": str(run_dir), "status": "finished", "message": ""}
-    except ScoreliftError as exc:
-        return {"run_dir": str(run_dir), "status": "failed", "message": str(exc)}
-    except Exception as exc:  # noqa: BLE001  (reported with its traceback; launch.log has the run's log)
-        return {"run_dir": str(run_dir), "status": "failed",
-                "message": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
-
-
-# ------------------------------------------------------------------------------ the driver
-def submitit_overrides(overrides: list[str], sweep_dir: Path, choice: str) -> list[str]:
-    """The command line handed to Hydra's multirun: the sweep folder pinned to the one the checks
-    used (its default holds the time), and the re-submission count of a resumable job."""
-    extra = [f"hydra.sweep.dir='{sweep_dir.as_posix()}'"]
-    if choice == "submitit_slurm" and not any(o.split("=", 1)[0] == "hydra.launcher.max_num_timeout" for o in overrides):
-        extra.append(f"hydra.launcher.max_num_timeout={DEFAULT_MAX_NUM_TIMEOUT}")
-    if not any(o.split("=", 1)[0] == "hydra/job_logging" for o in overrides):
-        extra.append("hydra/job_logging=none")  # a run logs to its launch.log and the job's output already
-    return [o for o in overrides if not o.startswith("hydra.sweep.dir=")] + extra
-
-
-def run_on_submitit(overrides: list[str], sweep_dir: Path, choice: str) -> int:
-    """Run a checked sweep through Hydra's multirun and the submitit launcher ``choice``; print one
-    line per job and return the exit code (0 all finished, 75 some stopped, 1 some failed)."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .compose import CONFIG_MODULE, search_path_override
-
-    from submitit.core.utils import FailedJobError, UncompletedJobError
-
-    from .slurm_queue import use_squeue_for_submitit
-
-    if choice == "submitit_slurm":
-        use_squeue_for_submitit()  # job states without the accounting database (sacct)
-    command = submitit_overrides(overrides, sweep_dir, choice)
-    log.info("Submitting %s as submitit jobs (hydra/launcher=%s); each job's log: %s/<job>/launch.log",
-             sweep_dir, choice, sweep_dir)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None, job_name="scorelift"):
-            batches = GlobalHydra.instance().hydra.multirun(
-                config_name="config", task_function=sweep_job, overrides=[*command, *search_path_override(command)])
-    except (FailedJobError, UncompletedJobError) as exc:  # a job killed outright (no result), or submitit's own failure
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"scorelift: error: a job of the sweep ended without a result: {first} (its submitit logs are under "
-              f"{sweep_dir}/.submitit/). Rerun the same command with hydra.sweep.dir='{sweep_dir}' to resume.",
-              file=sys.stderr)
-        return 1
-    results = [job.return_value for batch in batches for job in batch]
-    return report(results, sweep_dir)
-
-
-def report(results: list[dict], sweep_dir: Path) -> int:
+def report(sweep_dir: Path, jobs: list[Job], finished_before: set[str], statuses: dict[str, str],
+           stopped_by: str | None) -> int:
     """One line per job; the exit code of the sweep."""
-    for number, result in enumerate(results):
-        message = result["message"].strip().splitlines()[0] if result["message"].strip() else ""
-        print(f"job {number}: {result['status']:<8} {result['run_dir']}" + (f"  ({message})" if message else ""))
-    statuses = [r["status"] for r in results]
-    done = sum(s in ("finished", "skipped") for s in statuses)
-    print(f"sweep {sweep_dir}: {done} of {len(results)} runs finished")
-    if "failed" in statuses or "stopped" in statuses:
-        print(f"  rerun the same command with hydra.sweep.dir='{sweep_dir}' to resume the stopped runs and "
-              f"skip the finished ones")
-    if "failed" in statuses:
+    words = {"ok": "finished", "stopped": "stopped", "failed": "failed"}
+    done = 0
+    for job in jobs:
+        run = job.folder(sweep_dir) / "run"
+        if job.key in finished_before:
+            status, note = "skipped", "  (finished before)"
+        else:
+            status, note = words.get(statuses.get(job.key), "not run"), ""
+        done += status in ("finished", "skipped")
+        print(f"{job.label}: {status:<8} {run}{note}")
+    print(f"sweep {sweep_dir}: {done} of {len(jobs)} runs finished")
+    if done < len(jobs):
+        print(f"  rerun the same command with hydra.sweep.dir='{sweep_dir}' to resume the stopped runs and skip "
+              f"the finished ones")
+    if "failed" in statuses.values():
         return 1
-    return EXIT_STOPPED if "stopped" in statuses else 0
+    return EXIT_STOPPED if done < len(jobs) or stopped_by else 0
 
+
+def hydra_node(cfg: DictConfig) -> DictConfig:
+    """The ``hydra`` node of a composed config (the launcher's options live there)."""
+    return OmegaConf.select(cfg, "hydra")
+
+
+__all__ = ["SUBMITIT_LAUNCHERS", "check_sweep_folder", "comparable", "hydra_node", "launcher_choice", "run_sweep",
+           "sweep_jobs_of"]

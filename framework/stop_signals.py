@@ -1,5 +1,5 @@
 """Stopping cleanly on the signals that cluster schedulers send ahead of a kill: the one catcher of
-stop signals, used by a run (``scorelift.run``) and by the benchmark's runner and its cell jobs.
+stop signals, used by a run (``scorelift.run``) and by the job runner and its tasks (``scorelift.jobs``).
 
 SLURM, Kubernetes and preemptible clouds send SIGTERM (SLURM's ``--signal`` often SIGUSR1) some
 seconds before SIGKILL. On any of ``trainer.stop_signals`` (default SIGTERM, SIGUSR1, SIGINT) a

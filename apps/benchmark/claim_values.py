@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from .claim_spec import PROMPT_MEASURES
-from .runner import cell_dir, is_finished
+from .cells import cell_dir, is_finished
 from .spec import Cell
 
 

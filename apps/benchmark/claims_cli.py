@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import claim_spec, claims_report, collect, dispatch, runner
+from scorelift.jobs.folder import write_json_atomic
+from . import cells, claim_spec, claims_report, collect
 from .cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
@@ -43,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_slurm_arguments(ap)
     ap.add_argument("--report-only", action="store_true", help="run nothing; judge the finished cells")
     ap.add_argument("--retry-failed", action="store_true", help="run the cells that failed earlier again")
-    ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
+    ap.add_argument("--stop-grace", type=float, default=cells.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
                     help="when stopped: seconds running cells get to write a checkpoint before they are killed")
     return ap.parse_args(argv)
 
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
         print(f"{len(claims)} claim(s), {sum(len(c) for c in plan.arms.values())} arm cells, {len(plan.cells)} distinct "
               f"cells to run or keep.", flush=True)
         start = time.perf_counter()
-        outcome = dispatch.RunOutcome() if args.report_only else dispatch.run_cells(
+        outcome = cells.RunOutcome() if args.report_only else cells.run_cells(
             out, plan.cells, args.workers, args.threads_per_run, args.mps, relative_cost=plan.relative_cost,
             stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
         if args.report_only and info_path.is_file():
             info = {**json.loads(info_path.read_text()), "report_rewritten": info["finished"]}
         else:
-            runner.write_json_atomic(info_path, info)
+            write_json_atomic(info_path, info)
         rows = [collect.cell_result(out, c) for c in plan.cells]
         collect.write_csv(out / "results.csv", rows, collect.RESULT_COLUMNS)
         results = claims_report.write_claims_report(out, claims, plan, info)

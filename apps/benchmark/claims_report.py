@@ -12,11 +12,13 @@ import statistics
 import textwrap
 from pathlib import Path
 
+from scorelift.jobs import wall_time
+
 from . import claim_values, verdict
 from .claim_spec import Claim, Part, Plan
 from .report import (CSS, _fmt, fresh_folder, href, html_table, info_lines, markdown_table,
                                         turntable_html)
-from .runner import cell_dir, read_json
+from .cells import cell_dir, cell_record
 from .spec import Cell
 
 CLAIMS_FILES = "claims_files"  # claims.html's turntables, beside it
@@ -68,13 +70,13 @@ def judge_claim(out: Path, claim: Claim, plan: Plan) -> dict:
     parts = [judge_part(out, claim, p, plan) for p in claim.parts]
     diagnosis = [judge_part(out, claim, p, plan) for p in claim.diagnosis]
     cells = claim_cells(claim, plan)
-    records = [read_json(cell_dir(out, c) / "cell.json") or {} for c in cells]
+    records = [cell_record(out, c) for c in cells]
     finished = [r for r in records if r.get("status") == "ok"]
     return {
         "name": claim.name, "claim": claim.claim, "paper": claim.paper, "translation": claim.translation,
         "verdict": verdict.combine([p["verdict"] for p in parts]), "parts": parts, "diagnosis": diagnosis,
         "cells": len(cells), "finished": len(finished),
-        "cell_wall_s": sum(r.get("cell_wall_s") or 0.0 for r in finished),
+        "cell_wall_s": sum(wall_time(r) or 0.0 for r in finished),
     }
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import claims_cli, dispatch, judge, pack, report, runner, spec as spec_mod
+from . import cells as cells_mod, claims_cli, judge, pack, report, spec as spec_mod
 from .cli_common import add_slurm_arguments, machine_description, run_options, stopped
 from scorelift.errors import EXIT_STOPPED, ScoreliftError
 
@@ -57,9 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--report-only", action="store_true", help="run nothing; write the report from finished cells")
     ap.add_argument("--retry-failed", action="store_true",
                     help="run the cells that failed earlier again (by default they are reported, not re-run)")
-    ap.add_argument("--stop-grace", type=float, default=runner.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
+    ap.add_argument("--stop-grace", type=float, default=cells_mod.DEFAULT_STOP_GRACE_S, metavar="SECONDS",
                     help="when stopped: how long running cells get to write a checkpoint and exit before they are "
-                         f"killed (default {runner.DEFAULT_STOP_GRACE_S:g}; keep it below a scheduler's kill delay)")
+                         f"killed (default {cells_mod.DEFAULT_STOP_GRACE_S:g}; keep it below a scheduler's kill delay)")
     return ap.parse_args(argv)
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cells = spec_mod.expand(spec, args.set)
         start = time.perf_counter()
-        outcome = dispatch.RunOutcome() if args.report_only else dispatch.run_cells(
+        outcome = cells_mod.RunOutcome() if args.report_only else cells_mod.run_cells(
             out, cells, args.workers, args.threads_per_run, args.mps, relative_cost=spec.relative_cost,
             stop_grace_s=args.stop_grace, gpus=gpus, slurm=slurm, retry_failed=args.retry_failed)
         if outcome.stopped_by:

@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import dispatch, runner, spec as spec_mod
+from . import cells, spec as spec_mod
 from scorelift.errors import EXIT_STOPPED
 
 
@@ -62,7 +62,7 @@ def parse_gpus(text: str | None) -> list[int] | None:
 
 
 def slurm_options(args: argparse.Namespace):
-    from .slurm_cells import SlurmOptions
+    from scorelift.jobs import SlurmOptions
 
     extra = {}
     for item in args.sbatch:
@@ -71,9 +71,9 @@ def slurm_options(args: argparse.Namespace):
             raise spec_mod.ConfigError(f"--sbatch {item!r} must be KEY=VALUE, such as qos=high (an sbatch long "
                                        "option without its dashes).")
         extra[key.lstrip("-")] = value
-    opts = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time, gpus_per_job=args.slurm_gpus_per_job,
-                        cpus_per_job=args.slurm_cpus_per_job, cells_per_job=args.cells_per_job,
-                        array_parallelism=args.array_parallelism, sbatch=extra)
+    opts = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time, gpus_per_task=args.slurm_gpus_per_job,
+                        cpus_per_task=args.slurm_cpus_per_job, jobs_per_task=args.cells_per_job,
+                        array_parallelism=args.array_parallelism, sbatch=extra, job_name="scorelift-bench")
     opts.check()
     return opts
 
@@ -88,11 +88,11 @@ def run_options(args: argparse.Namespace):
     return parse_gpus(args.gpus), slurm_options(args) if args.executor == "slurm" else None
 
 
-def stopped(outcome: dispatch.RunOutcome, out: Path, cells: list) -> int:
+def stopped(outcome: cells.RunOutcome, out: Path, all_cells: list) -> int:
     """The runner was stopped by a signal: one line saying what is where (the lines of the
     stopped cells came before it), no report (it would be of a run cut short); exit 75."""
-    finished = sum(runner.is_finished(out, c) for c in cells)
+    finished = sum(cells.is_finished(out, c) for c in all_cells)
     print(f"scorelift-bench: stopped by {outcome.stopped_by}: {len(outcome.stopped)} cell(s) stopped, "
-          f"{outcome.not_started} not started, {finished} of {len(cells)} finished; no report written. Run the same "
+          f"{outcome.not_started} not started, {finished} of {len(all_cells)} finished; no report written. Run the same "
           f"command again to resume (exit code 75: stopped, resume me).", file=sys.stderr)
     return EXIT_STOPPED

@@ -9,7 +9,8 @@ import math
 import statistics
 from pathlib import Path
 
-from .runner import cell_dir, cell_state, is_finished
+from scorelift.jobs import wall_time
+from .cells import cell_dir, cell_record, cell_state, is_finished
 from .spec import Cell
 
 QUALITY = ("iou", "colour_error", "identification")
@@ -34,7 +35,7 @@ def cell_result(out: Path, cell: Cell) -> dict:
                          "failed": f"failed (exit {_read_json(failed).get('returncode')})"}[state]
         return row
     run = folder / "run"
-    metrics, timing, record = _read_json(run / "metrics.json"), _read_json(run / "timing.json"), _read_json(folder / "cell.json")
+    metrics, timing, record = _read_json(run / "metrics.json"), _read_json(run / "timing.json"), cell_record(out, cell)
     peak = timing.get("peak_memory_bytes")
     row.update(
         status="ok",
@@ -44,7 +45,7 @@ def cell_result(out: Path, cell: Cell) -> dict:
         mean_s_per_it=timing.get("mean_s_per_it"),
         train_steps_s=timing.get("train_steps_s"),
         train_wall_s=timing.get("train_wall_s"),
-        cell_wall_s=record.get("cell_wall_s"),
+        cell_wall_s=wall_time(record),
         peak_memory_mb=None if peak is None else round(peak / 2**20, 1),
         peak_memory_kind=timing.get("peak_memory_kind"),
         device=timing.get("device"),

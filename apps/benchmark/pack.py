@@ -3,11 +3,11 @@
     scorelift-bench pack <out dir> <dest dir> [--part-mb 15]
 
 Writes <dest dir>/cells.tar.gz.part00, part01, ... (split so each part stays under a transfer limit).
-Kept: the folder's top-level files; per cell its records (cell.json, segments.json, failed.json, and
+Kept: the folder's top-level files; per cell its records (job.json, segments.json, failed.json, and
 stdout.log where the cell failed) and what reports and verdicts read from its run (metrics.json,
 eval_curve.csv, timing.json, run_info.json, config.yaml, eval/, the turntable and its strip,
 grid.png). Left out: checkpoints, TensorBoard and CSV logs, validation images. A finished cell
-unpacked elsewhere is finished there too (its cell.json is what the runner checks); a stopped one
+unpacked elsewhere is finished there too (its job.json is what the runner checks); a stopped one
 starts again, since its checkpoint stayed behind. Unpack with
 ``cat <dest>/cells.tar.gz.part* | tar -xzf - -C <out dir>``.
 """
@@ -20,9 +20,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+from scorelift.jobs.folder import RECORDS
+
 RUN_FILES = {"metrics.json", "eval_curve.csv", "timing.json", "run_info.json", "config.yaml",
              "turntable.gif", "turntable.mp4", "turntable_strip.png", "grid.png"}
-CELL_RECORDS = {"cell.json", "segments.json", "failed.json"}
+CELL_RECORDS = set(RECORDS)  # cell.json: what earlier versions wrote for job.json
 
 
 def kept(rel: Path, folder: Path) -> bool:

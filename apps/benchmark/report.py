@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import collect, plots
-from .runner import cell_dir
+from .cells import cell_dir
 from .spec import BenchmarkSpec, Cell
 
 FIGURES = {

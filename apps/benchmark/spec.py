@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from scorelift.errors import ConfigError
+from scorelift.jobs import Job
 from scorelift.resolvers import package_data_path, slugify
 
 PRESET_DIR = Path(package_data_path("scorelift.benchmark", "presets"))
@@ -32,7 +33,7 @@ class BenchmarkSpec:
     common: list[str]  # launch.py overrides of every cell
     methods: dict[str, list[str]]  # method name -> its launch.py overrides
     # method -> its cells' expected run time relative to the others (default 1), used only to start
-    # the slowest cells first; measured times of finished cells replace it (runner.schedule).
+    # the slowest cells first; measured times of finished cells replace it (cells.schedule).
     relative_cost: dict[str, float] = field(default_factory=dict)
     # true: the prior is unconditional, and the prompts are what its cells are scored as ("a cube"):
     # each cell runs with prompt=null evaluate_as=<prompt>.
@@ -57,6 +58,13 @@ class Cell:
     def key(self) -> str:
         """The cell's folder below <out>/cells: method/prompt-slug/s<seed>."""
         return f"{self.method}/{slugify(self.prompt)}/s{self.seed}"
+
+    @property
+    def job(self) -> Job:
+        """The cell as a job of the runner: its folder is ``cells/<key>`` of the benchmark's output."""
+        return Job(key=f"cells/{self.key}", overrides=(*self.overrides, *self.prompt_overrides(), f"seed={self.seed}"),
+                   label=f"{self.method} | {self.prompt} | seed {self.seed}", fingerprint=self.fingerprint,
+                   facts={"method": self.method, "prompt": self.prompt, "seed": self.seed})
 
     @property
     def fingerprint(self) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from scorelift.benchmark import runner
+from scorelift.benchmark import cells as cells_mod
 from scorelift.benchmark import spec as spec_mod
 from scorelift.benchmark.collect import summarize
 from scorelift.benchmark.report import FILE_LIMIT
@@ -104,16 +104,16 @@ def test_ci_preset_runs_every_cell_and_reports(ci_run):
 def test_rerun_resumes_without_running_finished_cells(ci_run):
     out, _ = ci_run
     before = read_csv(out / "results.csv")
-    marker = out / "cells" / "sds" / "a_red_cube" / "s0" / "cell.json"
+    marker = out / "cells" / "sds" / "a_red_cube" / "s0" / "job.json"
     stamp = marker.stat().st_mtime_ns
     proc = bench("ci", "--out", str(out), "--workers", "2")
-    assert "8 of 8 cells already finished; running 0" in proc.stdout
+    assert "8 of 8 jobs already finished; running 0" in proc.stdout
     assert marker.stat().st_mtime_ns == stamp
     assert read_csv(out / "results.csv") == before
-    # a cell whose run was lost (no cell.json) runs again, from scratch
-    (out / "cells" / "ssd" / "a_blue_sphere" / "s0" / "cell.json").unlink()
+    # a cell whose run was lost (no job.json) runs again, from scratch
+    (out / "cells" / "ssd" / "a_blue_sphere" / "s0" / "job.json").unlink()
     proc = bench("ci", "--out", str(out), "--methods", "ssd", "--prompts", "a blue sphere")
-    assert "0 of 1 cells already finished; running 1" in proc.stdout
+    assert "0 of 1 jobs already finished; running 1" in proc.stdout
     assert len(read_csv(out / "results.csv")) == 1  # the report covers the cells asked for...
     bench("ci", "--out", str(out), "--report-only")  # ...and --report-only brings back the whole table
     rows = read_csv(out / "results.csv")
@@ -199,7 +199,7 @@ def test_slowest_cells_start_first(tmp_path):
     spec.seeds = [0, 1]
     spec.relative_cost = {"vsd": 2.5}
     cells = spec_mod.expand(spec)
-    order = runner.schedule(cells, tmp_path, spec.relative_cost)
+    order = cells_mod.schedule(cells, tmp_path, spec.relative_cost)
     assert [c.method for c in order[:4]] == ["vsd"] * 4
     assert order[4:] == [c for c in cells if c.method != "vsd"]  # ties keep the preset's order
     # measured: paas cells took 30 s, sds 10 s (one unit of hint = median of 30 and 10 = 20 s), so
@@ -207,8 +207,11 @@ def test_slowest_cells_start_first(tmp_path):
     for method, wall in [("paas", 30.0), ("sds", 10.0)]:
         folder = tmp_path / "cells" / method / "x" / "s0"
         folder.mkdir(parents=True)
-        (folder / "cell.json").write_text(json.dumps({"method": method, "cell_wall_s": wall}))
-    order = runner.schedule(cells, tmp_path, spec.relative_cost)
+        if method == "paas":
+            (folder / "job.json").write_text(json.dumps({"method": method, "wall_s": wall}))
+        else:  # the record of an earlier version's runner
+            (folder / "cell.json").write_text(json.dumps({"method": method, "cell_wall_s": wall}))
+    order = cells_mod.schedule(cells, tmp_path, spec.relative_cost)
     assert [c.method for c in order[::4]] == ["vsd", "paas", "ssd", "sds"]
     with pytest.raises(ConfigError, match="relative_cost xyz: 2.0 must name one of the preset's methods"):
         spec.relative_cost = {"xyz": 2.0}
@@ -296,9 +299,9 @@ def test_a_failed_cell_is_reported_with_its_log_and_re_run_only_when_asked(tmp_p
     assert "data.batch_size" in log.read_text()
     again = bench(str(preset), "--out", str(out), check=False)
     assert again.returncode == 1
-    assert (f"1 cell(s) failed earlier and are not run again (--retry-failed runs them): broken | a red cube | "
+    assert (f"1 job(s) failed earlier and are not run again (--retry-failed runs them): broken | a red cube | "
             f"seed 0: {log}") in again.stdout
-    assert "0 of 1 cells already finished; running 0" in again.stdout
+    assert "0 of 1 jobs already finished; running 0" in again.stdout
     retried = bench(str(preset), "--out", str(out), "--retry-failed", check=False)
     assert retried.returncode == 1 and "running 1 with" in retried.stdout and "failed earlier" not in retried.stdout
 

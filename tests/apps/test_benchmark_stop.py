@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from scorelift.benchmark import processes, runner
+from scorelift.benchmark import cells
 from scorelift.benchmark import spec as spec_mod
+from scorelift.jobs import folder as job_folder
+from scorelift.jobs import lifecycle, processes
 
 pytestmark = pytest.mark.subprocess
 
@@ -116,7 +118,7 @@ def wait_for_checkpoints(out: Path, n: int, proc: subprocess.Popen, timeout: flo
         assert proc.poll() is None, f"the runner ended early:\n{proc.communicate()}"
         assert time.monotonic() < deadline, f"no {n} checkpoints after {timeout} s"
         time.sleep(0.1)
-    assert not list(out.glob("cells/*/*/s0/cell.json")), "a cell finished before it could be stopped; raise STEPS"
+    assert not list(out.glob("cells/*/*/s0/job.json")), "a cell finished before it could be stopped; raise STEPS"
 
 
 def wait_until_gone(sids: list[int], timeout: float) -> list[int]:
@@ -177,25 +179,25 @@ def test_sigterm_stops_every_cell_and_the_same_command_resumes_them(preset, tmp_
     assert "stopped by SIGTERM: 2 cell(s) stopped, 0 not started, 0 of 2 finished" in stderr
     for method in ("paas", "sds"):
         cell = out / "cells" / method / "a_hamburger" / "s0"
-        assert not (cell / "cell.json").exists() and not (cell / "failed.json").exists()
+        assert not (cell / "job.json").exists() and not (cell / "failed.json").exists()
         assert last_invocation(cell)["status"] == "stopped" and last_invocation(cell)["signal"] == "SIGTERM"
         (segment,) = json.loads((cell / "segments.json").read_text())["segments"]
         assert segment["outcome"] == "stopped" and segment["returncode"] == 75
-        assert runner.cell_state(out, the_cell(preset, method)) == "stopped"
+        assert cells.cell_state(out, the_cell(preset, method)) == "stopped"
     assert not (out / "results.csv").exists() and not (out / "benchmark_info.json").exists()  # no report of a cut run
 
     again = start_runner(command(preset, out))
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stdout + stderr
-    assert "0 of 2 cells already finished; running 2 (2 stopped earlier: resumed)" in stdout
+    assert "0 of 2 jobs already finished; running 2 (2 stopped earlier: resumed)" in stdout
     rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv", newline=""))}
     for method in ("paas", "sds"):
         cell = out / "cells" / method / "a_hamburger" / "s0"
-        record = json.loads((cell / "cell.json").read_text())
+        record = json.loads((cell / "job.json").read_text())
         assert record["status"] == "ok" and record["resumed"] == 1
         assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
-        assert record["cell_wall_s"] == pytest.approx(sum(s["wall_s"] for s in record["segments"]), abs=0.02)
-        assert float(rows[method]["cell_wall_s"]) == record["cell_wall_s"]
+        assert record["wall_s"] == pytest.approx(sum(s["wall_s"] for s in record["segments"]), abs=0.02)
+        assert float(rows[method]["cell_wall_s"]) == record["wall_s"]
         invocations = json.loads((cell / "run" / "run_info.json").read_text())["invocations"]
         assert [i["status"] for i in invocations] == ["stopped", "finished"]
         timing = json.loads((cell / "run" / "timing.json").read_text())
@@ -222,9 +224,9 @@ def test_sigint_stops_like_sigterm(preset, tmp_path, start_runner):
     assert "Stopping (SIGINT)" in stdout and "stopped by SIGINT: 1 cell(s) stopped" in stderr
     assert wait_until_gone(pids, 0) == []
     cell = out / "cells" / "paas" / "a_hamburger" / "s0"
-    assert not (cell / "cell.json").exists()
+    assert not (cell / "job.json").exists()
     assert last_invocation(cell)["status"] == "stopped" and last_invocation(cell)["signal"] == "SIGTERM"
-    assert runner.cell_state(out, the_cell(preset, "paas")) == "stopped"
+    assert cells.cell_state(out, the_cell(preset, "paas")) == "stopped"
 
 
 @needs_proc
@@ -244,7 +246,7 @@ def test_a_cell_killed_when_the_grace_period_ends_stays_resumable(preset, tmp_pa
            "checkpoint at step" in stdout, stdout
     cell = out / "cells" / "paas" / "a_hamburger" / "s0"
     assert "status" not in last_invocation(cell)  # killed: the run itself recorded nothing
-    assert runner.cell_state(out, the_cell(preset, "paas")) == "stopped"
+    assert cells.cell_state(out, the_cell(preset, "paas")) == "stopped"
 
 
 @needs_proc
@@ -261,8 +263,8 @@ def test_a_runner_killed_with_sigkill_leaves_no_cell_running(preset, tmp_path, s
     assert wait_until_gone(pids, 60) == [], "a cell kept running after its runner was killed"
     cell = out / "cells" / "paas" / "a_hamburger" / "s0"
     assert last_invocation(cell)["status"] == "stopped" and last_invocation(cell)["signal"] == "SIGTERM"
-    assert not (cell / "cell.json").exists()
-    segments = runner.resumable_segments(out, the_cell(preset, "paas"))  # what the next run resumes from
+    assert not (cell / "job.json").exists()
+    segments = job_folder.resumable_segments(out, the_cell(preset, "paas").job)  # what the next run resumes from
     assert segments is not None and segments[-1]["outcome"] == "stopped" and segments[-1]["wall_s"] > 0
 
 
@@ -308,7 +310,7 @@ def test_which_cells_resume_and_which_start_again(tmp_path):
             (folder / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
         (folder / "run" / "run_info.json").write_text(json.dumps({"invocations": [{"status": run_status}]}))
         (folder / "stdout.log").write_text("")
-        return runner.resumable_segments(tmp_path, cell)
+        return job_folder.resumable_segments(tmp_path, cell.job)
 
     started = time.time() - 30
     stopped = {"how": "start", "started": started, "outcome": "stopped", "returncode": 75, "wall_s": 12.0}
@@ -324,9 +326,9 @@ def test_which_cells_resume_and_which_start_again(tmp_path):
     (segment,) = leave(failed={"returncode": 75})
     assert segment["outcome"] == "stopped" and segment["wall_s"] == 9.5
     assert leave(failed={"returncode": 1}) is None
-    assert runner.outcome_of(-9, "the grace period ran out", True) == "stopped"
-    assert runner.outcome_of(-9, None, False) == "failed"  # killed by someone else, not while stopping
-    assert runner.outcome_of(2, None, True) == "failed" and runner.outcome_of(0, None, True) == "finished"
+    assert lifecycle.outcome_of(-9, "the grace period ran out", True) == "stopped"
+    assert lifecycle.outcome_of(-9, None, False) == "failed"  # killed by someone else, not while stopping
+    assert lifecycle.outcome_of(2, None, True) == "failed" and lifecycle.outcome_of(0, None, True) == "finished"
 
 
 def test_a_job_stopped_before_its_cell_began_is_stopped_not_failed(tmp_path):
@@ -335,12 +337,12 @@ def test_a_job_stopped_before_its_cell_began_is_stopped_not_failed(tmp_path):
     runs it without --retry-failed); when nothing was stopping, as failed."""
     cell = spec_mod.Cell("sds", "a red cube", 0, ("guidance=sds",))
     folder = tmp_path / "cells" / cell.key
-    record = runner.close_abandoned(tmp_path, cell, True, "its job ended without a result (UncompletedJobError)")
+    record = lifecycle.close_abandoned(tmp_path, cell.job, True, "its task ended without a result (UncompletedJobError)")
     assert record["status"] == "stopped" and record["segments"] == [] and not (folder / "failed.json").exists()
-    assert runner.cells_to_run(tmp_path, [cell], False, lambda line: None) == [cell]
-    record = runner.close_abandoned(tmp_path, cell, False, "its job ended without a result (UncompletedJobError)")
+    assert job_folder.jobs_to_run(tmp_path, [cell.job], False, lambda line: None) == [cell.job]
+    record = lifecycle.close_abandoned(tmp_path, cell.job, False, "its task ended without a result (UncompletedJobError)")
     assert record["status"] == "failed" and (folder / "failed.json").is_file()
-    assert runner.cells_to_run(tmp_path, [cell], False, lambda line: None) == []  # failed: only with --retry-failed
+    assert job_folder.jobs_to_run(tmp_path, [cell.job], False, lambda line: None) == []  # failed: only with --retry-failed
 
 
 def test_a_cell_still_held_by_a_process_is_waited_for_not_deleted(tmp_path):
@@ -356,12 +358,12 @@ def test_a_cell_still_held_by_a_process_is_waited_for_not_deleted(tmp_path):
     lines: list[str] = []
     stop = processes.StopRequests()  # not entered: no handlers, never requested
     with RunLock(run):
-        assert runner.wait_for_earlier_processes(tmp_path, [cell], 0.3, stop, lines.append) == []
+        assert job_folder.wait_for_earlier_processes(tmp_path, [cell.job], 0.3, stop, lines.append) == []
     assert "still in use" in lines[0] and "skipped: sds | a red cube | seed 0" in lines[-1]
     assert run.is_dir()
     lock = RunLock(run).__enter__()
     threading.Timer(0.3, lock.__exit__).start()
-    assert runner.wait_for_earlier_processes(tmp_path, [cell], 10, stop, lines.append) == [cell]
+    assert job_folder.wait_for_earlier_processes(tmp_path, [cell.job], 10, stop, lines.append) == [cell.job]
 
 
 def test_a_stop_delivered_twice_at_once_counts_once_and_a_later_one_twice():

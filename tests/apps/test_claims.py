@@ -179,7 +179,7 @@ def test_claims_ci_runs_resumes_and_judges_from_the_cells_metrics(tmp_path):
 
     again = claims_command(out)  # resume: nothing runs again, the same verdicts
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "6 of 6 cells already finished" in again.stdout
+    assert "6 of 6 jobs already finished" in again.stdout
     assert json.loads((out / "claims.json").read_text())["claims"] == report["claims"]
 
 

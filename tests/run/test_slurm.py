@@ -77,8 +77,8 @@ def test_the_ci_cells_as_a_job_array_give_the_local_numbers(tmp_path):
     args = ["ci", "--methods", "paas,sds", "--prompts", "a red cube", "--threads-per-run", "1"]
     on_slurm = bench(*args, "--out", str(tmp_path / "slurm"), "--executor", "slurm")
     assert on_slurm.returncode == 0, on_slurm.stdout + on_slurm.stderr
-    assert "Submitted 2 cell(s) as 2 array task(s) of job" in on_slurm.stdout
-    assert "cells: 2 done, 0 failed; jobs: 0 running, 0 queued" in on_slurm.stdout
+    assert "Submitted 2 job(s) as 2 array task(s) of SLURM job" in on_slurm.stdout
+    assert "jobs: 2 done, 0 failed; array tasks: 0 running, 0 queued" in on_slurm.stdout
     here = bench(*args, "--out", str(tmp_path / "local"), "--workers", "2")
     assert here.returncode == 0, here.stdout + here.stderr
     keys = ("status", "iou", "colour_error", "identification", "final_loss")
@@ -110,7 +110,7 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
     with open(log, "w") as fh:
         driver = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         deadline = time.monotonic() + 120
-        while "1 cell(s) are held by jobs of an earlier run that are still queued or running" not in log.read_text():
+        while "1 job(s) are held by array tasks of an earlier run that are still queued or running" not in log.read_text():
             assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         subprocess.run(["scancel", job], check=True, timeout=60)
@@ -118,12 +118,12 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
     stdout = log.read_text()
     assert driver.returncode == 75, stdout
     assert "stopped: paas | a red cube | seed 0: stopped by SIGTERM (exit 75), checkpoint at step" in stdout, stdout
-    assert not (ckpt.parent.parent.parent / "cell.json").exists()
+    assert not (ckpt.parent.parent.parent / "job.json").exists()
 
     again = bench(str(preset), "--out", str(out), "--executor", "slurm", "--threads-per-run", "1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "running 1 (1 stopped earlier: resumed) on SLURM" in again.stdout
-    record = json.loads((out / "cells" / "paas" / "a_red_cube" / "s0" / "cell.json").read_text())
+    record = json.loads((out / "cells" / "paas" / "a_red_cube" / "s0" / "job.json").read_text())
     assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
     assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 2  # history kept; the attach submitted none
 
@@ -137,9 +137,10 @@ def test_a_cancelled_cell_resumes_on_the_next_run_to_the_uninterrupted_weights(p
 
 
 def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preemption(tiny_pipeline_dir, tmp_path):
-    """``launch.py -m hydra/launcher=submitit_slurm seed=0,0``: two identical runs as one job array;
-    job 0 gets the preemption signal submitit listens for (SIGUSR2, what SLURM sends ahead of a time
-    limit), checkpoints, is requeued by submitit and resumes to the weights of the uninterrupted job 1."""
+    """``launch.py -m hydra/launcher=submitit_slurm seed=0,0``: two identical runs as one job array
+    of the runner the benchmark uses; job 0 gets the preemption signal submitit listens for
+    (SIGUSR2, what SLURM sends ahead of a time limit), checkpoints, is requeued by submitit and
+    resumes to the weights of the uninterrupted job 1."""
     from tests.launching import env, same_weights, wait_for_checkpoint
     from tests.run.test_multirun import sweep_args
 
@@ -147,7 +148,7 @@ def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preempt
     args = sweep_args(tiny_pipeline_dir, sweep_dir, "0,0", launcher="submitit_slurm", steps=40)
     driver = subprocess.Popen([*args, "trainer.checkpoint_every=2", "hydra.launcher.timeout_min=30"], cwd=REPO,
                               env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(driver, sweep_dir / "0", 4, timeout=300)
+    wait_for_checkpoint(driver, sweep_dir / "0" / "run", 4, timeout=300)
     task = next((sweep_dir / ".submitit").glob("*_0")).name  # "<array job id>_0"
     subprocess.run(["scancel", "--signal=USR2", task], check=True, timeout=60)
     deadline = time.monotonic() + 120
@@ -157,11 +158,15 @@ def test_a_launch_multirun_on_the_submitit_slurm_launcher_is_requeued_on_preempt
     # The requeued job starts once the old job's credential expires (cred_expire, tests/slurm_cluster.sh).
     stdout, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stdout + stderr[-3000:]
-    assert f"job 0: finished {sweep_dir / '0'}" in stdout and f"sweep {sweep_dir}: 2 of 2 runs finished" in stdout
+    assert f"job 0: finished {sweep_dir / '0' / 'run'}" in stdout and f"sweep {sweep_dir}: 2 of 2 runs finished" in stdout
     assert "sacct" not in stdout + stderr  # job states come from squeue: no accounting database needed
-    runs = json.loads((sweep_dir / "0" / "run_info.json").read_text())["invocations"]
+    runs = json.loads((sweep_dir / "0" / "run" / "run_info.json").read_text())["invocations"]
     assert [(r["status"], r.get("signal")) for r in runs] == [("stopped", "SIGUSR2"), ("finished", None)]
-    assert same_weights(sweep_dir / "0" / "checkpoints" / "last.ckpt", sweep_dir / "1" / "checkpoints" / "last.ckpt")
+    record = json.loads((sweep_dir / "0" / "job.json").read_text())
+    assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
+    assert len(json.loads((sweep_dir / "slurm_jobs.json").read_text())["submissions"]) == 1  # requeued, not resubmitted
+    assert same_weights(sweep_dir / "0" / "run" / "checkpoints" / "last.ckpt",
+                        sweep_dir / "1" / "run" / "checkpoints" / "last.ckpt")
 
 
 def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tmp_path):
@@ -186,7 +191,7 @@ def test_a_preempted_cell_is_requeued_and_resumes_in_its_requeued_job(preset, tm
     # The requeued job starts once the old job's credential expires (cred_expire, tests/slurm_cluster.sh).
     stdout, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stdout + stderr
-    record = json.loads((folder / "cell.json").read_text())
+    record = json.loads((folder / "job.json").read_text())
     assert [(s["how"], s["outcome"]) for s in record["segments"]] == [("start", "stopped"), ("resume", "finished")]
     assert len(json.loads((out / "slurm_jobs.json").read_text())["submissions"]) == 1  # requeued, not resubmitted
 
@@ -199,7 +204,7 @@ def test_the_claims_go_to_the_cluster_as_one_array_and_are_judged_from_its_cells
     run = bench("claims", "--size", "ci", "--claims", "sjc-paas", "--threads-per-run", "1", "--out", str(out),
                 "--executor", "slurm", "--cells-per-job", "3")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Submitted 6 cell(s) as 2 array task(s) of job" in run.stdout
+    assert "Submitted 6 job(s) as 2 array task(s) of SLURM job" in run.stdout
     (submission,) = json.loads((out / "slurm_jobs.json").read_text())["submissions"]
     assert len(submission["tasks"]) == 2
     (claim,) = json.loads((out / "claims.json").read_text())["claims"]

@@ -1,17 +1,17 @@
-"""Running cells on this machine through submitit's local executor: every GPU, or the CPUs.
+"""Running jobs on this machine through submitit's local executor: every GPU, or the CPUs.
 
-Each cell is one submitit job (a ``CellTask`` of one cell) pinned to one GPU through the job's
-CUDA_VISIBLE_DEVICES, ``per_gpu`` jobs on each GPU at once (``per_gpu`` jobs in all on a machine
-without a GPU), the slowest cells first (the order the caller gives). A job's chain of processes:
+Each job is one submitit task (a ``JobTask`` of one job) pinned to one GPU through the task's
+CUDA_VISIBLE_DEVICES, ``per_gpu`` tasks on each GPU at once (``per_gpu`` tasks in all on a machine
+without a GPU), in the order the caller gives. A job's chain of processes:
 
-    driver (this process) -> submitit controller -> job process (CellTask) -> the cell's scorelift run
+    driver (this process) -> submitit controller -> task process (JobTask) -> the job's scorelift run
 
-Stopping (SIGTERM, SIGINT, SIGUSR1 to the driver): no new job starts, each running job's
-controller gets SIGTERM, which it forwards to the job, which stops its cell with a checkpoint
-within the stop grace (``cell_task``); a second signal is forwarded too and makes the jobs kill
-their cells at once. The controllers run in sessions of their own, so a terminal's Ctrl+C reaches
-only the driver and the cells get one polite signal; and they die with the driver (the kernel
-sends them SIGTERM), so a driver killed with SIGKILL still has its cells stop with a checkpoint.
+Stopping (SIGTERM, SIGINT, SIGUSR1 to the driver): no new job starts, each running task's
+controller gets SIGTERM, which it forwards to the task, which stops its job with a checkpoint
+within the stop grace (``task``); a second signal is forwarded too and makes the tasks kill
+their jobs at once. The controllers run in sessions of their own, so a terminal's Ctrl+C reaches
+only the driver and the jobs get one polite signal; and they die with the driver (the kernel
+sends them SIGTERM), so a driver killed with SIGKILL still has its jobs stop with a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..errors import ConfigError
 from . import processes
-from .cell_task import CellTask
-from .runner import POLL_S, cell_line, close_abandoned
-from .spec import Cell
-from scorelift.errors import ConfigError
+from .folder import POLL_S
+from .job import Job
+from .lifecycle import close_abandoned
+from .task import JobTask
 
-NO_TIMEOUT_MIN = 60 * 24 * 365  # the local executor's default limit is 2 minutes; cells have none
-# How long after the stop grace the driver waits for a job before it kills the job's processes:
-# the job needs the grace for its cell, then a moment to record it and write its result.
-JOB_MARGIN_S = 30.0
+NO_TIMEOUT_MIN = 60 * 24 * 365  # the local executor's default limit is 2 minutes; jobs have none
+# How long after the stop grace the driver waits for a task before it kills the task's processes:
+# the task needs the grace for its job, then a moment to record it and write its result.
+TASK_MARGIN_S = 30.0
 
 
 def detect_gpus() -> list[int]:
@@ -44,7 +45,7 @@ def detect_gpus() -> list[int]:
     if visible is not None:
         items = [v.strip() for v in visible.split(",") if v.strip()]
         if not all(v.isdigit() for v in items):
-            raise ConfigError(f"CUDA_VISIBLE_DEVICES={visible!r}: the benchmark pins each cell to one GPU by index, so "
+            raise ConfigError(f"CUDA_VISIBLE_DEVICES={visible!r}: the runner pins each job to one GPU by index, so "
                               "it needs comma-separated integer indices (or pass --gpus 0,1,... instead).")
         return [int(v) for v in items]
     if shutil.which("nvidia-smi") is None:
@@ -57,8 +58,8 @@ def detect_gpus() -> list[int]:
 
 
 def slots(gpus: list[int], per_gpu: int) -> list[int | None]:
-    """One entry per cell that may run at once: a GPU index, or None for a CPU slot. Ordered so
-    that consecutive slots are on different GPUs (the first cells spread over all of them)."""
+    """One entry per job that may run at once: a GPU index, or None for a CPU slot. Ordered so
+    that consecutive slots are on different GPUs (the first jobs spread over all of them)."""
     if not gpus:
         return [None] * per_gpu
     return [g for _ in range(per_gpu) for g in gpus]
@@ -118,60 +119,61 @@ def kill_tree(root: int) -> None:
             pass
 
 
-def run_local(out: Path, todo: list[Cell], gpus: list[int], per_gpu: int, env: dict[str, str],
-              stop: processes.StopRequests, grace_s: float, log=print) -> tuple[list[dict], int]:
+def run_local(out: Path, todo: list[Job], gpus: list[int], per_gpu: int, env: dict[str, str],
+              stop: processes.StopRequests, grace_s: float, log=print, describe=None) -> tuple[list[dict], int]:
     """Run ``todo`` in that order, ``per_gpu`` at a time on each GPU of ``gpus`` (or ``per_gpu``
-    at a time on the CPU when ``gpus`` is empty). Returns the records of the cells that ran and
-    how many were not started (the driver was stopped first)."""
+    at a time on the CPU when ``gpus`` is empty); ``describe(job, record, done, total)`` is the
+    line logged for each job that ends. Returns the records of the jobs that ran and how many were
+    not started (the driver was stopped first)."""
     executor = SessionLocalExecutor.create(out / ".submitit" / "%j")
     free = deque(slots(gpus, max(1, per_gpu)))
     pending = deque(todo)
-    active: dict = {}  # job -> (slot, cell)
+    active: dict = {}  # submitit job -> (slot, our job)
     records: list[dict] = []
     forwarded, deadline = 0, None
     try:
         while active or (pending and not stop.requested):
             if stop.requested and forwarded < min(stop.count, 2):
                 if not forwarded:
-                    log(f"Stopping ({stop.name}): no new cells start; the {len(active)} running cell(s) get "
+                    log(f"Stopping ({stop.name}): no new jobs start; the {len(active)} running job(s) get "
                         f"{processes.FORWARDED_SIGNAL.name} to write a checkpoint and exit, within {grace_s:g} s "
                         f"(then SIGKILL). A second signal kills them now.")
-                    deadline = time.monotonic() + grace_s + JOB_MARGIN_S
+                    deadline = time.monotonic() + grace_s + TASK_MARGIN_S
                 else:
-                    log("A second stop signal: killing the running cells now (they resume from their last periodic checkpoint).")
+                    log("A second stop signal: killing the running jobs now (they resume from their last periodic checkpoint).")
                 forwarded += 1
-                for job in active:
-                    processes.signal_process(job._process)
+                for task in active:
+                    processes.signal_process(task._process)
             while pending and free and not stop.requested:
-                slot, cell = free.popleft(), pending.popleft()
+                slot, job = free.popleft(), pending.popleft()
                 executor.update_parameters(timeout_min=NO_TIMEOUT_MIN, gpus_per_node=0 if slot is None else 1,
                                            visible_gpus=() if slot is None else (slot,))
-                active[executor.submit(CellTask(out, [cell], env, grace_s))] = (slot, cell)
-            for job in [j for j in active if processes.has_exited(j._process)]:
-                slot, cell = active.pop(job)
-                job._process.wait()
+                active[executor.submit(JobTask(out, [job], env, grace_s))] = (slot, job)
+            for task in [t for t in active if processes.has_exited(t._process)]:
+                slot, job = active.pop(task)
+                task._process.wait()
                 free.append(slot)
-                for record in job_records(out, job, cell, stop.requested):
+                for record in task_records(out, task, job, stop.requested):
                     records.append(record)
-                    log(cell_line(out, cell, record, sum(r["status"] != "stopped" for r in records), len(todo)))
+                    if describe is not None:
+                        log(describe(job, record, sum(r["status"] != "stopped" for r in records), len(todo)))
             if deadline is not None and time.monotonic() > deadline:
-                for job in active:
-                    kill_tree(job._process.pid)
+                for task in active:
+                    kill_tree(task._process.pid)
             if active:
                 stop.wait(POLL_S)
     finally:
-        for job in active:  # only after an error in this loop: leave nothing running
-            kill_tree(job._process.pid)
-            job._process.wait()
+        for task in active:  # only after an error in this loop: leave nothing running
+            kill_tree(task._process.pid)
+            task._process.wait()
     return records, len(pending)
 
 
-def job_records(out: Path, job, cell: Cell, stopping: bool) -> list[dict]:
-    """The records a finished job returned; for a job that ended without a result (killed, or
-    its task raised), the cell's record made from its files, pointing at the job's log."""
+def task_records(out: Path, task, job: Job, stopping: bool) -> list[dict]:
+    """The records a finished submitit task returned; for one that ended without a result (killed,
+    or it raised), the job's record made from its files, pointing at the task's log."""
     try:
-        return list(job.result())
+        return list(task.result())
     except Exception as exc:  # noqa: BLE001  (submitit raises its own kinds for a failed or killed job)
-        log_path = job.paths.stdout
-        return [close_abandoned(out, cell, stopping, f"its job ended without a result ({type(exc).__name__}; "
-                                                     f"job log {log_path})")]
+        return [close_abandoned(out, job, stopping, f"its task ended without a result ({type(exc).__name__}; "
+                                                    f"task log {task.paths.stdout})")]

@@ -1,19 +1,19 @@
-"""The benchmark runner's child processes: started so that none outlives the runner, and the
-signals that stop the runner.
+"""The runner's child processes: started so that none outlives the runner, and the signals that
+stop the runner.
 
-Every cell runs in a session of its own (``start_new_session``), for two reasons:
+Every job runs in a session of its own (``start_new_session``), for two reasons:
 
-* Ctrl+C in a terminal sends SIGINT to the whole foreground process group. Were the cells in the
+* Ctrl+C in a terminal sends SIGINT to the whole foreground process group. Were the jobs in the
   runner's group they would get it directly *and* again from the runner; a scorelift run takes a
   second SIGINT as "stop at once, without the checkpoint". In their own session they get only
   the one signal the runner forwards.
-* A cell's own children (ffmpeg writing its turntable, say) share its process group, so one
+* A job's own children (ffmpeg writing its turntable, say) share its process group, so one
   ``killpg`` at the end of the grace period ends all of them.
 
-The polite stop goes to the cell's main process only (``signal_process``): the scorelift run then
+The polite stop goes to the job's main process only (``signal_process``): the scorelift run then
 finishes its step, writes its checkpoint and exits 75, and its helpers finish their work (a
 SIGTERM to ffmpeg mid-write would turn a clean stop into a failed run). The SIGKILL after the
-grace period, and the sweep after a cell has exited, go to the whole group (``kill_group``).
+grace period, and the sweep after a job has exited, go to the whole group (``kill_group``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import signal
 import subprocess
 import sys
 
-from scorelift.stop_signals import SAME_STOP_S, StopSignals  # noqa: F401  (SAME_STOP_S: the runner's too)
+from ..stop_signals import SAME_STOP_S, StopSignals  # noqa: F401  (SAME_STOP_S: the runner's too)
 
-# What the runner sends each running cell when it is stopped, whichever signal it got itself:
+# What the runner sends each running job when it is stopped, whichever signal it got itself:
 # SIGTERM is in every run's default trainer.stop_signals, and a repeat of it changes nothing (a
 # second SIGINT would interrupt a run without its checkpoint). Also the parent-death signal below.
 FORWARDED_SIGNAL = signal.SIGTERM
@@ -39,7 +39,7 @@ class StopRequests(StopSignals):
     """The runner's stop signals (``scorelift.stop_signals``, the catcher a run uses too): each stop
     only records that the runner is to stop, counts (a stop within ``SAME_STOP_S`` of the one before
     is the same stop) and wakes ``wait``; a second SIGINT is one more stop, not an interrupt, since
-    the runner stops its cells itself."""
+    the runner stops its jobs itself."""
 
     def __init__(self, signals=STOP_SIGNALS):
         super().__init__([s.name for s in signals], second_sigint_interrupts=False, announce=False)
@@ -61,17 +61,17 @@ def die_with_runner():
     or None where that is not available.
 
     Why the kernel: a runner that dies without running its handlers (SIGKILL, the OOM killer, a
-    crash of the interpreter) cannot stop its cells itself. Linux's ``prctl(PR_SET_PDEATHSIG)``
-    needs no change in the cells and no watcher process; a watchdog thread in each cell that polls
+    crash of the interpreter) cannot stop its jobs itself. Linux's ``prctl(PR_SET_PDEATHSIG)``
+    needs no change in the jobs and no watcher process; a watchdog thread in each job that polls
     its parent, or a pipe whose end it watches, would need both. The signal is SIGTERM rather than
-    SIGKILL: the orphaned cell then stops as a forwarded stop does (checkpoint, run_info.json says
+    SIGKILL: the orphaned job then stops as a forwarded stop does (checkpoint, run_info.json says
     stopped, exit 75), so the next invocation resumes it without losing steps, and a scorelift run
     always ends on SIGTERM (gracefully where trainer.stop_signals has it, by its default action
-    otherwise). Other systems (macOS) have no such call: there the cells of a runner killed with
+    otherwise). Other systems (macOS) have no such call: there the jobs of a runner killed with
     SIGKILL run on to their end, as they always did.
 
     Two caveats of the call, and what is done about them: the signal follows the death of the
-    *thread* that started the child, so the runner starts every cell from its main thread (which
+    *thread* that started the child, so the runner starts every job from its main thread (which
     lives as long as the runner); and a runner that dies between the fork and the call would be
     missed, so the child checks that its parent is still the runner before it execs.
     """
@@ -90,8 +90,8 @@ def die_with_runner():
 
 def die_with_parent() -> None:
     """Have the kernel send this process FORWARDED_SIGNAL when its parent dies (Linux; nothing
-    elsewhere). A benchmark job process calls it first: if submitit's controller (or SLURM's step
-    daemon) is killed, the job still stops its cell with a checkpoint instead of running on."""
+    elsewhere). A task's process calls it first: if submitit's controller (or SLURM's step daemon)
+    is killed, the task still stops its job with a checkpoint instead of running on."""
     prctl = _libc_prctl()
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, int(FORWARDED_SIGNAL), 0, 0, 0)

@@ -20,22 +20,21 @@ resumes from that checkpoint.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .command_line import KEYS_NOT_CARRIED, saved_overrides
 from .errors import EXIT_STOPPED, ConfigError
 from .jobs import Job, SlurmOptions, foreign_folders, is_finished, run_jobs
 from .jobs.job import fingerprint_of
 
-log = logging.getLogger(__name__)
-
 SUBMITIT_LAUNCHERS = ("submitit_local", "submitit_slurm")
 # Re-submissions a SLURM job may make after hitting its time limit. The plugin's default (0) is
 # for code that cannot resume; a scorelift run resumes from its checkpoint.
 DEFAULT_MAX_NUM_TIMEOUT = 3
+# What the runner adds to a job's command line (lifecycle.fresh_command), not the job's own overrides.
+RUNNER_KEYS = ("trainer.progress_bar=", "trainer.stop_signals=")
 # hydra.launcher options of submitit_slurm that become sbatch options as they are.
 SBATCH_KEYS = ("qos", "comment", "constraint", "exclude", "gres", "cpus_per_gpu", "mem_per_gpu", "mem_per_cpu",
                "account")
@@ -80,14 +79,11 @@ def sweep_jobs_of(job_overrides: list[list[str]]) -> list[Job]:
 def check_sweep_folder(sweep_dir: Path, jobs: list[Job]) -> None:
     """ConfigError when a job's folder holds another job's run or files the runner did not
     write: a sweep folder resumes only with the same command line, and nothing in it is replaced."""
-    from .jobs.folder import SEGMENTS, finished_record, read_json
-
     for job, what in foreign_folders(sweep_dir, jobs):
         folder = job.folder(sweep_dir)
         ours = " ".join(job.facts["overrides"]) or "none"
         if what == "records of another job":
-            record = finished_record(folder) or read_json(folder / "failed.json") or read_json(folder / SEGMENTS) or {}
-            theirs = " ".join(record.get("overrides") or []) or "unknown"
+            theirs = " ".join(recorded_overrides(folder)) or "unknown"
             raise ConfigError(
                 f"{folder} holds a run of other overrides ({theirs}) than {job.label} of this sweep ({ours}); a sweep "
                 f"resumes only with the same command line. Give the sweep a new folder (leave hydra.sweep.dir at its "
@@ -97,6 +93,19 @@ def check_sweep_folder(sweep_dir: Path, jobs: list[Job]) -> None:
             f"straight into it, or something else), so {job.label} of this sweep ({ours}) cannot run there. Give the "
             f"sweep a new folder (leave hydra.sweep.dir at its default); a run of an earlier sweep continues with "
             f"`scorelift resume=<its folder>`.")
+
+
+def recorded_overrides(folder: Path) -> list[str]:
+    """The overrides of the job whose records ``folder`` holds: its record's, or (a job that
+    stopped, which has only segments.json) those its first process was started with."""
+    from .jobs.folder import FAILED, SEGMENTS, finished_record, read_json
+
+    record = finished_record(folder) or read_json(folder / FAILED) or {}
+    if record.get("overrides"):
+        return list(record["overrides"])
+    segments = (read_json(folder / SEGMENTS) or {}).get("segments") or [{}]
+    command = segments[0].get("command") or []  # ["-m", "scorelift", *overrides, <what the runner adds>]
+    return comparable([a for a in command[2:] if not a.startswith(RUNNER_KEYS)])
 
 
 def slurm_options(launcher: DictConfig) -> SlurmOptions:
@@ -155,11 +164,3 @@ def report(sweep_dir: Path, jobs: list[Job], finished_before: set[str], statuses
         return 1
     return EXIT_STOPPED if done < len(jobs) or stopped_by else 0
 
-
-def hydra_node(cfg: DictConfig) -> DictConfig:
-    """The ``hydra`` node of a composed config (the launcher's options live there)."""
-    return OmegaConf.select(cfg, "hydra")
-
-
-__all__ = ["SUBMITIT_LAUNCHERS", "check_sweep_folder", "comparable", "hydra_node", "launcher_choice", "run_sweep",
-           "sweep_jobs_of"]

@@ -149,9 +149,10 @@ def stop_note(returncode: int, killed: str | None, run: Path) -> str:
 
 def describe_stopped(out: Path, job: Job, record: dict) -> str:
     """One line for a stopped job: how it ended and what the next invocation does with it."""
+    if not record["segments"]:  # its task ended before it started the job's process
+        return f"not started: {job.label}; the next run starts it."
     run = job.folder(out) / "run"
-    last = record["segments"][-1] if record["segments"] else {}
-    how = last.get("note", f"exit {record['returncode']}")
+    how = record["segments"][-1].get("note", f"exit {record['returncode']}")
     if not has_checkpoint(run):
         return f"stopped: {job.label}: {how}, before its first checkpoint; the next run starts it again."
     step = checkpoint_step(run)

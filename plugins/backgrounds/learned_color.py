@@ -26,9 +26,8 @@ class LearnedColorBackground(Background):
 
     Config = LearnedColorBackgroundConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: LearnedColorBackgroundConfig) -> None:
         if len(c.init_color) != c.n_features:
             raise ConfigError(
                 f"background (learned-color) init_color={list(c.init_color)} has {len(c.init_color)} values "
@@ -39,6 +38,10 @@ class LearnedColorBackground(Background):
                 f"background (learned-color) init_color={list(c.init_color)} must lie strictly inside (0, 1): "
                 f"the colour is a sigmoid, which never reaches 0 or 1."
             )
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
         self.n_features = c.n_features
         self.logit = torch.nn.Parameter(torch.logit(torch.tensor(list(c.init_color), dtype=torch.float32)))
 

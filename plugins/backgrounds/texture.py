@@ -44,9 +44,8 @@ class TextureBackground(Background):
 
     Config = TextureBackgroundConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: TextureBackgroundConfig) -> None:
         check_common("texture", c.n_features, c.activation)
         if c.resolution < 1:
             raise ConfigError(f"background (texture) resolution={c.resolution} must be at least 1 (SJC: 4).")
@@ -55,13 +54,17 @@ class TextureBackground(Background):
                 f"background (texture) mapping={c.mapping!r} is not one of {', '.join(MAPPINGS)}: 'screen' "
                 f"stretches the texture over the image, 'spherical' looks it up by ray direction."
             )
-        self.n_features = c.n_features
-        gen = torch.Generator().manual_seed(c.init_seed)
         if len(c.init_mean) not in (0, c.n_features):
             raise ConfigError(
                 f"background (texture) init_mean has {len(c.init_mean)} values but n_features={c.n_features}; "
                 f"give one per channel or [] for zeros."
             )
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
+        self.n_features = c.n_features
+        gen = torch.Generator().manual_seed(c.init_seed)
         mean = torch.tensor(c.init_mean or [0.0] * c.n_features, dtype=torch.float32).view(1, -1, 1, 1)
         noise = torch.randn((1, c.n_features, c.resolution, c.resolution), generator=gen)
         self.texture = torch.nn.Parameter(mean + noise * c.init_std)

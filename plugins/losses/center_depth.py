@@ -61,9 +61,8 @@ class CenterDepthLoss(Loss):
 
     Config = CenterDepthConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        c = self.cfg
+    @classmethod
+    def check_config(cls, c: CenterDepthConfig) -> None:
         if not 0.0 < c.crop_fraction < 1.0:
             raise ConfigError(
                 f"loss (center-depth) crop_fraction={c.crop_fraction} must lie strictly between 0 and 1 "

@@ -34,15 +34,18 @@ class EmptinessLoss(Loss):
 
     Config = EmptinessConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        if self.cfg.scale <= 0:
-            raise ConfigError(f"loss (emptiness) scale={self.cfg.scale} must be positive (SJC: 10).")
-        if not 0.0 <= self.cfg.boost_at <= 1.0:
+    @classmethod
+    def check_config(cls, c: EmptinessConfig) -> None:
+        if c.scale <= 0:
+            raise ConfigError(f"loss (emptiness) scale={c.scale} must be positive (SJC: 10).")
+        if not 0.0 <= c.boost_at <= 1.0:
             raise ConfigError(
-                f"loss (emptiness) boost_at={self.cfg.boost_at} is a fraction of the training steps and must "
+                f"loss (emptiness) boost_at={c.boost_at} is a fraction of the training steps and must "
                 f"lie in [0, 1] (SJC: 0.5)."
             )
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
         self.multiplier = 1.0
 
     def update_step(self, step: int, max_steps: int) -> None:

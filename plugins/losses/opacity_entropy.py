@@ -27,10 +27,10 @@ class OpacityEntropyLoss(Loss):
 
     Config = OpacityEntropyConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        if not 0.0 < self.cfg.eps < 0.5:
-            raise ConfigError(f"loss (opacity-entropy) eps={self.cfg.eps} must lie in (0, 0.5) (1e-5).")
+    @classmethod
+    def check_config(cls, c: OpacityEntropyConfig) -> None:
+        if not 0.0 < c.eps < 0.5:
+            raise ConfigError(f"loss (opacity-entropy) eps={c.eps} must lie in (0, 0.5) (1e-5).")
 
     def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
         o = render.opacity.clamp(self.cfg.eps, 1.0 - self.cfg.eps)

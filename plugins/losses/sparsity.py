@@ -26,10 +26,10 @@ class SparsityLoss(Loss):
 
     Config = SparsityConfig
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        if self.cfg.eps <= 0:
-            raise ConfigError(f"loss (sparsity) eps={self.cfg.eps} must be positive (0.01).")
+    @classmethod
+    def check_config(cls, c: SparsityConfig) -> None:
+        if c.eps <= 0:
+            raise ConfigError(f"loss (sparsity) eps={c.eps} must be positive (0.01).")
 
     def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
         return torch.sqrt(render.opacity.square() + self.cfg.eps).mean()

@@ -98,7 +98,7 @@ def test_a_sweep_stopped_by_ctrl_c_resumes_to_the_uninterrupted_weights(tiny_pip
     running one with a checkpoint and starts no other (exit 75); the same command resumes it, and
     it ends with the weights of job 1, the same run uninterrupted (``seed=0,0``)."""
     sweep_dir = tmp_path / "sweep"
-    args = [*sweep_args(tiny_pipeline_dir, sweep_dir, "0,0", launcher=None, steps=40), "trainer.checkpoint_every=2"]
+    args = [*sweep_args(tiny_pipeline_dir, sweep_dir, "0,0", launcher=None, steps=20), "trainer.checkpoint_every=2"]
     driver = start(args)
     wait_for_checkpoint(driver, sweep_dir / "0" / "run", 4, timeout=300)
     driver.send_signal(signal.SIGINT)
@@ -107,6 +107,10 @@ def test_a_sweep_stopped_by_ctrl_c_resumes_to_the_uninterrupted_weights(tiny_pip
     assert "stopped: job 0: stopped by SIGTERM (exit 75), checkpoint at step" in stdout
     assert f"job 1: not run  {sweep_dir / '1' / 'run'}" in stdout and "0 of 2 runs finished" in stdout
     assert not (sweep_dir / "1").exists()
+    # the stopped job is kept for this sweep only: another sweep in the folder is refused
+    other = launch([*sweep_args(tiny_pipeline_dir, sweep_dir, "1,0", launcher=None, steps=20), "trainer.checkpoint_every=2"])
+    assert other.returncode == 2
+    assert f"{sweep_dir / '0'} holds a run of other overrides (seed=0 " in error_paragraph(other.stderr)
 
     again = launch(args)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]

@@ -107,10 +107,15 @@ def test_a_sweep_stopped_by_ctrl_c_resumes_to_the_uninterrupted_weights(tiny_pip
     assert "stopped: job 0: stopped by SIGTERM (exit 75), checkpoint at step" in stdout
     assert f"job 1: not run  {sweep_dir / '1' / 'run'}" in stdout and "0 of 2 runs finished" in stdout
     assert not (sweep_dir / "1").exists()
-    # the stopped job is kept for this sweep only: another sweep in the folder is refused
-    other = launch([*sweep_args(tiny_pipeline_dir, sweep_dir, "1,0", launcher=None, steps=20), "trainer.checkpoint_every=2"])
-    assert other.returncode == 2
-    assert f"{sweep_dir / '0'} holds a run of other overrides (seed=0 " in error_paragraph(other.stderr)
+    # the stopped job is kept for this sweep only: another sweep in the folder is refused, naming
+    # the overrides the stopped job was started with (what the launcher does before anything runs)
+    from scorelift.command_line import sweep_jobs
+    from scorelift.errors import ConfigError
+    from scorelift.multirun import check_sweep_folder, sweep_jobs_of
+
+    other = sweep_jobs_of(sweep_jobs([o.replace("seed=0,0", "seed=1,0") for o in args[3:]]))
+    with pytest.raises(ConfigError, match=f"{sweep_dir / '0'} holds a run of other overrides \\(seed=0 "):
+        check_sweep_folder(sweep_dir, other)
 
     again = launch(args)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]

@@ -43,7 +43,7 @@ PACKAGES, PACKAGE_DIR = packages_and_dirs()
 
 setup(
     name="scorelift",
-    version="0.1.0",
+    version="0.2.0",
     description="Modular text-to-3D score distillation (SJC, SDS, SSD, VSD) with an embedded ground-truth prior",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

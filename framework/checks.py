@@ -282,6 +282,31 @@ def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts) -> None:
     check_resolution(cfg, kind, facts)
 
 
+def check_render_fit(cfg: DictConfig, parts: dict, losses: dict) -> None:
+    """The geometry against what the renderer draws, and each loss against what the renderer
+    returns (``Renderer.renders``, ``Renderer.outputs_of``, ``Loss.reads``). ``parts``: kind ->
+    (class, parsed config); ``losses``: name -> PartPlan."""
+    geometry_cls = parts["geometry"][0]
+    renderer_cls, renderer_cfg = parts["renderer"]
+    geometry = f"geometry={cfg.geometry.type} ({geometry_cls.__name__})"
+    renderer = f"renderer={cfg.renderer.type} ({renderer_cls.__name__})"
+    kind = getattr(geometry_cls, "kind", "field")
+    if kind not in renderer_cls.renders:
+        raise ConfigError(
+            f"{geometry} is a {kind}, but {renderer} draws {' and '.join(renderer_cls.renders)} geometry only. Pick "
+            f"a renderer that draws a {kind} (`scorelift --list` describes each), or a geometry the renderer draws.")
+    provided = renderer_cls.outputs_of(renderer_cfg)
+    for name, loss in losses.items():
+        missing = [need for need in getattr(loss.cls, "reads", ()) if need not in provided]
+        if missing:
+            hint = (" (renderer.return_normals=true adds normals and ray_dirs)"
+                    if {"normals", "ray_dirs"} & set(missing) and "weights" in provided else "")
+            raise ConfigError(
+                f"The loss {name!r} ({loss.cls.__name__}) reads {', '.join(missing)} of the render, which {renderer} "
+                f"does not return (it returns {', '.join(sorted(provided))}){hint}. Remove the loss from system.losses "
+                f"and system.loss_weights, or pick a renderer that returns {', '.join(missing)}.")
+
+
 def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     """Every check that needs no model weights, before anything is loaded or written: mode, seed,
     device, prompt, trainer, cameras, resume, each part's config, the prior's model (layout,
@@ -358,6 +383,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     check_conditioning(cfg, prompt, facts, guidance.cls, guidance.config)
     as_pairs = {kind: (part.cls, part.config) for kind, part in parts.items()}
     check_composition(cfg, as_pairs, facts)
+    check_render_fit(cfg, as_pairs, losses)
     check_memory(cfg, as_pairs, device)  # scorelift.memory: the geometry's parameters against the device
     return RunPlan(
         config=resolved, mode=cfg.mode, seed=int(cfg.seed), prompt=prompt, device=device, fast_path=fast,

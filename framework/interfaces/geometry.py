@@ -1,4 +1,9 @@
-"""Geometry: a density field and a feature field over a bounding box."""
+"""Geometry: what a run optimises: a density field (``kind = "field"``), a triangle mesh
+(``"mesh"``) or Gaussians (``"gaussians"``), with features (colour or latents) over a bounding box.
+
+The field interface below (points -> density, features) is what ray marchers read; geometries
+of other kinds add their own (a mesh's vertices and faces) and say which with ``kind``, which the
+start-up check holds against the renderer's ``renders``."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ class GeometryOutput:
     features: torch.Tensor
 
 
+GEOMETRY_KINDS = ("field", "mesh", "gaussians")
+
+
 class Geometry(BaseModulePart):
     """Maps world points to density and features.
 
@@ -24,6 +32,8 @@ class Geometry(BaseModulePart):
     max corner) outside of which density is zero; ``feature_kind`` is "latent" or "rgb".
     """
 
+    # field | mesh | gaussians: what the geometry is, and so which renderers draw it (Renderer.renders).
+    kind: str = "field"
     n_features: int
     feature_kind: str
     bbox: torch.Tensor
@@ -62,6 +72,12 @@ class Geometry(BaseModulePart):
             cached = self.bbox.detach().cpu()
             self.__dict__["_host_bbox"] = cached
         return cached
+
+    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mesh geometry's surface (``kind = "mesh"``): vertices [M, 3] (differentiable in its
+        parameters) and faces [K, 3] (long, counter-clockwise seen from outside). Its ``forward``
+        gives the features at surface points."""
+        raise NotImplementedError(f"{type(self).__name__} is a {self.kind} geometry: it has no mesh()")
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N] density only (mesh export, occupancy); defaults to ``forward``."""

@@ -129,8 +129,7 @@ class ScoreDistillationSystem(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, cameras: CameraBatch, generator: torch.Generator | None = None) -> RenderOutput:
-        rays_o, rays_d = cameras.rays()
-        return self.renderer(self.geometry, self.background, rays_o, rays_d, generator)
+        return self.renderer.render(self.geometry, self.background, cameras, generator)
 
     @torch.no_grad()
     def render_images(self, cameras: CameraBatch, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ class EmptinessLoss(Loss):
     """render.weights [B, H, W, S] -> scalar mean(log(1 + scale * w)) * (boost if boosted)."""
 
     Config = EmptinessConfig
+    reads = ("weights",)
 
     @classmethod
     def check_config(cls, c: EmptinessConfig) -> None:

@@ -30,6 +30,7 @@ class OrientationLoss(Loss):
     """render.weights [B, H, W, S], extras "normals" [B, H, W, S, 3], "ray_dirs" [B, H, W, 3] -> scalar."""
 
     Config = OrientationConfig
+    reads = ("weights", "normals", "ray_dirs")
 
     def __call__(self, render: RenderOutput, cameras: CameraBatch) -> torch.Tensor:
         normals = render.extras.get("normals")

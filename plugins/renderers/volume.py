@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scorelift.data.cameras import CameraBatch
 from scorelift.errors import ConfigError
 from scorelift.interfaces.background import Background
 from scorelift.interfaces.geometry import Geometry
@@ -85,10 +86,16 @@ class VolumeRenderer(Renderer):
 
     Config = VolumeRendererConfig
     draws_on_device = True
+    renders = ("field",)
+    outputs = ("weights",)
 
-    def __init__(self, cfg=None):
-        super().__init__(cfg)
-        c = self.cfg
+    @classmethod
+    def outputs_of(cls, cfg: VolumeRendererConfig) -> frozenset[str]:
+        extra = {"normals", "ray_dirs"} if cfg.return_normals else set()
+        return super().outputs_of(cfg) | extra
+
+    @classmethod
+    def check_config(cls, c: VolumeRendererConfig) -> None:
         if c.num_samples < 0:
             raise ConfigError(f"renderer (volume) num_samples={c.num_samples} must be 0 (use step_size) or positive.")
         if c.num_samples == 0 and not c.step_size > 0:
@@ -120,6 +127,17 @@ class VolumeRenderer(Renderer):
         return start + u * delta, delta
 
     def forward(
+        self,
+        geometry: Geometry,
+        background: Background,
+        cameras: CameraBatch,
+        generator: torch.Generator | None = None,
+    ) -> RenderOutput:
+        """The cameras' rays through every pixel centre (``CameraBatch.rays``), marched."""
+        rays_o, rays_d = cameras.rays()
+        return self.render_rays(geometry, background, rays_o, rays_d, generator)
+
+    def render_rays(
         self,
         geometry: Geometry,
         background: Background,

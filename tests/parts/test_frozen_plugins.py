@@ -119,3 +119,22 @@ def test_each_frozen_plugin_trains(env, tiny_pipeline_dir, tmp_path, guidance, o
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+ONE_FILE_RENDERER = FROZEN / "2026-12-07" / "one_file_renderer.py"
+
+
+def test_a_renderer_of_the_earlier_api_trains_with_a_deprecation_warning(env, tiny_pipeline_dir, tmp_path):
+    """A renderer written when renderers took rays (forward(geometry, background, rays_o, rays_d,
+    generator)) still trains, given its rays from the camera batch, and its author is told once, as
+    docs/plugins.md section 6 promises, what replaces the old form and when the old form goes."""
+    run_dir = tmp_path / "run"
+    out = launch([*TINY_RUN, "guidance=sds", f"plugins.paths=[{ONE_FILE_RENDERER}]", "renderer=few-samples",
+                  "renderer.n_samples=24", f"prior.model={tiny_pipeline_dir}", f"hydra.run.dir={run_dir}"], env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("FutureWarning: Renderer") == 1, out.stderr[-3000:]
+    assert "the renderer API before scorelift 0.2; renderers now receive the camera batch" in out.stderr
+    assert "The old form works until 0.3" in out.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -79,7 +79,7 @@ def test_empty_grid_renders_background_exactly():
     g = grid(density_init=-1000.0)  # softplus(-1001) is exactly 0
     bg = build_named("background", "texture", dict(n_features=4))
     o, d = camera_rays()
-    out = renderer()(g, bg, o, d)
+    out = renderer().render_rays(g, bg, o, d)
     assert torch.equal(out.opacity, torch.zeros(1, 8, 8, 1))
     assert torch.equal(out.depth, torch.zeros(1, 8, 8, 1))
     assert torch.equal(out.color, bg(d))
@@ -93,7 +93,7 @@ def test_uniform_density_opacity_matches_analytic(mode):
     r = renderer(**mode)
     for train in (False, True):  # jitter moves samples but cannot change a uniform density's integral
         r.train(train)
-        out = r(g, solid(), o, d, torch.Generator().manual_seed(0))
+        out = r.render_rays(g, solid(), o, d, torch.Generator().manual_seed(0))
         chords = chord_lengths(o, d, 1.0)
         expected = 1 - torch.exp(-sigma * chords)
         assert (chords == 0).sum() in range(1, 9) and chords.max() > 2.4  # wide view: corners miss
@@ -107,7 +107,7 @@ def test_depth_of_thin_opaque_wall():
     d = torch.stack([-torch.cos(angles), torch.sin(angles), 0.3 * torch.sin(angles)], dim=-1)
     d = F.normalize(d, dim=-1).reshape(1, 1, 4, 3)
     o = torch.tensor([3.0, 0.0, 0.0]).expand(1, 1, 4, 3)
-    out = renderer(step_size=0.005)(wall, solid(), o, d)
+    out = renderer(step_size=0.005).render_rays(wall, solid(), o, d)
     expected = (3.0 - 0.35) / -d[..., 0]
     torch.testing.assert_close(out.opacity[..., 0], torch.ones(1, 1, 4))
     torch.testing.assert_close(out.depth[..., 0], expected, atol=0.006, rtol=0)
@@ -117,7 +117,7 @@ def test_depth_of_thin_opaque_wall():
 def test_weights_sum_to_opacity_and_composite_identities():
     g = grid(density_init=1.5, feature_init_std=1.0)
     o, d = camera_rays()
-    out = renderer(step_size=0.05)(g, solid(0.7), o, d)
+    out = renderer(step_size=0.05).render_rays(g, solid(0.7), o, d)
     torch.testing.assert_close(out.weights.sum(dim=-1, keepdim=True), out.opacity)
     assert (out.opacity > 0.1).all() and (out.opacity < 1).all()
     assert (out.weights >= 0).all()
@@ -133,15 +133,15 @@ def test_stratified_jitter_is_deterministic_given_the_generator():
     r = renderer(step_size=0.05)
     bg = solid()
     r.train()
-    a = r(g, bg, o, d, torch.Generator().manual_seed(5))
-    b = r(g, bg, o, d, torch.Generator().manual_seed(5))
-    c = r(g, bg, o, d, torch.Generator().manual_seed(6))
+    a = r.render_rays(g, bg, o, d, torch.Generator().manual_seed(5))
+    b = r.render_rays(g, bg, o, d, torch.Generator().manual_seed(5))
+    c = r.render_rays(g, bg, o, d, torch.Generator().manual_seed(6))
     assert torch.equal(a.color, b.color) and torch.equal(a.weights, b.weights)
     assert not torch.equal(a.color, c.color)
-    mid = r(g, bg, o, d, None)  # training mode without a generator: midpoints
+    mid = r.render_rays(g, bg, o, d, None)  # training mode without a generator: midpoints
     r.eval()
-    e1 = r(g, bg, o, d, torch.Generator().manual_seed(5))
-    e2 = r(g, bg, o, d)
+    e1 = r.render_rays(g, bg, o, d, torch.Generator().manual_seed(5))
+    e2 = r.render_rays(g, bg, o, d)
     assert torch.equal(e1.color, e2.color) and torch.equal(e1.color, mid.color)
     assert not torch.equal(e1.color, a.color)
 
@@ -151,8 +151,8 @@ def test_chunking_does_not_change_the_result():
     o, d = camera_rays()
     a, b = renderer(step_size=0.05, chunk_size=0), renderer(step_size=0.05, chunk_size=7)
     a.train(), b.train()
-    ra = a(g, solid(), o, d, torch.Generator().manual_seed(1))
-    rb = b(g, solid(), o, d, torch.Generator().manual_seed(1))
+    ra = a.render_rays(g, solid(), o, d, torch.Generator().manual_seed(1))
+    rb = b.render_rays(g, solid(), o, d, torch.Generator().manual_seed(1))
     for x, y in [(ra.color, rb.color), (ra.weights, rb.weights), (ra.depth, rb.depth)]:
         torch.testing.assert_close(x, y)
 
@@ -196,8 +196,8 @@ def test_pure_path_agrees_with_nerfacc(device):
     g = grid(density_init=1.0).to(device)
     o, d = camera_rays()
     o, d = o.to(device), d.to(device)
-    rt = renderer(step_size=0.05, backend="torch")(g, solid().to(device), o, d)
-    rn = renderer(step_size=0.05, backend="nerfacc")(g, solid().to(device), o, d)
+    rt = renderer(step_size=0.05, backend="torch").render_rays(g, solid().to(device), o, d)
+    rn = renderer(step_size=0.05, backend="nerfacc").render_rays(g, solid().to(device), o, d)
     for x, y in [(rt.color, rn.color), (rt.opacity, rn.opacity), (rt.depth, rn.depth), (rt.weights, rn.weights)]:
         torch.testing.assert_close(x, y)
 
@@ -214,7 +214,7 @@ def test_gradients_match_finite_differences_float64():
     proj = [torch.randn(s, generator=torch.Generator().manual_seed(9), dtype=torch.float64) for s in [(1, 4, 4, 2), (1, 4, 4, 1), (1, 4, 4, 1)]]
 
     def loss():
-        out = r(g, bg, o, d)
+        out = r.render_rays(g, bg, o, d)
         return (out.color * proj[0]).sum() + (out.opacity * proj[1]).sum() + (out.depth * proj[2]).sum()
 
     loss().backward()
@@ -242,7 +242,7 @@ def test_normals_extras_and_errors():
     with torch.no_grad():  # a ball of radius 0.5 with a sharp edge
         g.density_grid[0, 0] = 200.0 * (0.5 - torch.stack([x, y, z], -1).norm(dim=-1))
     o, d = camera_rays(h=6, fovy=25.0)
-    out = renderer(step_size=0.05, return_normals=True)(g, solid(), o, d)
+    out = renderer(step_size=0.05, return_normals=True).render_rays(g, solid(), o, d)
     S = out.weights.shape[-1]
     assert out.extras["normals"].shape == (1, 6, 6, S, 3) and torch.equal(out.extras["ray_dirs"], d)
     # The visible side of a ball faces the camera: the weighted n . d is negative, close to -1
@@ -253,7 +253,7 @@ def test_normals_extras_and_errors():
     assert (central < -0.9).all(), central
 
     with pytest.raises(ConfigError, match="return_normals"):
-        renderer(return_normals=True)(Wall(), solid(), o, d)
+        renderer(return_normals=True).render_rays(Wall(), solid(), o, d)
     # A background whose channels differ from the geometry's is refused at start-up
     # (tests/run/test_system.py), not by the renderer on every call.
 

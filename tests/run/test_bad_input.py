@@ -129,6 +129,10 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
          [str(broken_json / "unet" / "config.json"), "JSON"]),
         ("model-truncated", ["prior=stable-diffusion", f"prior.model={truncated}"],
          [str(weights), "truncated"]),
+        # a loss that reads what the renderer does not return
+        ("loss-reads-normals", ["+system.losses.orientation={}", "+system.loss_weights.lambda_orientation=1"],
+         ["loss 'orientation' (OrientationLoss) reads normals, ray_dirs", "renderer=volume (VolumeRenderer)",
+          "renderer.return_normals=true"]),
         # a render resolution the prior cannot take
         ("res-latent", ["system=sjc", *tiny, "data.height=9", "data.width=9"],
          ["latent size 8x8", "9x9", "data.height=8 data.width=8"]),
@@ -200,7 +204,7 @@ BAD = [
     "type-data", "type-guidance", "type-seed", "seed-negative", "seed-too-large", "nan-guidance-scale",
     "inf-loss-weight", "stop-signal-uncatchable", "stop-signal-unknown", "keep-checkpoints-zero", "lr-negative",
     "lr-huge", "optimizer-betas", "optimizer-arg-unknown", "optimizer-name", "geometry-memory", "hash-grid-memory",
-    "hash-grid-levels", "type-section", "type-mode", "type-syntax", "prompt-empty",
+    "hash-grid-levels", "loss-reads-normals", "type-section", "type-mode", "type-syntax", "prompt-empty",
     "prompt-blank", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
     "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
     "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",

@@ -1,0 +1,167 @@
+"""DMTet mesh geometry (Magic3D's fine stage): a signed distance and a vertex offset on a
+tetrahedral grid, marching tetrahedra in PyTorch, and a feature field read at surface points.
+
+Layout. ``resolution`` cells per axis over the box [-r, r]^3, each cut into 6 tetrahedra
+(``scorelift.maths.tetrahedra.tet_grid``). Each grid vertex holds a signed distance (negative
+inside) and an offset that moves it within ``deform_scale`` of half a cell
+(``offset = deform_scale * h / 2 * tanh(raw)``, h the cell size), as DMTet bounds it so that
+tetrahedra cannot fold. ``mesh()`` runs marching tetrahedra on the deformed grid: the surface is
+differentiable in both.
+
+Features (colour or latents) come from a dense grid of ``feature_resolution`` points per axis,
+trilinearly interpolated at the surface points the renderer asks for, with the activation of
+the voxel grid (``sigmoid``: RGB; ``none`` / ``tanh``: latents).
+
+Initialisation. A sphere of ``init_radius`` (the signed distance of a sphere), or
+``init_from(geometry)``: a finished density-field run's geometry, as Magic3D starts its mesh
+stage. The signed distance becomes ``level - density`` at the grid vertices (``level``: the
+density the mesh export chooses, ``scorelift.outputs.mesh.pick_threshold``), scaled to world units
+(``sdf_scale``), and the features are the field's own, sampled at the feature grid's points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from scorelift.errors import ConfigError
+from scorelift.interfaces.geometry import Geometry, GeometryOutput
+from scorelift.maths.tetrahedra import marching_tets, tet_grid
+from scorelift.registry import register
+
+FEATURE_KINDS = {"none": "latent", "tanh": "latent", "sigmoid": "rgb"}
+LATENT_BOUND = 3.0  # tanh latents are bounded to +-3, as the voxel grid's
+
+
+@dataclass(kw_only=True)
+class DMTetConfig:
+    """Options of ``dmtet`` and their defaults (``geometry=dmtet geometry.<option>=...``)."""
+
+    resolution: int = 32  # tetrahedral grid cells per axis (6 tetrahedra per cell)
+    bbox_radius: float = 1.0  # the grid spans [-r, r]^3
+    n_features: int = 3  # C: 3 for RGB (sigmoid), the prior's latent channels otherwise
+    feature_activation: str = "sigmoid"  # sigmoid (RGB) | none | tanh (latents, bounded to +-3)
+    feature_resolution: int = 64  # feature grid points per axis
+    deform_scale: float = 1.0  # vertex offsets reach this fraction of half a cell (0: no deformation)
+    init_radius: float = 0.5  # the starting sphere, when not started from a run (init_from=)
+    # Signed distance per unit of density below the export level, when started from a density field.
+    sdf_scale: float = 0.1
+    feature_init_std: float = 0.0  # features start as N(0, std^2) before activation (0: mid-grey / zero latents)
+    init_seed: int = 0
+
+
+@register("geometry", "dmtet")
+class DMTetGeometry(Geometry):
+    """Parameters ``sdf`` [V], ``deform`` [V, 3] on the tetrahedral grid's V vertices and
+    ``feature_grid`` [1, C, R_f, R_f, R_f]; ``mesh()`` -> vertices [M, 3], faces [K, 3];
+    ``forward(points [N, 3])`` -> features [N, C] (density 1 inside the grid's box, 0 outside:
+    a rasteriser reads the surface, not a density)."""
+
+    Config = DMTetConfig
+    kind = "mesh"
+    feature_kinds = FEATURE_KINDS
+    size_options = ("resolution", "feature_resolution", "n_features")
+
+    @classmethod
+    def check_config(cls, c: DMTetConfig) -> None:
+        if c.resolution < 2:
+            raise ConfigError(f"geometry (dmtet) resolution={c.resolution} must be at least 2 cells per axis.")
+        if c.feature_resolution < 2:
+            raise ConfigError(f"geometry (dmtet) feature_resolution={c.feature_resolution} must be at least 2.")
+        if c.feature_activation not in FEATURE_KINDS:
+            raise ConfigError(f"geometry (dmtet) feature_activation={c.feature_activation!r} is not one of "
+                              f"{', '.join(FEATURE_KINDS)}.")
+        if c.feature_activation == "sigmoid" and c.n_features != 3:
+            raise ConfigError(f"geometry (dmtet) feature_activation='sigmoid' renders RGB and needs n_features=3, "
+                              f"got {c.n_features}.")
+        if not c.bbox_radius > 0 or not 0 < c.init_radius < c.bbox_radius:
+            raise ConfigError(f"geometry (dmtet) bbox_radius={c.bbox_radius} must be positive and init_radius="
+                              f"{c.init_radius} inside it.")
+        if not 0 <= c.deform_scale <= 1:
+            raise ConfigError(f"geometry (dmtet) deform_scale={c.deform_scale} must lie in [0, 1] (a fraction of "
+                              f"half a cell; more lets tetrahedra fold).")
+        if not c.sdf_scale > 0 or c.feature_init_std < 0:
+            raise ConfigError(f"geometry (dmtet) sdf_scale={c.sdf_scale} must be positive and feature_init_std="
+                              f"{c.feature_init_std} non-negative.")
+
+    @classmethod
+    def parameter_bytes(cls, c: DMTetConfig) -> int:
+        vertices = (c.resolution + 1) ** 3
+        return 4 * (4 * vertices + c.n_features * c.feature_resolution ** 3)
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        c = self.cfg
+        self.n_features = c.n_features
+        self.feature_kind = FEATURE_KINDS[c.feature_activation]
+        r = float(c.bbox_radius)
+        self.register_buffer("bbox", torch.tensor([[-r] * 3, [r] * 3]))
+        vertices, tets = tet_grid(c.resolution, r)
+        self.register_buffer("grid_vertices", vertices, persistent=False)
+        self.register_buffer("tets", tets, persistent=False)
+        self.cell = 2.0 * r / c.resolution
+        self.sdf = torch.nn.Parameter(vertices.norm(dim=-1) - c.init_radius)
+        self.deform = torch.nn.Parameter(torch.zeros_like(vertices))
+        gen = torch.Generator().manual_seed(c.init_seed)
+        R = c.feature_resolution
+        self.feature_grid = torch.nn.Parameter(torch.randn((1, c.n_features, R, R, R), generator=gen) * c.feature_init_std)
+
+    # ----------------------------------------------------------------------------- the surface
+    def deformed_vertices(self) -> torch.Tensor:
+        """[V, 3] grid vertices moved by their bounded offsets."""
+        return self.grid_vertices + self.cfg.deform_scale * 0.5 * self.cell * torch.tanh(self.deform)
+
+    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surface: vertices [M, 3] (differentiable in ``sdf`` and ``deform``), faces [K, 3]."""
+        return marching_tets(self.deformed_vertices(), self.tets, self.sdf)
+
+    # ----------------------------------------------------------------------------- features
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        act = self.cfg.feature_activation
+        if act == "sigmoid":
+            return torch.sigmoid(raw)
+        if act == "tanh":
+            return LATENT_BOUND * torch.tanh(raw / LATENT_BOUND)
+        return raw
+
+    def inverse_activation(self, value: torch.Tensor) -> torch.Tensor:
+        act = self.cfg.feature_activation
+        if act == "sigmoid":
+            return torch.logit(value.clamp(1e-4, 1 - 1e-4))
+        if act == "tanh":
+            return LATENT_BOUND * torch.atanh((value / LATENT_BOUND).clamp(-0.999, 0.999))
+        return value
+
+    def forward(self, points: torch.Tensor) -> GeometryOutput:
+        r = self.cfg.bbox_radius
+        coords = (points / r).clamp(-1.0, 1.0).to(self.feature_grid.dtype)
+        raw = F.grid_sample(self.feature_grid, coords.view(1, -1, 1, 1, 3), mode="bilinear",
+                            padding_mode="border", align_corners=True)  # [1, C, N, 1, 1]
+        features = self.activate(raw.view(self.n_features, -1).t())
+        inside = (points.abs() <= r).all(dim=-1).to(features.dtype)
+        return GeometryOutput(density=inside, features=features)
+
+    # ----------------------------------------------------------------------------- from a density field
+    @torch.no_grad()
+    def init_from(self, field: Geometry, level: float) -> None:
+        """Start from a finished density-field geometry: the signed distance ``sdf_scale *
+        (level - density)`` at the grid vertices, the features sampled at the feature grid."""
+        if field.n_features != self.n_features:
+            raise ConfigError(
+                f"init_from: the density field renders {field.n_features} channels but geometry.n_features="
+                f"{self.n_features}; set geometry.n_features={field.n_features} (and the matching "
+                f"feature_activation).")
+        device = self.sdf.device
+        field = field.to(device)
+        density = torch.cat([field.density(chunk) for chunk in self.grid_vertices.split(65536)])
+        self.sdf.copy_(self.cfg.sdf_scale * (level - density))
+        self.deform.zero_()
+        R = self.cfg.feature_resolution
+        axis = torch.linspace(-self.cfg.bbox_radius, self.cfg.bbox_radius, R, device=device)
+        z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+        points = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+        features = torch.cat([field(chunk).features for chunk in points.split(65536)])  # [R^3, C]
+        raw = self.inverse_activation(features.to(self.feature_grid.dtype))
+        self.feature_grid.copy_(raw.t().reshape(1, self.n_features, R, R, R))

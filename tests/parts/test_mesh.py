@@ -1,0 +1,204 @@
+"""The mesh stage's pieces with hand-computed numbers: the tetrahedral grid, marching tetrahedra on
+an analytic sphere, a single triangle's coverage, its depth test and its silhouette gradients, and
+the DMTet geometry drawn by the rasteriser."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scorelift.data.cameras import make_cameras
+from scorelift.maths.rasterize import antialias, barycentrics, project, rasterize
+from scorelift.maths.tetrahedra import marching_tets, tet_grid
+from scorelift.builders import build_named
+
+
+def tet_volumes(vertices: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
+    p = vertices[tets]
+    return torch.linalg.det(torch.stack([p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]], dim=1)) / 6.0
+
+
+def test_the_tetrahedral_grid_fills_the_cube_without_gaps_or_overlaps():
+    vertices, tets = tet_grid(3, radius=1.5)
+    assert vertices.shape == (64, 3) and tets.shape == (6 * 27, 4)
+    volume = tet_volumes(vertices, tets).abs()
+    assert torch.allclose(volume, torch.full_like(volume, 1.0 ** 3 / 6))  # cell side 1: six tets of 1/6
+    assert volume.sum().item() == pytest.approx(3.0 ** 3)
+    # conforming: every triangle of the grid is shared by two tets, or lies on the cube's surface
+    tri = torch.sort(tets[:, [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]].reshape(-1, 3), dim=1).values
+    _, counts = torch.unique(tri, dim=0, return_counts=True)
+    assert set(counts.tolist()) == {1, 2}
+    on_surface = (vertices[torch.unique(tri, dim=0)[counts == 1]].abs() == 1.5).all(dim=1).any(dim=1)
+    assert on_surface.all()  # each unshared triangle has its three vertices on one face of the cube
+
+
+def sphere_mesh(resolution: int = 32, radius: float = 0.6):
+    vertices, tets = tet_grid(resolution, 1.0)
+    return marching_tets(vertices, tets, vertices.norm(dim=-1) - radius)
+
+
+def test_marching_tets_on_a_sphere_gives_its_area_and_volume_and_a_closed_outward_surface():
+    verts, faces = sphere_mesh()
+    p = verts[faces]
+    cross = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=-1)
+    area = 0.5 * cross.norm(dim=-1).sum().item()
+    assert area == pytest.approx(4 * math.pi * 0.36, rel=0.02)
+    volume = (p[:, 0] * cross).sum().item() / 6  # divergence theorem: positive when normals point out
+    assert volume == pytest.approx(4 / 3 * math.pi * 0.6 ** 3, rel=0.03)
+    edges = torch.sort(faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), dim=1).values
+    _, counts = torch.unique(edges, dim=0, return_counts=True)
+    assert (counts == 2).all()  # watertight: every edge between exactly two triangles
+    assert (verts.norm(dim=-1) - 0.6).abs().max() < 0.02  # vertices on the sphere (linear crossing)
+
+
+def test_a_surface_vertex_moves_with_the_signed_distances_as_the_crossing_formula_says():
+    vertices = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1, 0], [0.0, 0, 1]])
+    tets = torch.tensor([[0, 1, 2, 3]])
+    sdf = torch.tensor([-0.3, 0.5, 0.2, 0.4], requires_grad=True)
+    verts, faces = marching_tets(vertices, tets, sdf)
+    assert faces.shape == (1, 3)
+    on_x = verts[(verts[:, 1] == 0) & (verts[:, 2] == 0)]  # on edge 0-1: x = s0 / (s0 - s1) = 0.375
+    assert on_x[0, 0].item() == pytest.approx(0.3 / 0.8)
+    (grad,) = torch.autograd.grad(on_x[0, 0], sdf)
+    # d/ds0 of s0 / (s0 - s1) = -s1 / (s0 - s1)^2; d/ds1 = s0 / (s0 - s1)^2
+    assert grad.tolist() == pytest.approx([-0.5 / 0.64, -0.3 / 0.64, 0.0, 0.0])
+    p = verts[faces[0]]
+    normal = torch.linalg.cross(p[1] - p[0], p[2] - p[0])
+    assert (normal * torch.tensor([1.0, 1, 1])).sum() > 0  # points away from the inside vertex 0
+
+
+def test_a_single_triangles_coverage_is_the_pixels_whose_centres_it_holds():
+    xy = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]]])  # x + y <= 4: centres with i + j <= 3
+    z = torch.ones(1, 3)
+    faces = torch.tensor([[0, 1, 2]])
+    covered = rasterize(xy, z, faces, 4, 4)[0] >= 0
+    assert covered.int().tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]
+    flipped = rasterize(xy[:, [0, 2, 1]], z, faces, 4, 4)[0] >= 0  # either winding is drawn
+    assert torch.equal(flipped, covered)
+    # a small max_pairs cuts the candidates into chunks without changing the result
+    assert torch.equal(rasterize(xy, z, faces, 4, 4, max_pairs=3)[0] >= 0, covered)
+
+
+def test_the_nearer_triangle_wins_the_depth_test_and_barycentrics_are_perspective_correct():
+    xy = torch.tensor([[[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [0.0, 0.0], [8.0, 0.0], [0.0, 8.0]]])
+    z = torch.tensor([[2.0, 2.0, 2.0, 1.0, 3.0, 1.0]])  # the second triangle tilts through the first
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    ids = rasterize(xy, z, faces, 8, 8)[0]
+    (b, i, j), f, bary, depth = barycentrics(xy, z, faces, ids[None])
+    # the second triangle's depth at screen barycentrics (w0, w1, w2): 1 / (w0 / 1 + w1 / 3 + w2 / 1)
+    x, y = j.double() + 0.5, i.double() + 0.5
+    w1 = x / 8
+    tilted = 1.0 / ((1 - w1) / 1.0 + w1 / 3.0)
+    assert torch.equal(f, torch.where(tilted < 2.0, 1, 0))
+    assert torch.allclose(depth.double(), torch.minimum(tilted, torch.full_like(tilted, 2.0)), atol=1e-5)
+    assert torch.allclose(bary.sum(-1), torch.ones(len(f)))
+
+
+@pytest.mark.parametrize("edge_x", [3.3, 2.8])
+def test_a_silhouette_edge_passes_its_position_to_the_opacity_of_the_pixels_it_crosses(edge_x):
+    """A triangle whose right edge is the vertical x = e from (e, -10) to (e, 30), seen in a 4 x 6
+    image: at row y the edge crossing between the centres j + 0.5 and j + 1.5 around it is at
+    s = e - (j + 0.5); the pixel beyond gains s - 1/2 of the opacity (s > 1/2), the pixel before
+    loses 1/2 - s (s < 1/2), so d(opacity)/d(edge position) is 1 per row. The edge's position at
+    row y is x1 + (y + 10) / 40 (x2 - x1), so d/dx1 = 1 - (y + 10) / 40 and d/dx2 = (y + 10) / 40."""
+    H, W = 4, 6
+    xy = torch.tensor([[[-50.0, -10.0], [edge_x, -10.0], [edge_x, 30.0]]], requires_grad=True)
+    z = torch.ones(1, 3)
+    faces = torch.tensor([[0, 1, 2]])
+    ids = rasterize(xy.detach(), z, faces, H, W)
+    covered = (ids >= 0).float()[..., None]
+    color, opacity = antialias(covered.clone(), covered.clone(), torch.ones(1, H, W), ids, xy, faces)
+    s = edge_x - (math.floor(edge_x - 0.5) + 0.5)
+    last_inside = math.floor(edge_x - 0.5)
+    expected = covered[0, :, :, 0].clone()
+    if s > 0.5:
+        expected[:, last_inside + 1] = s - 0.5
+    else:
+        expected[:, last_inside] = 0.5 + s
+    assert torch.allclose(opacity[0, :, :, 0], expected, atol=1e-6)
+    assert torch.equal(color, opacity)
+    opacity.sum().backward()
+    rows = torch.arange(H, dtype=torch.float32) + 0.5
+    assert xy.grad[0, 1, 0].item() == pytest.approx((1 - (rows + 10) / 40).sum().item(), abs=1e-5)
+    assert xy.grad[0, 2, 0].item() == pytest.approx(((rows + 10) / 40).sum().item(), abs=1e-5)
+    assert xy.grad[0, 0].abs().max().item() < 1e-6  # the far vertex moves no edge inside the image
+
+
+def test_projection_puts_a_point_where_the_cameras_ray_through_that_pixel_goes():
+    cams = make_cameras(20.0, torch.tensor([30.0, 200.0]), 3.0, 40.0, 16)
+    origins, dirs = cams.rays()
+    point = origins[:, 5, 11] + 2.5 * dirs[:, 5, 11]  # [2, 3] on the rays through pixel (5, 11)
+    for k in range(2):
+        xy, z = project(point[k:k + 1], cams.c2w[k:k + 1], cams.fovy[k:k + 1], 16, 16)
+        assert xy[0, 0].tolist() == pytest.approx([11.5, 5.5], abs=1e-4)
+        assert z[0, 0].item() > 0
+
+
+def test_the_rasteriser_draws_the_dmtet_sphere_with_its_silhouette_and_passes_gradients():
+    geometry = build_named("geometry", "dmtet", {"resolution": 24, "init_radius": 0.6, "feature_resolution": 8})
+    renderer = build_named("renderer", "rasterizer")
+    background = build_named("background", "solid", {"color": [0.0, 0.0, 1.0]})
+    size, distance, fovy = 48, 3.0, 40.0
+    cams = make_cameras(10.0, torch.tensor([0.0, 90.0]), distance, fovy, size)
+    out = renderer.render(geometry, background, cams)
+    assert out.weights is None and set(out.extras) == {"mesh"}
+    # the sphere's silhouette: a disc of radius focal * tan(asin(r / d)) pixels around the centre
+    focal = 0.5 * size / math.tan(math.radians(fovy) / 2)
+    radius_px = focal * math.tan(math.asin(0.6 / distance))
+    centre = torch.arange(size) + 0.5 - size / 2
+    disc = (centre[:, None] ** 2 + centre[None, :] ** 2) <= radius_px ** 2
+    mask = out.opacity[..., 0] > 0.5
+    iou = (mask & disc).sum().item() / (mask | disc).sum().item()
+    assert iou > 0.95
+    empty = out.opacity[0, ..., 0] == 0
+    assert empty.sum() > size * size / 2
+    assert torch.equal(out.color[0][empty], torch.tensor([0.0, 0.0, 1.0]).expand(int(empty.sum()), 3))
+    inside = mask[0] & disc
+    assert torch.allclose(out.color[0][inside], torch.full((int(inside.sum()), 3), 0.5), atol=1e-6)  # grey start
+    assert torch.allclose(out.depth[0][inside].min(), torch.tensor(distance - 0.6), atol=0.03)
+    # a loss on the render reaches the signed distances, the offsets and the features
+    (out.opacity.sum() + out.color[..., 0].sum()).backward()
+    for name in ("sdf", "deform", "feature_grid"):
+        assert getattr(geometry, name).grad.abs().sum() > 0, name
+
+
+def hinge(h: float) -> dict:
+    """Two triangles on the edge (1, 0, 0)-(0, 1, 0): one in the plane z = 0 (normal +z), one
+    rising to (1, 1, h) (normal (-h, -h, 1) / sqrt(1 + 2 h^2)), wound consistently."""
+    vertices = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1, 0], [1.0, 1, h]], requires_grad=True)
+    return {"vertices": vertices, "faces": torch.tensor([[0, 1, 2], [1, 3, 2]])}
+
+
+def mesh_render(mesh: dict):
+    from scorelift.interfaces import RenderOutput
+
+    zero = torch.zeros(1, 2, 2, 1)
+    return RenderOutput(color=zero.expand(1, 2, 2, 3), opacity=zero, depth=zero, extras={"mesh": mesh})
+
+
+def test_normal_consistency_of_a_hinge_is_one_minus_the_cosine_of_its_angle():
+    loss = build_named("loss", "normal-consistency")
+    assert loss.reads == ("mesh",)
+    assert loss(mesh_render(hinge(0.0)), None).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(mesh_render(hinge(1.0)), None).item() == pytest.approx(1 - 1 / math.sqrt(3))
+    empty = {"vertices": torch.zeros(0, 3, requires_grad=True), "faces": torch.zeros(0, 3, dtype=torch.long)}
+    assert loss(mesh_render(empty), None).item() == 0.0
+
+
+def test_laplacian_smoothness_of_a_hinge_is_the_hand_computed_mean():
+    """h = 1: vertex 0's neighbours average (0.5, 0.5, 0): 0.5; vertex 3's (0.5, 0.5, 0) from
+    (1, 1, 1): 0.5 + 1; vertices 1 and 2 each (1/3)(1, 2, 1) or (2, 1, 1) away: 8/9 + 1/9.
+    Mean (0.5 + 1.5 + 1 + 1) / 4 = 1."""
+    loss = build_named("loss", "laplacian-smoothness")
+    mesh = hinge(1.0)
+    value = loss(mesh_render(mesh), None)
+    assert value.item() == pytest.approx(1.0)
+    value.backward()
+    # d/d v3 of (1/4) ||v3 - (v1 + v2) / 2||^2 (+ the terms of v1 and v2, which hold v3 / 3): hand-derived
+    v = mesh["vertices"].detach()
+    lap = {0: v[0] - (v[1] + v[2]) / 2, 1: v[1] - (v[0] + v[2] + v[3]) / 3,
+           2: v[2] - (v[0] + v[1] + v[3]) / 3, 3: v[3] - (v[1] + v[2]) / 2}
+    grad3 = (2 * lap[3] - 2 * lap[1] / 3 - 2 * lap[2] / 3) / 4
+    assert torch.allclose(mesh["vertices"].grad[3], grad3, atol=1e-6)

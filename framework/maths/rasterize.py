@@ -13,15 +13,16 @@ The pipeline of a differentiable rasteriser (the split is nvdiffrast's, Laine et
    in its triangle, differentiable in the projected vertices: attributes interpolated with them
    pass gradients to the vertices through the interior of each triangle.
 4. ``antialias``: coverage alone is a step function of the vertex positions, with no gradient at
-   the silhouette. Where two horizontally or vertically adjacent pixels see different surfaces
-   (one of them the background, or a triangle sharing no vertex with the other: an occlusion
-   boundary), the front triangle's edge crosses the segment between the two pixel centres at a
-   fraction s of the way (s in [0, 1), from the front pixel's centre). The pixel on the side the
-   edge does not reach is blended towards the other by the area the edge moves across its half
-   of the segment: the far pixel gains (s - 1/2) of the front colour when s > 1/2, the front
-   pixel gives up (1/2 - s) of its colour when s < 1/2. The blend is linear in s, and s is
-   differentiable in the edge's vertices: moving a silhouette edge by one pixel changes the
-   crossed pixels' colour by the colour difference across the edge.
+   the silhouette. Where two horizontally or vertically adjacent pixels see different triangles
+   and a silhouette edge of the mesh (``silhouette_edges``: an edge between a face turned towards
+   the camera and one turned away, or an edge of one face only) crosses the segment between their
+   centres, at a fraction s of the way from the front pixel's centre (s in [0, 1)), the pixel on
+   the side the edge does not reach is blended towards the other by the area the edge moves
+   across its half of the segment: the far pixel gains (s - 1/2) of the front colour when s >
+   1/2, the front pixel gives up (1/2 - s) of its colour when s < 1/2. The blend is linear in s,
+   and s is differentiable in the edge's vertices: moving a silhouette edge by one pixel changes
+   the crossed pixels' colour by the colour difference across the edge. Pairs inside one surface
+   cross no silhouette edge and are left alone.
 """
 
 from __future__ import annotations
@@ -142,52 +143,88 @@ def barycentrics(xy: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, face_id
     return (b, i, j), f, weighted / inv_z, 1.0 / inv_z[:, 0]
 
 
-def antialias(color: torch.Tensor, opacity: torch.Tensor, depth: torch.Tensor, face_id: torch.Tensor,
-              xy: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend the pixels across silhouette and occlusion edges (see the module docstring).
+def silhouette_edges(vertices: torch.Tensor, faces: torch.Tensor, origins: torch.Tensor) -> list[torch.Tensor]:
+    """Per camera, the mesh edges on its silhouette: the edges of one face only, and the edges
+    between a face turned towards the camera and one turned away. vertices [V, 3], faces [F, 3],
+    origins [B, 3] camera positions -> B tensors [E_b, 2] of vertex indices."""
+    from .meshes import edges_of, face_normals
 
-    color [B, H, W, C], opacity [B, H, W, 1], depth [B, H, W] (view depth; any value where
-    empty), face_id [B, H, W], xy [B, V, 2] (differentiable), faces [F, 3] -> (color, opacity)."""
+    if faces.shape[0] == 0:
+        return [faces.new_zeros((0, 2)) for _ in range(origins.shape[0])]
+    edges, edge_ids = edges_of(faces)
+    normals = face_normals(vertices.detach(), faces, unit=False)  # [F, 3]
+    centroids = vertices.detach()[faces].mean(dim=1)
+    flat = edge_ids.reshape(-1)
+    count = torch.bincount(flat, minlength=edges.shape[0])
+    out = []
+    for origin in origins:
+        towards = ((normals * (origin - centroids)).sum(-1) > 0).long()  # [F]
+        per_edge = torch.zeros(edges.shape[0], dtype=torch.long, device=faces.device)
+        per_edge = per_edge.index_add(0, flat, towards.repeat_interleave(3))
+        # boundary (one face), or a face each way (two faces, one towards the camera)
+        mask = (count == 1) | ((count == 2) & (per_edge == 1))
+        out.append(edges[mask])
+    return out
+
+
+def antialias(color: torch.Tensor, opacity: torch.Tensor, depth: torch.Tensor, face_id: torch.Tensor,
+              xy: torch.Tensor, edges: list[torch.Tensor], max_pairs: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend the pixels across silhouette edges (see the module docstring).
+
+    color [B, H, W, C], opacity [B, H, W, 1], depth [B, H, W] (any value where empty), face_id
+    [B, H, W], xy [B, V, 2] (differentiable), edges: per image the silhouette edges [E_b, 2]
+    (``silhouette_edges``) -> (color, opacity). A pair of adjacent pixels that see different
+    triangles is blended where a silhouette edge crosses the segment between their centres (the
+    crossing nearest the front pixel); pairs within one surface cross no silhouette edge."""
     signal = torch.cat([color, opacity], dim=-1)  # [B, H, W, C + 1], blended together
     delta = torch.zeros_like(signal)
     for axis in (1, 2):  # vertical pairs (rows i, i + 1), then horizontal (columns j, j + 1)
         n = face_id.shape[axis] - 1
         fa, fb = face_id.narrow(axis, 0, n), face_id.narrow(axis, 1, n)
         da, db = depth.narrow(axis, 0, n), depth.narrow(axis, 1, n)
-        differ = fa != fb
-        both = (fa >= 0) & (fb >= 0)
-        shared = (faces[fa.clamp_min(0)][..., :, None] == faces[fb.clamp_min(0)][..., None, :]).any(-1).any(-1)
-        edge_pair = differ & ~(both & shared)
-        # the front pixel: the only covered one, or the nearer
-        a_front = (fb < 0) | ((fa >= 0) & (da <= db))
-        b, i, j = edge_pair.nonzero(as_tuple=True)
-        if b.numel() == 0:
-            continue
-        front_first = a_front[b, i, j]
-        step = torch.tensor([1, 0] if axis == 1 else [0, 1], device=face_id.device)  # (di, dj) to the second pixel
-        first = torch.stack([i, j], dim=-1)
-        second = first + step
-        front = torch.where(front_first[:, None], first, second)
-        back = torch.where(front_first[:, None], second, first)
-        f = face_id[b, front[:, 0], front[:, 1]]
-        tri = xy[b[:, None], faces[f]]  # [n, 3, 2]
-        centre_front = front.flip(-1).to(xy.dtype) + 0.5  # (x, y)
-        centre_back = back.flip(-1).to(xy.dtype) + 0.5
-        bf = screen_barycentrics(tri, centre_front)
-        bb = screen_barycentrics(tri, centre_back)
-        # the edge of the front triangle crossed first on the way out: b_k falls below 0
-        exits = (bb < 0) & (bf >= 0)
-        s = torch.where(exits, bf / (bf - bb).clamp_min(1e-12), torch.full_like(bf, 2.0)).amin(dim=-1)
-        ok = s < 1.0
-        if not ok.any():
-            continue
-        b, front, back, s = b[ok], front[ok], back[ok], s[ok]
-        sf = signal[b, front[:, 0], front[:, 1]]
-        sb = signal[b, back[:, 0], back[:, 1]]
-        reach = (s - 0.5)[:, None]
-        to_back = torch.where(reach > 0, reach * (sf - sb), torch.zeros_like(sf))
-        to_front = torch.where(reach < 0, -reach * (sb - sf), torch.zeros_like(sf))
-        delta = delta.index_put((b, back[:, 0], back[:, 1]), to_back, accumulate=True)
-        delta = delta.index_put((b, front[:, 0], front[:, 1]), to_front, accumulate=True)
+        a_front = (fb < 0) | ((fa >= 0) & (da <= db))  # the only covered one, or the nearer
+        step = torch.tensor([1, 0] if axis == 1 else [0, 1], device=face_id.device)  # (di, dj) to the second
+        for b in range(face_id.shape[0]):
+            i, j = (fa[b] != fb[b]).nonzero(as_tuple=True)
+            e = edges[b]
+            if i.numel() == 0 or e.shape[0] == 0:
+                continue
+            first = torch.stack([i, j], dim=-1)
+            front_first = a_front[b, i, j][:, None]
+            front = torch.where(front_first, first, first + step)
+            back = torch.where(front_first, first + step, first)
+            s = edge_crossings(front.flip(-1).to(xy.dtype) + 0.5, back.flip(-1).to(xy.dtype) + 0.5,
+                               xy[b, e[:, 0]], xy[b, e[:, 1]], max_pairs)
+            ok = s < 1.0
+            if not ok.any():
+                continue
+            front, back, s = front[ok], back[ok], s[ok]
+            sf = signal[b, front[:, 0], front[:, 1]]
+            sb = signal[b, back[:, 0], back[:, 1]]
+            reach = (s - 0.5)[:, None]
+            to_back = torch.where(reach > 0, reach * (sf - sb), torch.zeros_like(sf))
+            to_front = torch.where(reach < 0, -reach * (sb - sf), torch.zeros_like(sf))
+            index = torch.full_like(front[:, 0], b)
+            delta = delta.index_put((index, back[:, 0], back[:, 1]), to_back, accumulate=True)
+            delta = delta.index_put((index, front[:, 0], front[:, 1]), to_front, accumulate=True)
     out = signal + delta
     return out[..., :-1], out[..., -1:]
+
+
+def edge_crossings(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, max_pairs: int) -> torch.Tensor:
+    """For each segment a -> b ([P, 2] each), the smallest s in [0, 1) at which it crosses one of
+    the segments c -> d ([E, 2] each), or 2 where it crosses none: [P], differentiable in c, d."""
+    out = []
+    rows = max(1, max_pairs // max(1, c.shape[0]))
+    ab = b - a
+    cd = d - c  # [E, 2]
+    for lo in range(0, a.shape[0], rows):
+        aa, abr = a[lo:lo + rows, None, :], ab[lo:lo + rows, None, :]  # [p, 1, 2]
+        denom = abr[..., 0] * cd[None, :, 1] - abr[..., 1] * cd[None, :, 0]  # cross(ab, cd): [p, E]
+        ca = c[None] - aa  # [p, E, 2]
+        safe = torch.where(denom.abs() < 1e-12, torch.ones_like(denom), denom)
+        s = (ca[..., 0] * cd[None, :, 1] - ca[..., 1] * cd[None, :, 0]) / safe
+        t = (ca[..., 0] * abr[..., 1] - ca[..., 1] * abr[..., 0]) / safe
+        hit = (denom.abs() >= 1e-12) & (s >= 0) & (s < 1) & (t >= 0) & (t <= 1)
+        out.append(torch.where(hit, s, torch.full_like(s, 2.0)).amin(dim=1))
+    return torch.cat(out)

@@ -23,7 +23,7 @@ from scorelift.errors import ConfigError
 from scorelift.interfaces.background import Background
 from scorelift.interfaces.geometry import Geometry
 from scorelift.interfaces.renderer import RenderOutput, Renderer
-from scorelift.maths.rasterize import antialias, barycentrics, project, rasterize
+from scorelift.maths.rasterize import antialias, barycentrics, project, rasterize, silhouette_edges
 from scorelift.registry import register
 
 
@@ -68,6 +68,7 @@ class Rasterizer(Renderer):
         depth = torch.zeros((B, H, W, 1), dtype=dtype, device=bg.device).index_put((b, i, j), distance[:, None])
         color = fg + (1.0 - opacity) * bg
         if self.cfg.antialias and faces.shape[0]:
-            color, opacity = antialias(color, opacity, depth[..., 0].detach(), face_id, xy, faces)
+            edges = silhouette_edges(vertices, faces, cameras.c2w[:, :3, 3].to(vertices.dtype))
+            color, opacity = antialias(color, opacity, depth[..., 0].detach(), face_id, xy, edges, self.cfg.max_pairs)
         return RenderOutput(color=color, opacity=opacity, depth=depth,
                             extras={"mesh": {"vertices": vertices, "faces": faces}})

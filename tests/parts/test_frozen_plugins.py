@@ -129,7 +129,8 @@ def test_a_renderer_of_the_earlier_api_trains_with_a_deprecation_warning(env, ti
     generator)) still trains, given its rays from the camera batch, and its author is told once, as
     docs/plugins.md section 6 promises, what replaces the old form and when the old form goes."""
     run_dir = tmp_path / "run"
-    out = launch([*TINY_RUN, "guidance=sds", f"plugins.paths=[{ONE_FILE_RENDERER}]", "renderer=few-samples",
+    volume_options = [o for o in TINY_RUN if not o.startswith("renderer.")]
+    out = launch([*volume_options, "guidance=sds", f"plugins.paths=[{ONE_FILE_RENDERER}]", "renderer=few-samples",
                   "renderer.n_samples=24", f"prior.model={tiny_pipeline_dir}", f"hydra.run.dir={run_dir}"], env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("FutureWarning: Renderer") == 1, out.stderr[-3000:]

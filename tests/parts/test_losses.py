@@ -149,7 +149,7 @@ def test_end_to_end_render_then_losses():
     bg = build_named("background", "texture")
     rend = build_named("renderer", "volume", dict(step_size=0.05, return_normals=True))
     cams = make_cameras(20.0, 0.0, 2.0, 40.0, 16)
-    out = rend(geom, bg, *cams.rays())
+    out = rend.render(geom, bg, cams)
     total = 0
     for name in ("emptiness", "center-depth", "sparsity", "opacity-entropy", "orientation"):
         value = build_named("loss", name)(out, cams)

@@ -26,7 +26,7 @@ from .errors import ConfigError, PluginError
 from .memory import check_memory
 from .outputs import checkpoint as ckpt_files
 from .outputs.checkpoint import checkpoint_path
-from .plan import PART_KINDS, PartPlan, PriorFacts, RunPlan
+from .plan import PART_KINDS, InitSource, PartPlan, PriorFacts, RunPlan
 from .prompts import check_prompt, given_prompt
 from .run_lock import check_not_in_use
 from .trainer_options import check_trainer
@@ -307,12 +307,48 @@ def check_render_fit(cfg: DictConfig, parts: dict, losses: dict) -> None:
                 f"and system.loss_weights, or pick a renderer that returns {', '.join(missing)}.")
 
 
-def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
+def check_init_from(value, geometry_cls, source_cfg: DictConfig | None = None) -> InitSource | None:
+    """The checked source of ``init_from=value`` for a run whose geometry class is
+    ``geometry_cls`` (``scorelift.init_from`` says what is taken). ``source_cfg``: the config of a
+    source that an earlier stage of the same job will write (its folder need not exist yet).
+    ConfigError, one paragraph, when the source is no run with a checkpoint or its geometry cannot
+    start this one's."""
+    if value in (None, ""):
+        return None
+    run_dir = Path(str(value)).expanduser()
+    checkpoint = None
+    if source_cfg is None:
+        if run_dir.is_file():
+            run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(
+                f"init_from={value!r} is not a scorelift run directory (no config.yaml there). Pass the folder of a "
+                f"finished run, e.g. the coarse stage a mesh stage starts from.")
+        candidates = ckpt_files.candidates(run_dir)
+        checkpoint = ckpt_files.first_readable(candidates)[0] if candidates else None
+        if checkpoint is None:
+            raise ConfigError(
+                f"init_from={value!r}: the run holds no readable checkpoint (checkpoints/last.ckpt), so there is "
+                f"nothing to start from. Let that run train (resume it), or pass another run.")
+        source_cfg = OmegaConf.load(run_dir / "config.yaml")
+    geometry = plan_part("geometry", source_cfg.geometry, "the init_from run's geometry")
+    background = plan_part("background", source_cfg.background, "the init_from run's background")
+    from_field = hasattr(geometry_cls, "init_from") and getattr(geometry.cls, "kind", "field") == "field"
+    if not from_field and geometry.cls is not geometry_cls:
+        raise ConfigError(
+            f"init_from={value!r}: its geometry is {source_cfg.geometry.type} ({geometry.cls.__name__}), which cannot "
+            f"start this run's {geometry_cls.__name__}: a geometry starts from a density field only if it has "
+            f"init_from (the DMTet mesh does), or from a geometry of its own class. Pass a run of a density field.")
+    return InitSource(run_dir, checkpoint, geometry.cls, geometry.config, background.cls, background.config)
+
+
+def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: DictConfig | None = None) -> RunPlan:
     """Every check that needs no model weights, before anything is loaded or written: mode, seed,
     device, prompt, trainer, cameras, resume, each part's config, the prior's model (layout,
     tokenizer limit, image sizes) and how the parts fit together. Returns the run's plan (each
     part's parsed, checked config, the device, the fast path, the prior's facts), which building
-    takes as it is. ConfigError / PluginError / PriorLoadError name the key."""
+    takes as it is. ConfigError / PluginError / PriorLoadError name the key. ``init_source_cfg``:
+    the config of the run ``init_from`` names, when an earlier stage will write it."""
     from .data.cameras import CameraSamplerConfig, check_sampler_config
 
     if cfg.mode not in MODES:
@@ -384,9 +420,12 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None) -> RunPlan:
     as_pairs = {kind: (part.cls, part.config) for kind, part in parts.items()}
     check_composition(cfg, as_pairs, facts)
     check_render_fit(cfg, as_pairs, losses)
+    init_from = None
+    if cfg.mode == "train" and not cfg.resume:  # a resumed run continues from its own checkpoint
+        init_from = check_init_from(OmegaConf.select(cfg, "init_from"), parts["geometry"].cls, init_source_cfg)
     check_memory(cfg, as_pairs, device)  # scorelift.memory: the geometry's parameters against the device
     return RunPlan(
         config=resolved, mode=cfg.mode, seed=int(cfg.seed), prompt=prompt, device=device, fast_path=fast,
         deterministic=bool(cfg.deterministic), system=PartPlan("system", str(cfg.system.type), system_cls, system_config),
-        losses=losses, data=data, trainer=trainer, prior_facts=facts, **parts,
+        losses=losses, data=data, trainer=trainer, prior_facts=facts, init_from=init_from, **parts,
     )

@@ -28,6 +28,7 @@ from .command_line import (
 )
 from .console import setup_console_logging
 from .errors import EXIT_BAD_INPUT, ConfigError, RunStopped, ScoreliftError
+from .stages import split_stage_overrides, stage_specs
 
 
 def fail(exc: ScoreliftError) -> int:
@@ -63,7 +64,14 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
         print(f"scorelift: {saved.parent} has no .hydra/overrides.yaml: resuming from its config.yaml.", file=sys.stderr)
         return compose_saved(saved, overrides), None
     expanded = expand_resume(overrides)
-    return compose_config(expanded), saved_overrides(expanded)
+    plain, scoped = split_stage_overrides(expanded)  # stages.<name>.<key>=...: one stage's, applied by scorelift.stages
+    cfg = compose_config(plain)
+    if scoped and not stage_specs(cfg):
+        raise ConfigError(
+            f"{scoped[0]} sets a key of one stage, but this run has no stages (only a staged system such as "
+            f"system=magic3d has; its stages are listed by `scorelift --cfg job system=magic3d`). Drop the "
+            f"'stages.<name>.' prefix.")
+    return cfg, saved_overrides(expanded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
         composed = [compose_job(job) for job in jobs]
         configs = [cfg for cfg, _ in composed]
+        if not args.multirun and stage_specs(configs[0]):  # a staged system: its stages run in turn
+            return start_stages(configs[0], composed[0][1], args.show_cfg)
         if args.show_cfg:
             for cfg in configs:
                 keys = {"job": [k for k in cfg if k != "hydra"], "hydra": ["hydra"], "all": list(cfg)}[args.show_cfg]
@@ -99,6 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, run_dir, overrides=overrides, plan=plan)
     except ScoreliftError as exc:
         return fail(exc)
+    return 0
+
+
+def start_stages(cfg: DictConfig, overrides: list[str] | None, show_cfg: str | None) -> int:
+    """A staged run (``scorelift.stages``): every stage checked, then each run in turn in the job's
+    run directory; with ``--cfg`` every stage's config printed instead."""
+    from .stages import run_stages, show_stages
+
+    run_dir = run_dir_of(cfg)
+    if show_cfg:
+        print(show_stages(job_config(cfg), overrides or [], run_dir))
+        return 0
+    setup_console_logging()
+    run_stages(job_config(cfg), overrides, run_dir)
     return 0
 
 

@@ -75,6 +75,19 @@ class PriorFacts:
 
 
 @dataclass(frozen=True)
+class InitSource:
+    """A checked ``init_from``: the source run's folder, the checkpoint to read (None: a stage
+    before this one will write it), and its geometry's and background's classes and parsed configs."""
+
+    run_dir: Path
+    checkpoint: Path | None
+    geometry_cls: type
+    geometry_config: Any
+    background_cls: type
+    background_config: Any
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Everything start-up decided for one run (one stage of a multi-stage system).
 
@@ -83,8 +96,8 @@ class RunPlan:
     fast_path: where the run trains and whether the fast path is on (see ``scorelift.fast_path``);
     system, geometry, background, renderer, guidance, prior: each a ``PartPlan``; losses: name ->
     ``PartPlan`` of each configured loss; data: the camera sampler's parsed config; trainer: the
-    trainer section's parsed config; prior_facts: ``PriorFacts``; init_from: the checkpoint a stage
-    is initialised from (None: from the parts' own initialisation).
+    trainer section's parsed config; prior_facts: ``PriorFacts``; init_from: the run whose
+    geometry starts this one (``InitSource``; None: the parts' own initialisation).
     """
 
     config: Mapping[str, Any]
@@ -104,4 +117,4 @@ class RunPlan:
     data: Any
     trainer: Any
     prior_facts: PriorFacts
-    init_from: Path | None = None
+    init_from: InitSource | None = None

@@ -26,6 +26,7 @@ from .checks import ResumePoint, check_inputs, resume_checkpoint
 from .console import LOG_FORMAT
 from .disk_space import check_disk_space, free_bytes
 from .errors import ConfigError, RunStopped, RunWriteError
+from .init_from import start_from
 from .library_noise import quiet_known_library_noise
 from .outputs.checkpoint import (
     CheckpointKeeper,
@@ -238,6 +239,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, plan
             # (before Lightning, which sets it too, starts).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         system = build_system(plan)
+        started_from = None
+        if cfg.mode == "train" and point is None and plan.init_from is not None:
+            started_from = start_from(system, plan.init_from)  # the first step of a run started from another
         if cfg.mode == "train":
             check_disk_space(cfg, system, run_dir, point.step if point is not None else 0)
         if stop.requested:
@@ -250,6 +254,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, plan
         write_start_files(cfg, run_dir, overrides, device)
         with run_log(run_dir):
             log.info("Run directory: %s", run_dir)
+            if started_from:
+                log.info("%s", started_from)
             log_start_notes(removed, point, moved)
             try:
                 return run_mode(cfg, plan, system, run_dir, stop, point)

@@ -63,12 +63,15 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
     no_ckpt = root / "models" / "no-ckpt"
     (no_ckpt / ".hydra").mkdir(parents=True)
     (no_ckpt / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    no_ckpt_run = root / "models" / "no-ckpt-run"  # a run folder whose run never checkpointed
+    no_ckpt_run.mkdir(parents=True)
+    (no_ckpt_run / "config.yaml").write_text("seed: 0\n")
     tiny = tiny_prior(pipeline)
     twelve_words = " ".join(["a", "red", "cube"] * 4 + ["a"])  # 13 words: 15 tokens, 18 with ", overhead view"
     w = str(finished)
     spec = [
         # unknown system, guidance, geometry, renderer (and prior) names
-        ("system-name", ["system=nosuch"], ["system=nosuch", "'system'", "dreamfusion, prolificdreamer, sjc"]),
+        ("system-name", ["system=nosuch"], ["system=nosuch", "'system'", "dreamfusion, magic3d, magic3d-fine, prolificdreamer, sjc"]),
         ("guidance-name", ["guidance=nosuch"], ["guidance=nosuch", "paas, sds, ssd, vsd"]),
         ("geometry-name", ["geometry=nosuch"], ["geometry=nosuch", "hash-grid, voxel-grid"]),
         ("renderer-name", ["renderer=nosuch"], ["renderer=nosuch", "volume"]),
@@ -133,6 +136,17 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
         ("loss-reads-normals", ["+system.losses.orientation={}", "+system.loss_weights.lambda_orientation=1"],
          ["loss 'orientation' (OrientationLoss) reads normals, ray_dirs", "renderer=volume (VolumeRenderer)",
           "renderer.return_normals=true"]),
+        # geometry, renderer and losses that do not fit, stages, and a mesh stage with nothing to start from
+        ("geometry-kind", ["system=dreamfusion", "geometry=dmtet"],
+         ["geometry=dmtet (DMTetGeometry) is a mesh", "renderer=volume (VolumeRenderer) draws field geometry only"]),
+        ("loss-reads-weights", ["system=magic3d-fine", "+system.losses.emptiness={}", "+system.loss_weights.lambda_emptiness=1"],
+         ["loss 'emptiness' (EmptinessLoss) reads weights", "renderer=rasterizer (Rasterizer)"]),
+        ("dmtet-memory", ["system=magic3d-fine", "geometry.resolution=20000"],
+         ["geometry.resolution=20000", "TiB of float32 parameters", "Lower geometry.resolution"]),
+        ("init-from-no-ckpt", ["system=magic3d-fine", f"init_from={no_ckpt_run}"],
+         [f"init_from='{no_ckpt_run}'", "holds no readable checkpoint"]),
+        ("stage-key-plain-run", ["stages.fine.trainer.max_steps=3"], ["sets a key of one stage, but this run has no stages"]),
+        ("stage-unknown", ["system=magic3d", "stages.nosuch.seed=1"], ["no stage 'nosuch'", "coarse, fine"]),
         # a render resolution the prior cannot take
         ("res-latent", ["system=sjc", *tiny, "data.height=9", "data.width=9"],
          ["latent size 8x8", "9x9", "data.height=8 data.width=8"]),
@@ -204,7 +218,8 @@ BAD = [
     "type-data", "type-guidance", "type-seed", "seed-negative", "seed-too-large", "nan-guidance-scale",
     "inf-loss-weight", "stop-signal-uncatchable", "stop-signal-unknown", "keep-checkpoints-zero", "lr-negative",
     "lr-huge", "optimizer-betas", "optimizer-arg-unknown", "optimizer-name", "geometry-memory", "hash-grid-memory",
-    "hash-grid-levels", "loss-reads-normals", "type-section", "type-mode", "type-syntax", "prompt-empty",
+    "hash-grid-levels", "loss-reads-normals", "geometry-kind", "loss-reads-weights", "dmtet-memory", "init-from-no-ckpt",
+    "stage-key-plain-run", "stage-unknown", "type-section", "type-mode", "type-syntax", "prompt-empty",
     "prompt-blank", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
     "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
     "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",

@@ -1,0 +1,121 @@
+"""Staged runs (``system=magic3d``): a coarse density field, then a DMTet mesh started from it,
+as two runs in one run folder. Real launches on the tiny Stable-Diffusion pipeline: the stages run
+in turn with their budgets, the mesh stage starts from the coarse stage's checkpoint, a SIGTERM in
+the mesh stage resumes there to the uninterrupted job's weights, and ``--cfg job`` shows every
+stage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import pytest
+import torch
+import yaml
+
+from tests.launching import REPO, launch, same_weights, start, wait_for_checkpoint
+
+pytestmark = pytest.mark.subprocess
+
+FINE_STEPS = 30
+
+
+def job_args(pipeline, run_dir, *extra: str) -> list[str]:
+    """A magic3d job on the tiny pipeline (8 x 8 latents, 16 x 16 pixels): a 12^3 voxel grid that
+    starts dense (so that the few coarse steps leave a surface), then an 8-cell DMTet."""
+    return [sys.executable, str(REPO / "launch.py"), "system=magic3d", "prior=stable-diffusion", f"prior.model={pipeline}",
+            "device=cpu", "evaluators=[]", "trainer.progress_bar=false", "trainer.checkpoint_every=2",
+            "data.height=16", "data.width=16", "system.views.resolution=16", "system.views.n_frames=2",
+            "trainer.max_steps=10", "stages.coarse.geometry.resolution=12", "stages.coarse.geometry.bbox_radius=1.0",
+            "stages.coarse.geometry.density_init=2.0", "stages.coarse.renderer.step_size=0.04",
+            "stages.fine.geometry.resolution=8", "stages.fine.geometry.feature_resolution=8",
+            f"stages.fine.trainer.max_steps={FINE_STEPS}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def invocations(run_dir) -> list[dict]:
+    return json.loads((run_dir / "run_info.json").read_text())["invocations"]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_pipeline_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("magic3d") / "job"
+    done = launch(job_args(tiny_pipeline_dir, run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, done
+
+
+def test_the_stages_run_in_turn_each_a_run_of_its_own(straight):
+    run_dir, done = straight
+    stages = json.loads((run_dir / "stages.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["coarse", "fine"]
+    coarse, fine = run_dir / "coarse", run_dir / "fine"
+    for stage in (coarse, fine):
+        assert [i["status"] for i in invocations(stage)] == ["finished"]
+        assert (stage / "turntable.mp4").is_file() and (stage / "grid.png").is_file()
+    # the job's budget split by the shares (0.6 / 0.4), and a stage's own setting on top
+    assert torch.load(coarse / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert torch.load(fine / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == FINE_STEPS
+    coarse_cfg = yaml.safe_load((coarse / "config.yaml").read_text())
+    fine_cfg = yaml.safe_load((fine / "config.yaml").read_text())
+    assert (coarse_cfg["geometry"]["type"], coarse_cfg["renderer"]["type"]) == ("voxel-grid", "volume")
+    assert (fine_cfg["geometry"]["type"], fine_cfg["renderer"]["type"]) == ("dmtet", "rasterizer")
+    assert fine_cfg["system"]["name"] == "magic3d-fine" and fine_cfg["geometry"]["resolution"] == 8
+    assert "Started the DMTetGeometry from the density field of" in (fine / "launch.log").read_text()
+    # the job's command line is saved for resume=, and a stage's for resuming that stage alone
+    assert "system=magic3d" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert "system=magic3d-fine" in yaml.safe_load((fine / ".hydra" / "overrides.yaml").read_text())
+
+
+def test_the_mesh_stage_starts_from_the_coarse_stages_density_at_the_export_level(straight):
+    """The fine stage's first step: signed distance sdf_scale * (level - density) at the grid's
+    vertices, with the export's automatic level of the coarse field (scorelift.outputs.mesh)."""
+    from scorelift.builders import build_named
+    from scorelift.init_from import part_state
+    from scorelift.outputs.mesh import pick_threshold, sample_density
+
+    run_dir, _ = straight
+    coarse_cfg = yaml.safe_load((run_dir / "coarse" / "config.yaml").read_text())
+    fine_cfg = yaml.safe_load((run_dir / "fine" / "config.yaml").read_text())
+    field = build_named("geometry", "voxel-grid", {k: v for k, v in coarse_cfg["geometry"].items() if k != "type"})
+    state = torch.load(run_dir / "coarse" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    field.load_state_dict(part_state(state, "geometry"))
+    mesh = build_named("geometry", "dmtet", {k: v for k, v in fine_cfg["geometry"].items() if k != "type"})
+    density, lo, spacing = sample_density(field, 128)
+    level = pick_threshold(density, "auto", lo, spacing)
+    mesh.init_from(field, level)
+    expected = mesh.cfg.sdf_scale * (level - field.density(mesh.grid_vertices))
+    assert torch.allclose(mesh.sdf, expected)
+    vertices, faces = mesh.mesh()
+    assert faces.shape[0] > 0  # a surface to refine
+
+
+def test_a_stop_in_the_mesh_stage_resumes_there_to_the_uninterrupted_weights(straight, tiny_pipeline_dir, tmp_path):
+    run_dir = tmp_path / "job"
+    proc = start(job_args(tiny_pipeline_dir, run_dir))
+    wait_for_checkpoint(proc, run_dir / "fine", 4, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "scorelift: stopped:" in stderr
+    assert [i["status"] for i in invocations(run_dir / "coarse")] == ["finished"]
+    assert invocations(run_dir / "fine")[-1]["status"] == "stopped"
+
+    again = launch([sys.executable, str(REPO / "launch.py"), f"resume={run_dir}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Stage 1 of 2 (coarse) finished before" in again.stderr
+    assert [i["status"] for i in invocations(run_dir / "coarse")] == ["finished"]  # not run again
+    assert [i["status"] for i in invocations(run_dir / "fine")] == ["stopped", "finished"]
+    uninterrupted, _ = straight
+    assert same_weights(run_dir / "fine" / "checkpoints" / "last.ckpt", uninterrupted / "fine" / "checkpoints" / "last.ckpt")
+    assert same_weights(run_dir / "coarse" / "checkpoints" / "last.ckpt", uninterrupted / "coarse" / "checkpoints" / "last.ckpt")
+
+
+def test_cfg_job_shows_every_stage(tiny_pipeline_dir, tmp_path):
+    shown = launch([*job_args(tiny_pipeline_dir, tmp_path / "job")[:2], "--cfg", "job",
+                    *job_args(tiny_pipeline_dir, tmp_path / "job")[2:]])
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "# stage 1 of 2: coarse" in shown.stdout and "# stage 2 of 2: fine" in shown.stdout
+    first, second = shown.stdout.split("# stage 2 of 2: fine")
+    assert "type: voxel-grid" in first and "type: dmtet" in second and "type: rasterizer" in second
+    assert not (tmp_path / "job").exists()

@@ -16,7 +16,6 @@ Only a run's first step is built this way: a resumed run continues from its own 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 

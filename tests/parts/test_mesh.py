@@ -88,8 +88,7 @@ def test_the_nearer_triangle_wins_the_depth_test_and_barycentrics_are_perspectiv
     ids = rasterize(xy, z, faces, 8, 8)[0]
     (b, i, j), f, bary, depth = barycentrics(xy, z, faces, ids[None])
     # the second triangle's depth at screen barycentrics (w0, w1, w2): 1 / (w0 / 1 + w1 / 3 + w2 / 1)
-    x, y = j.double() + 0.5, i.double() + 0.5
-    w1 = x / 8
+    w1 = (j.double() + 0.5) / 8  # the screen barycentric of vertex 4, (8, 0): x / 8
     tilted = 1.0 / ((1 - w1) / 1.0 + w1 / 3.0)
     assert torch.equal(f, torch.where(tilted < 2.0, 1, 0))
     assert torch.allclose(depth.double(), torch.minimum(tilted, torch.full_like(tilted, 2.0)), atol=1e-5)

@@ -150,11 +150,41 @@ def vertex_colours(system, vertices: np.ndarray, chunk: int = 4096) -> np.ndarra
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 3), dtype=np.float32)
 
 
+def surface_mesh(system, cfg: MeshExportConfig):
+    """A mesh geometry's own surface (``kind = "mesh"``: the DMTet's marching tetrahedra) as a
+    trimesh.Trimesh with vertex colours; None as its level (no density is cut)."""
+    import trimesh
+
+    with torch.no_grad():
+        vertices, faces = system.geometry.mesh()
+    mesh = trimesh.Trimesh(vertices=vertices.cpu().numpy(), faces=faces.cpu().numpy(), process=True)
+    if not len(mesh.faces):
+        raise ConfigError("The mesh geometry has no surface (its signed distance has no zero crossing): nothing "
+                          "to export. Resume the run from an earlier checkpoint, or start it again.")
+    return finish_mesh(system, cfg, mesh), None
+
+
+def finish_mesh(system, cfg: MeshExportConfig, mesh):
+    """Keep the largest piece (where asked) and colour the vertices from the geometry's features."""
+    if cfg.keep_largest and len(mesh.faces):
+        pieces = mesh.split(only_watertight=False)
+        if len(pieces) > 1:
+            mesh = max(pieces, key=lambda m: len(m.faces))
+    colours = vertex_colours(system, np.asarray(mesh.vertices))
+    mesh.visual.vertex_colors = np.concatenate(
+        [np.round(colours * 255).astype(np.uint8), np.full((len(colours), 1), 255, np.uint8)], axis=1
+    )
+    return mesh
+
+
 def extract_mesh(system, cfg: MeshExportConfig):
-    """The geometry's iso-surface as a trimesh.Trimesh with vertex colours, and the level used."""
+    """The geometry's surface as a trimesh.Trimesh with vertex colours, and the density level used
+    (None for a mesh geometry, whose own surface is exported)."""
     import trimesh
     from skimage.measure import marching_cubes
 
+    if getattr(system.geometry, "kind", "field") == "mesh":
+        return surface_mesh(system, cfg)
     density, lo, spacing = sample_density(system.geometry, cfg.resolution)
     level = pick_threshold(density, cfg.threshold, lo, spacing)
     if not density.min() < level < density.max():
@@ -166,15 +196,7 @@ def extract_mesh(system, cfg: MeshExportConfig):
     verts = verts + lo
     # skimage orients faces for a field that increases outward; density decreases outward
     mesh = trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], process=True)
-    if cfg.keep_largest and len(mesh.faces):
-        pieces = mesh.split(only_watertight=False)
-        if len(pieces) > 1:
-            mesh = max(pieces, key=lambda m: len(m.faces))
-    colours = vertex_colours(system, np.asarray(mesh.vertices))
-    mesh.visual.vertex_colors = np.concatenate(
-        [np.round(colours * 255).astype(np.uint8), np.full((len(colours), 1), 255, np.uint8)], axis=1
-    )
-    return mesh, level
+    return finish_mesh(system, cfg, mesh), level
 
 
 def export_mesh(system, cfg, run_dir: Path) -> dict:
@@ -197,6 +219,6 @@ def export_mesh(system, cfg, run_dir: Path) -> dict:
         "bounds": np.asarray(mesh.bounds).round(4).tolist(),
         "paths": paths,
     }
-    log.info("Mesh: %d vertices, %d faces, density level %.4g, bounds %s -> %s",
-             info["n_vertices"], info["n_faces"], level, info["bounds"], out_dir)
+    log.info("Mesh: %d vertices, %d faces, %s, bounds %s -> %s", info["n_vertices"], info["n_faces"],
+             "the geometry's own surface" if level is None else f"density level {level:.4g}", info["bounds"], out_dir)
     return info

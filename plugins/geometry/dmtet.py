@@ -6,7 +6,7 @@ Layout. ``resolution`` cells per axis over the box [-r, r]^3, each cut into 6 te
 inside) and an offset that moves it within ``deform_scale`` of half a cell
 (``offset = deform_scale * h / 2 * tanh(raw)``, h the cell size), as DMTet bounds it so that
 tetrahedra cannot fold. ``mesh()`` runs marching tetrahedra on the deformed grid: the surface is
-differentiable in both.
+differentiable in both, and closed (the grid's outer vertices count as outside).
 
 Features (colour or latents) come from a dense grid of ``feature_resolution`` points per axis,
 trilinearly interpolated at the surface points the renderer asks for, with the activation of
@@ -33,6 +33,7 @@ from scorelift.registry import register
 
 FEATURE_KINDS = {"none": "latent", "tanh": "latent", "sigmoid": "rgb"}
 LATENT_BOUND = 3.0  # tanh latents are bounded to +-3, as the voxel grid's
+BOUNDARY_SDF = 1e-3  # the least signed distance of a vertex on the grid's faces (outside: the mesh closes)
 
 
 @dataclass(kw_only=True)
@@ -101,6 +102,9 @@ class DMTetGeometry(Geometry):
         vertices, tets = tet_grid(c.resolution, r)
         self.register_buffer("grid_vertices", vertices, persistent=False)
         self.register_buffer("tets", tets, persistent=False)
+        # Vertices on the grid's faces count as outside whatever their signed distance, so that the
+        # surface is closed even where the object (or a start from a foggy field) reaches the box.
+        self.register_buffer("on_boundary", (vertices.abs() >= r - 1e-6).any(dim=-1), persistent=False)
         self.cell = 2.0 * r / c.resolution
         self.sdf = torch.nn.Parameter(vertices.norm(dim=-1) - c.init_radius)
         self.deform = torch.nn.Parameter(torch.zeros_like(vertices))
@@ -115,7 +119,8 @@ class DMTetGeometry(Geometry):
 
     def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The surface: vertices [M, 3] (differentiable in ``sdf`` and ``deform``), faces [K, 3]."""
-        return marching_tets(self.deformed_vertices(), self.tets, self.sdf)
+        sdf = torch.where(self.on_boundary, self.sdf.clamp_min(BOUNDARY_SDF), self.sdf)
+        return marching_tets(self.deformed_vertices(), self.tets, sdf)
 
     # ----------------------------------------------------------------------------- features
     def activate(self, raw: torch.Tensor) -> torch.Tensor:

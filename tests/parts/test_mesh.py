@@ -205,3 +205,20 @@ def test_laplacian_smoothness_of_a_hinge_is_the_hand_computed_mean():
            2: v[2] - (v[0] + v[1] + v[3]) / 3, 3: v[3] - (v[1] + v[2]) / 2}
     grad3 = (2 * lap[3] - 2 * lap[1] / 3 - 2 * lap[2] / 3) / 4
     assert torch.allclose(mesh["vertices"].grad[3], grad3, atol=1e-6)
+
+
+def test_the_exported_surface_of_the_dmtet_sphere_is_closed_and_has_its_diameter():
+    import trimesh
+    from types import SimpleNamespace
+
+    from scorelift.outputs.mesh import MeshExportConfig, surface_mesh
+
+    geometry = build_named("geometry", "dmtet", {"resolution": 32, "init_radius": 0.5, "feature_resolution": 8})
+    system = SimpleNamespace(geometry=geometry, prior=None)
+    mesh, level = surface_mesh(system, MeshExportConfig(resolution=64, threshold="auto", keep_largest=True,
+                                                      formats=["glb"]))
+    assert level is None and isinstance(mesh, trimesh.Trimesh)
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    extent = mesh.bounds[1] - mesh.bounds[0]
+    assert extent == pytest.approx([1.0, 1.0, 1.0], rel=0.01)
+    assert (mesh.visual.vertex_colors[:, :3] == 128).all()  # mid-grey features, sigmoid(0)

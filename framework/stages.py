@@ -20,7 +20,9 @@ says so, exit 2, before anything is written. A stop signal in any stage checkpoi
 (exit 75); ``resume=<run dir>`` skips the finished stages and resumes that one.
 
 ``<run dir>/stages.json`` records the stages; ``<run dir>/.hydra/overrides.yaml`` the job's
-command line, which ``resume=`` re-applies.
+command line, which ``resume=`` re-applies. A finished job also holds, at its top, what readers
+of a one-stage run look for: the last stage's ``metrics.json`` (every stage's under "stages"), a
+``timing.json`` over all stages, and the last stage's turntable and grid.
 """
 
 from __future__ import annotations
@@ -205,7 +207,52 @@ def run_stages(job_cfg: DictConfig, job_overrides: list[str] | None, run_dir: Pa
             continue
         log.info("Stage %d of %d: %s, in %s", stage.number + 1, len(stages), stage.name, stage.run_dir)
         results[stage.name] = run(stage.cfg, stage.run_dir, overrides=stage.overrides, plan=plan)
+    write_job_summary(run_dir, stages)
     return results
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_job_summary(run_dir: Path, stages: list[Stage]) -> None:
+    """What a reader of a finished job looks for at its top, as for a one-stage run: the last
+    stage's metrics.json (with every stage's under "stages"), a timing.json over all stages, and
+    the last stage's turntable and grid."""
+    import shutil
+    import statistics
+
+    metrics = {s.name: m for s in stages if (m := read_json(s.run_dir / "metrics.json")) is not None}
+    last = stages[-1]
+    if last.name in metrics:
+        write_text_atomic(run_dir / "metrics.json",
+                          json.dumps({**metrics[last.name], "stage": last.name, "stages": metrics}, indent=2))
+    timings = {s.name: t for s in stages if (t := read_json(s.run_dir / "timing.json")) is not None}
+    if len(timings) == len(stages):
+        steps = [x for t in timings.values() for x in t.get("step_seconds", [])]
+        peaks = [t["peak_memory_bytes"] for t in timings.values() if t.get("peak_memory_bytes") is not None]
+        total = {
+            "steps_timed": sum(t.get("steps_timed", 0) for t in timings.values()),
+            "median_s_per_it": statistics.median(steps) if steps else None,
+            "mean_s_per_it": statistics.fmean(steps) if steps else None,
+            "train_wall_s": sum(t.get("train_wall_s") or 0.0 for t in timings.values()),
+            "train_steps_s": sum(t.get("train_steps_s") or 0.0 for t in timings.values()),
+            "peak_memory_bytes": max(peaks) if peaks else None,
+            "peak_memory_kind": timings[last.name].get("peak_memory_kind"),
+            "final_loss": timings[last.name].get("final_loss"),
+            "device": timings[last.name].get("device"),
+            "stages": {name: {k: v for k, v in t.items() if k != "step_seconds"} for name, t in timings.items()},
+        }
+        write_text_atomic(run_dir / "timing.json", json.dumps(total, indent=2))
+    for name in ("turntable.mp4", "turntable.gif", "turntable_strip.png", "grid.png"):
+        source = last.run_dir / name
+        if source.is_file():
+            partial = run_dir / f".{name}.tmp"
+            shutil.copyfile(source, partial)
+            partial.replace(run_dir / name)  # atomic: a reader never sees half a file
 
 
 def run_last_stage(job_cfg: DictConfig, stages: list[Stage]) -> dict:

@@ -25,6 +25,32 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def stage_names(out: Path, cell: Cell) -> list[str]:
+    """The stages of a finished cell whose run is staged (system=magic3d), in order; [] otherwise."""
+    record = _read_json(cell_dir(out, cell) / "run" / "stages.json")
+    return [s["name"] for s in record.get("stages", [])] if is_finished(out, cell) else []
+
+
+def stage_results(out: Path, cell: Cell) -> list[dict]:
+    """One row per stage of a staged cell, as method ``<method>/<stage>``: the stage's own quality
+    and timing, beside the cell's own row (its last stage's quality, all stages' time)."""
+    rows = []
+    for name in stage_names(out, cell):
+        run = cell_dir(out, cell) / "run" / name
+        metrics, timing = _read_json(run / "metrics.json"), _read_json(run / "timing.json")
+        peak = timing.get("peak_memory_bytes")
+        rows.append({
+            "method": f"{cell.method}/{name}", "prompt": cell.prompt, "seed": cell.seed, "status": "ok",
+            **{k: metrics.get(k) for k in QUALITY}, "final_loss": timing.get("final_loss"),
+            "median_s_per_it": timing.get("median_s_per_it"), "mean_s_per_it": timing.get("mean_s_per_it"),
+            "train_steps_s": timing.get("train_steps_s"), "train_wall_s": timing.get("train_wall_s"),
+            "peak_memory_mb": None if peak is None else round(peak / 2**20, 1),
+            "peak_memory_kind": timing.get("peak_memory_kind"), "device": timing.get("device"),
+            "run_dir": str(run.relative_to(out)),
+        })
+    return rows
+
+
 def cell_result(out: Path, cell: Cell) -> dict:
     folder = cell_dir(out, cell)
     row = {"method": cell.method, "prompt": cell.prompt, "seed": cell.seed}

@@ -234,10 +234,15 @@ code { background: #f4f4f4; padding: 1px 4px; }
 def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) -> dict:
     """Every output file of the benchmark from the cells finished so far; returns the summary."""
     rows = [collect.cell_result(out, c) for c in cells]
+    # a staged method (system=magic3d) also gets a row per stage, as "<method>/<stage>", after its own
+    stage_rows = [r for c in cells for r in collect.stage_results(out, c)]
+    rows += stage_rows
     curve_rows = [r for c in cells for r in collect.cell_curve(out, c)]
     collect.write_csv(out / "results.csv", rows, collect.RESULT_COLUMNS)
     collect.write_csv(out / "curves.csv", curve_rows, collect.CURVE_COLUMNS)
-    methods = list(spec.methods)
+    methods = []
+    for method in spec.methods:
+        methods += [method, *dict.fromkeys(r["method"] for r in stage_rows if r["method"].startswith(method + "/"))]
     summary = collect.summarize(rows, methods, spec.seeds)
     table = collect.per_prompt(rows, methods, spec.prompts)
     curves = collect.mean_curves(curve_rows, methods, spec.seeds)
@@ -254,6 +259,11 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
         for c, row in zip(cells, rows)
         if c.seed == first_seed and row["status"] == "ok" and (cell_dir(out, c) / "run" / "turntable_strip.png").is_file()
     }
+    for c in cells:  # each stage's own turntable beside the staged method's (its last stage's)
+        for name in (collect.stage_names(out, c) if c.seed == first_seed else []):
+            strip = cell_dir(out, c) / "run" / name / "turntable_strip.png"
+            if strip.is_file():
+                strips[(f"{c.method}/{name}", c.prompt)] = strip
     figures["contact_sheet.png"] = plots.contact_sheet(strips, methods, spec.prompts, out / "contact_sheet.png", FILE_LIMIT)
 
     gpu = gpu_summary(out / "gpu_util.csv")

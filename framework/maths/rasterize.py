@@ -212,19 +212,55 @@ def antialias(color: torch.Tensor, opacity: torch.Tensor, depth: torch.Tensor, f
 
 
 def edge_crossings(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor, max_pairs: int) -> torch.Tensor:
-    """For each segment a -> b ([P, 2] each), the smallest s in [0, 1) at which it crosses one of
-    the segments c -> d ([E, 2] each), or 2 where it crosses none: [P], differentiable in c, d."""
-    out = []
-    rows = max(1, max_pairs // max(1, c.shape[0]))
-    ab = b - a
-    cd = d - c  # [E, 2]
-    for lo in range(0, a.shape[0], rows):
-        aa, abr = a[lo:lo + rows, None, :], ab[lo:lo + rows, None, :]  # [p, 1, 2]
-        denom = abr[..., 0] * cd[None, :, 1] - abr[..., 1] * cd[None, :, 0]  # cross(ab, cd): [p, E]
-        ca = c[None] - aa  # [p, E, 2]
-        safe = torch.where(denom.abs() < 1e-12, torch.ones_like(denom), denom)
-        s = (ca[..., 0] * cd[None, :, 1] - ca[..., 1] * cd[None, :, 0]) / safe
-        t = (ca[..., 0] * abr[..., 1] - ca[..., 1] * abr[..., 0]) / safe
-        hit = (denom.abs() >= 1e-12) & (s >= 0) & (s < 1) & (t >= 0) & (t <= 1)
-        out.append(torch.where(hit, s, torch.full_like(s, 2.0)).amin(dim=1))
-    return torch.cat(out)
+    """For each segment a -> b between two adjacent pixel centres ([P, 2] each), the smallest s in
+    [0, 1) at which it crosses one of the segments c -> d ([E, 2] each), or 2 where it crosses none:
+    [P], differentiable in c and d.
+
+    Only the edges whose screen bounding box touches the pixel of a or of b can cross the segment
+    (it lies inside those two pixels), so each edge is listed under the pixels its box covers and
+    each segment is tested against the edges listed under its two pixels: the work follows the
+    edges' lengths in pixels, not segments x edges."""
+    device = a.device
+    result = torch.full((a.shape[0],), 2.0, dtype=c.dtype, device=device)
+    if a.shape[0] == 0 or c.shape[0] == 0:
+        return result
+    with torch.no_grad():
+        lo = torch.floor(torch.minimum(c, d)).long()  # [E, 2] pixel columns / rows the box covers
+        hi = torch.floor(torch.maximum(c, d)).long()
+        span = hi - lo + 1
+        counts = span[:, 0] * span[:, 1]
+        keep = counts <= max_pairs  # a degenerate huge edge (behind the camera) covers no real pixel here
+        counts = torch.where(keep, counts, torch.zeros_like(counts))
+        edge = torch.repeat_interleave(torch.arange(c.shape[0], device=device), counts)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        offset = torch.arange(edge.shape[0], device=device) - first
+        cell_x = lo[edge, 0] + offset % span[edge, 0]
+        cell_y = lo[edge, 1] + offset // span[edge, 0]
+        width = int(max(a[:, 0].max().item(), b[:, 0].max().item())) + 2
+        key = cell_y * width + cell_x  # [L] a (pixel, edge) list ...
+        order = torch.argsort(key)
+        key, edge = key[order], edge[order]  # ... sorted by pixel
+        pair_rows, pair_edges = [], []
+        for centre in (a, b):
+            pixel = torch.floor(centre).long()
+            pkey = pixel[:, 1] * width + pixel[:, 0]
+            start = torch.searchsorted(key, pkey)
+            stop = torch.searchsorted(key, pkey, right=True)
+            n = stop - start
+            rows = torch.repeat_interleave(torch.arange(a.shape[0], device=device), n)
+            base = torch.repeat_interleave(start - (torch.cumsum(n, 0) - n), n)
+            pair_rows.append(rows)
+            pair_edges.append(edge[base + torch.arange(rows.shape[0], device=device)])
+        rows, edges = torch.cat(pair_rows), torch.cat(pair_edges)
+    if rows.numel() == 0:
+        return result
+    ab = (b - a)[rows]
+    cd = (d - c)[edges]
+    ca = c[edges] - a[rows]
+    denom = ab[:, 0] * cd[:, 1] - ab[:, 1] * cd[:, 0]  # cross(ab, cd)
+    safe = torch.where(denom.abs() < 1e-12, torch.ones_like(denom), denom)
+    s = (ca[:, 0] * cd[:, 1] - ca[:, 1] * cd[:, 0]) / safe
+    t = (ca[:, 0] * ab[:, 1] - ca[:, 1] * ab[:, 0]) / safe
+    hit = (denom.abs() >= 1e-12) & (s >= 0) & (s < 1) & (t >= 0) & (t <= 1)
+    s = torch.where(hit, s, torch.full_like(s, 2.0))
+    return result.scatter_reduce(0, rows, s, "amin")

@@ -74,10 +74,13 @@ def marching_tets(vertices: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor)
     edges = torch.sort(edges, dim=-1).values
     edge_inside = inside[edges]  # [T, 6, 2]
     cut = edge_inside[..., 0] != edge_inside[..., 1]  # [T, 6]
-    unique, edge_id = torch.unique(edges[cut], dim=0, return_inverse=True)  # [M, 2], [cuts]
+    cut_edges = edges[cut]
+    n = vertices.shape[0]
+    keys, edge_id = torch.unique(cut_edges[:, 0] * n + cut_edges[:, 1], return_inverse=True)  # 1-D: fast
+    unique = torch.stack([keys // n, keys % n], dim=1)  # [M, 2]
     s_a, s_b = sdf[unique[:, 0]], sdf[unique[:, 1]]
     v_a, v_b = vertices[unique[:, 0]], vertices[unique[:, 1]]
-    weight = (s_a / (s_a - s_b))[:, None]  # in (0, 1]: s_a and s_b have opposite signs (or s_b = 0)
+    weight = (s_a / (s_a - s_b))[:, None]  # in [0, 1]: s_a and s_b have opposite signs (or one is 0)
     surface = v_a + weight * (v_b - v_a)  # [M, 3]
 
     # Per tet, the surface vertex of each of its six edges (-1 where the edge has no crossing).

@@ -62,6 +62,13 @@ def test_the_stages_run_in_turn_each_a_run_of_its_own(straight):
     assert (fine_cfg["geometry"]["type"], fine_cfg["renderer"]["type"]) == ("dmtet", "rasterizer")
     assert fine_cfg["system"]["name"] == "magic3d-fine" and fine_cfg["geometry"]["resolution"] == 8
     assert "Started the DMTetGeometry from the density field of" in (fine / "launch.log").read_text()
+    # the job's top holds what readers of a one-stage run look for, over both stages
+    timing = json.loads((run_dir / "timing.json").read_text())
+    parts = [json.loads((stage / "timing.json").read_text()) for stage in (coarse, fine)]
+    assert timing["steps_timed"] == sum(p["steps_timed"] for p in parts)
+    assert timing["train_steps_s"] == pytest.approx(sum(p["train_steps_s"] for p in parts))
+    assert set(timing["stages"]) == {"coarse", "fine"}
+    assert (run_dir / "turntable.mp4").read_bytes() == (fine / "turntable.mp4").read_bytes()
     # the job's command line is saved for resume=, and a stage's for resuming that stage alone
     assert "system=magic3d" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     assert "system=magic3d-fine" in yaml.safe_load((fine / ".hydra" / "overrides.yaml").read_text())

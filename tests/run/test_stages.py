@@ -168,3 +168,33 @@ def test_every_guidance_trains_the_mesh(guidance, prior, tiny_pipeline_dir, tmp_
     start = build_named("geometry", "dmtet", {k: v for k, v in cfg.geometry.items() if k != "type"})
     for name in ("sdf", "feature_grid"):
         assert not torch.equal(state["state_dict"][f"geometry.{name}"], getattr(start, name)), name
+
+
+def test_the_benchmark_reports_a_staged_method_with_a_row_per_stage(tiny_pipeline_dir, tmp_path):
+    """A benchmark cell of system=magic3d: its own row (the last stage's quality, both stages'
+    time), and one row per stage, "<method>/<stage>", in results.csv and the report."""
+    import csv
+    import subprocess
+
+    preset = tmp_path / "staged.yaml"
+    args = job_args(tiny_pipeline_dir, tmp_path / "unused")[2:]
+    method = [a for a in args if a.startswith(("system=", "stages.", "data.", "system.views"))]
+    preset.write_text(json.dumps({
+        "description": "one staged cell on the tiny pipeline", "prompts": ["a red cube"], "seeds": [0], "steps": 10,
+        "eval_every": 0, "common": ["prior=stable-diffusion", f"prior.model={tiny_pipeline_dir}", "device=cpu"],
+        "methods": {"mesh": method},
+    }))
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "scorelift.benchmark", str(preset), "--out", str(out),
+                           "--threads-per-run", "1"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    with open(out / "results.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"mesh", "mesh/coarse", "mesh/fine"} and all(r["status"] == "ok" for r in rows.values())
+    assert rows["mesh/fine"]["run_dir"] == "cells/mesh/a_red_cube/s0/run/fine"
+    # the cell's time is both stages'; its quality is the last stage's (the shapes-world evaluator)
+    assert float(rows["mesh"]["train_steps_s"]) == pytest.approx(
+        float(rows["mesh/coarse"]["train_steps_s"]) + float(rows["mesh/fine"]["train_steps_s"]), rel=1e-6)
+    assert rows["mesh"]["iou"] == rows["mesh/fine"]["iou"] != ""
+    report = (out / "report.md").read_text()
+    assert "mesh/coarse" in report and "mesh/fine" in report

@@ -222,3 +222,20 @@ def test_the_exported_surface_of_the_dmtet_sphere_is_closed_and_has_its_diameter
     extent = mesh.bounds[1] - mesh.bounds[0]
     assert extent == pytest.approx([1.0, 1.0, 1.0], rel=0.01)
     assert (mesh.visual.vertex_colors[:, :3] == 128).all()  # mid-grey features, sigmoid(0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_rasteriser_on_cuda_matches_the_cpu():
+    """The same pure-PyTorch code on the GPU: images equal to float rounding, gradients close."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        geometry = build_named("geometry", "dmtet", {"resolution": 24, "init_radius": 0.6, "feature_resolution": 8,
+                                                     "feature_init_std": 1.0}).to(device)
+        renderer = build_named("renderer", "rasterizer").to(device)
+        background = build_named("background", "solid", {"color": [0.0, 0.0, 1.0]}).to(device)
+        cams = make_cameras(10.0, torch.tensor([0.0, 90.0]), 3.0, 40.0, 64).to(device)
+        out = renderer.render(geometry, background, cams)
+        (out.color.square().sum() + out.opacity.sum()).backward()
+        results[device] = (out.color.cpu(), out.opacity.cpu(), geometry.sdf.grad.cpu(), geometry.feature_grid.grad.cpu())
+    for a, b in zip(results["cpu"], results["cuda"]):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()

@@ -1,0 +1,71 @@
+"""Step time and peak memory of the mesh stage beside the density field's, one run at a time.
+
+    python tools/gpu_mesh_stage.py --out mesh_stage.json --sd /tmp/sd21 [--steps 30]
+
+Each configuration runs ``--steps`` optimizer steps through launch.py (SDS, fp32 parts, the
+prior's own precision); its timing.json gives the median step time (the first 5 steps excluded,
+CUDA synchronised) and the peak memory (CUDA max allocated). The mesh stage starts from its
+sphere (no init_from): its cost per step depends on the mesh's size, which the sphere's
+resolution sets. Build the SD-2.1-base-shaped random pipeline with
+tools/build_random_sd_pipeline.py first; without --sd only the shapes prior is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE_512 = ["data.height=512", "data.width=512", "system.views.resolution=512"]
+CONFIGS = {  # name -> (overrides, priors it runs on: "shapes", "sd")
+    "density field, voxel grid 100^3, 64 x 64 renders": (["system=dreamfusion", "geometry.resolution=100"], ("shapes", "sd")),
+    "density field, voxel grid 100^3, 512 x 512 renders": (["system=dreamfusion", "geometry.resolution=100", *SIZE_512], ("sd",)),
+    "mesh stage, DMTet 64^3, 64 x 64 renders": (["system=magic3d-fine", "geometry.resolution=64"], ("shapes", "sd")),
+    "mesh stage, DMTet 64^3, 512 x 512 renders": (["system=magic3d-fine", "geometry.resolution=64", *SIZE_512], ("sd",)),
+    "mesh stage, DMTet 128^3, 512 x 512 renders": (["system=magic3d-fine", "geometry.resolution=128", *SIZE_512], ("sd",)),
+}
+
+
+def time_config(name: str, overrides: list[str], prior: list[str], steps: int, run_dir: Path) -> dict:
+    cmd = [sys.executable, str(REPO / "launch.py"), "guidance=sds", *overrides, *prior, f"trainer.max_steps={steps}",
+           "trainer.progress_bar=false", "system.views.n_frames=4", "evaluators=[]", "trainer.checkpoint_every=100000",
+           f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    row = {"config": name, "prior": " ".join(prior) or "prior=shapes", "returncode": proc.returncode,
+           "process_wall_s": round(time.perf_counter() - start, 1)}
+    timing = run_dir / "timing.json"
+    if proc.returncode == 0 and timing.is_file():
+        t = json.loads(timing.read_text())
+        row.update(median_s_per_it=t["median_s_per_it"], peak_memory_gib=round(t["peak_memory_bytes"] / 2**30, 3),
+                   peak_memory_kind=t["peak_memory_kind"], device=t["device"], steps_timed=t["steps_timed"])
+    else:
+        row["error_tail"] = (proc.stdout + proc.stderr)[-1500:]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sd", help="the SD-2.1-base-shaped pipeline directory")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--runs", default="/tmp/mesh_stage_runs")
+    args = ap.parse_args()
+    priors = {"shapes": []} | ({"sd": ["prior=stable-diffusion", f"prior.model={args.sd}"]} if args.sd else {})
+    rows = []
+    for key, prior in priors.items():
+        for name, (overrides, on) in CONFIGS.items():
+            if key not in on:
+                continue
+            run_dir = Path(args.runs) / key / name.split(",")[0].replace(" ", "_") / str(len(rows))
+            rows.append(time_config(name, overrides, prior, args.steps, run_dir))
+            print(json.dumps(rows[-1]), flush=True)
+            Path(args.out).write_text(json.dumps(rows, indent=2))  # what finished, should the call be cut short
+
+
+if __name__ == "__main__":
+    main()

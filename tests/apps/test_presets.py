@@ -33,13 +33,14 @@ EXPECTED = {
     "pixel-cubes-tuning": (["paas", "paas-e0", "paas-e5", "paas-annealed", "paas-annealed-e5", "paas-annealed-e200",
                             "sjc-sds", "sds"], 1, [0, 1], 1000, 0),
     "shapes-schedule": (["paas-annealed", "paas-random"], 6, [0, 1, 2, 3, 4, 5], 1000, 100),
+    "shapes-geometry": (["sds-voxel", "sds-mesh"], 12, [0, 1, 2], 1000, 0),
 }
 
 # Presets whose every method must start on today's configs (the shapes-tuning-round* presets record
 # earlier tuning rounds, whose latent-render variants the current shapes presets no longer accept;
 # sd and determinism-sd need a Stable Diffusion pipeline on disk).
 RUNNABLE = ["ci", "full", "determinism-shapes", "mps-probe", "shapes-defaults", "shapes-ssd-vsd", "shapes-schedule",
-            "pixel-cubes-schedule", "pixel-cubes-tuning"]
+            "pixel-cubes-schedule", "pixel-cubes-tuning", "shapes-geometry"]
 
 
 def test_every_preset_file_has_an_expectation():
@@ -84,9 +85,10 @@ def test_sweep_presets_keep_their_overrides():
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_runnable_preset_methods_pass_the_start_up_checks(name):
+def test_runnable_preset_methods_pass_the_start_up_checks(name, tmp_path):
     from scorelift.checks import check_inputs
     from scorelift.compose import compose_config
+    from scorelift.stages import check_stages, compose_stages, stage_specs
 
     spec = spec_mod.load_spec(name)
     first = {}
@@ -94,6 +96,12 @@ def test_runnable_preset_methods_pass_the_start_up_checks(name):
         first.setdefault(cell.method, cell)
     for method, cell in first.items():
         # unconditional presets pass prompt=null and score the cell as its prompt (evaluate_as)
-        cfg = compose_config([*cell.overrides, *cell.prompt_overrides(), f"seed={cell.seed}"], with_hydra=False)
+        overrides = [*cell.overrides, *cell.prompt_overrides(), f"seed={cell.seed}"]
+        cfg = compose_config(overrides, with_hydra=False)
+        if stage_specs(cfg):  # a staged method: every stage checked, each later one against the one before
+            stages = compose_stages(cfg, overrides, tmp_path / method)
+            check_stages(stages, cfg)
+            assert sum(stage.cfg.trainer.max_steps for stage in stages) == spec.steps, method
+            continue
         check_inputs(cfg)
         assert cfg.trainer.max_steps == spec.steps, method

@@ -54,17 +54,20 @@ def main() -> None:
     ap.add_argument("--sd", help="the SD-2.1-base-shaped pipeline directory")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--runs", default="/tmp/mesh_stage_runs")
+    ap.add_argument("--done", help="the JSON of an earlier call: its rows are kept and their configurations skipped")
     args = ap.parse_args()
     priors = {"shapes": []} | ({"sd": ["prior=stable-diffusion", f"prior.model={args.sd}"]} if args.sd else {})
-    rows = []
+    rows = json.loads(Path(args.done).read_text()) if args.done and Path(args.done).is_file() else []
+    done = {(r["config"], r["prior"]) for r in rows}
     for key, prior in priors.items():
         for name, (overrides, on) in CONFIGS.items():
-            if key not in on:
+            if key not in on or (name, " ".join(prior) or "prior=shapes") in done:
                 continue
             run_dir = Path(args.runs) / key / name.split(",")[0].replace(" ", "_") / str(len(rows))
             rows.append(time_config(name, overrides, prior, args.steps, run_dir))
             print(json.dumps(rows[-1]), flush=True)
             Path(args.out).write_text(json.dumps(rows, indent=2))  # what finished, should the call be cut short
+    Path(args.out).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

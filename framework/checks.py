@@ -324,8 +324,7 @@ def check_init_from(value, geometry_cls, source_cfg: DictConfig | None = None) -
             raise ConfigError(
                 f"init_from={value!r} is not a scorelift run directory (no config.yaml there). Pass the folder of a "
                 f"finished run, e.g. the coarse stage a mesh stage starts from.")
-        candidates = ckpt_files.candidates(run_dir)
-        checkpoint = ckpt_files.first_readable(candidates)[0] if candidates else None
+        checkpoint = ckpt_files.newest_readable(run_dir)
         if checkpoint is None:
             raise ConfigError(
                 f"init_from={value!r}: the run holds no readable checkpoint (checkpoints/last.ckpt), so there is "

@@ -32,8 +32,7 @@ def start_from(system, source: InitSource) -> str:
 
     checkpoint = source.checkpoint
     if checkpoint is None:  # written by the stage before this one, after the start-up check
-        candidates = ckpt_files.candidates(source.run_dir)
-        checkpoint, _, _ = ckpt_files.first_readable(candidates) if candidates else (None, 0, [])
+        checkpoint = ckpt_files.newest_readable(source.run_dir)
         if checkpoint is None:
             raise ConfigError(f"init_from={str(source.run_dir)!r}: the stage before this one left no readable "
                               f"checkpoint to start from.")

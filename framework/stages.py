@@ -211,19 +211,14 @@ def run_stages(job_cfg: DictConfig, job_overrides: list[str] | None, run_dir: Pa
     return results
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def write_job_summary(run_dir: Path, stages: list[Stage]) -> None:
     """What a reader of a finished job looks for at its top, as for a one-stage run: the last
     stage's metrics.json (with every stage's under "stages"), a timing.json over all stages, and
     the last stage's turntable and grid."""
     import shutil
     import statistics
+
+    from .jobs.folder import read_json  # the job runner's reader (imported here: start-up needs none of it)
 
     metrics = {s.name: m for s in stages if (m := read_json(s.run_dir / "metrics.json")) is not None}
     last = stages[-1]

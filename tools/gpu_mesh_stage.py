@@ -4,22 +4,22 @@
 
 Each configuration runs ``--steps`` optimizer steps through launch.py (SDS, fp32 parts, the
 prior's own precision); its timing.json gives the median step time (the first 5 steps excluded,
-CUDA synchronised) and the peak memory (CUDA max allocated). The mesh stage starts from its
-sphere (no init_from): its cost per step depends on the mesh's size, which the sphere's
-resolution sets. Build the SD-2.1-base-shaped random pipeline with
-tools/build_random_sd_pipeline.py first; without --sd only the shapes prior is timed.
+CUDA synchronised) and the peak memory (CUDA max allocated), read as tools/gpu_method_timings.py
+reads them. The mesh stage starts from its sphere (no init_from): its cost per step depends on
+the mesh's size, which the sphere's resolution sets. Build the SD-2.1-base-shaped random pipeline
+with tools/build_random_sd_pipeline.py first; without --sd only the shapes prior is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+from gpu_method_timings import timed_run  # noqa: E402  (one timed launch.py run, as the methods' timings)
+
 SIZE_512 = ["data.height=512", "data.width=512", "system.views.resolution=512"]
 CONFIGS = {  # name -> (overrides, priors it runs on: "shapes", "sd")
     "density field, voxel grid 100^3, 64 x 64 renders": (["system=dreamfusion", "geometry.resolution=100"], ("shapes", "sd")),
@@ -31,21 +31,9 @@ CONFIGS = {  # name -> (overrides, priors it runs on: "shapes", "sd")
 
 
 def time_config(name: str, overrides: list[str], prior: list[str], steps: int, run_dir: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "launch.py"), "guidance=sds", *overrides, *prior, f"trainer.max_steps={steps}",
-           "trainer.progress_bar=false", "system.views.n_frames=4", "evaluators=[]", "trainer.checkpoint_every=100000",
-           f"hydra.run.dir={run_dir}"]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    row = {"config": name, "prior": " ".join(prior) or "prior=shapes", "returncode": proc.returncode,
-           "process_wall_s": round(time.perf_counter() - start, 1)}
-    timing = run_dir / "timing.json"
-    if proc.returncode == 0 and timing.is_file():
-        t = json.loads(timing.read_text())
-        row.update(median_s_per_it=t["median_s_per_it"], peak_memory_gib=round(t["peak_memory_bytes"] / 2**30, 3),
-                   peak_memory_kind=t["peak_memory_kind"], device=t["device"], steps_timed=t["steps_timed"])
-    else:
-        row["error_tail"] = (proc.stdout + proc.stderr)[-1500:]
-    return row
+    return {"config": name, "prior": " ".join(prior) or "prior=shapes", **timed_run(
+        ["guidance=sds", *overrides, *prior, f"trainer.max_steps={steps}", "system.views.n_frames=4", "evaluators=[]",
+         "trainer.checkpoint_every=100000"], run_dir)}
 
 
 def main() -> None:

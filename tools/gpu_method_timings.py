@@ -27,14 +27,13 @@ METHODS = {
 }
 
 
-def time_method(name: str, overrides: list[str], prior: list[str], steps: int, root: Path) -> dict:
-    run_dir = root / name.replace(" ", "_").replace("(", "").replace(")", "")
-    cmd = [sys.executable, str(REPO / "launch.py"), *overrides, *prior, f"trainer.max_steps={steps}",
-           "trainer.progress_bar=false", "system.views.n_frames=8", f"hydra.run.dir={run_dir}"]
+def timed_run(overrides: list[str], run_dir: Path) -> dict:
+    """One launch.py run of ``overrides`` in ``run_dir``: its exit code and process time, and from
+    its timing.json the median step time and peak memory (or the tail of its output if it failed)."""
+    cmd = [sys.executable, str(REPO / "launch.py"), *overrides, "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    row = {"method": name, "prior": " ".join(prior) or "prior=shapes", "returncode": proc.returncode,
-           "process_wall_s": round(time.perf_counter() - start, 1)}
+    row = {"returncode": proc.returncode, "process_wall_s": round(time.perf_counter() - start, 1)}
     timing = run_dir / "timing.json"
     if proc.returncode == 0 and timing.is_file():
         t = json.loads(timing.read_text())
@@ -43,6 +42,12 @@ def time_method(name: str, overrides: list[str], prior: list[str], steps: int, r
     else:
         row["error_tail"] = (proc.stdout + proc.stderr)[-1500:]
     return row
+
+
+def time_method(name: str, overrides: list[str], prior: list[str], steps: int, root: Path) -> dict:
+    run_dir = root / name.replace(" ", "_").replace("(", "").replace(")", "")
+    return {"method": name, "prior": " ".join(prior) or "prior=shapes",
+            **timed_run([*overrides, *prior, f"trainer.max_steps={steps}", "system.views.n_frames=8"], run_dir)}
 
 
 def main() -> None:

@@ -48,10 +48,6 @@ class RenderOutput:
     weights: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
-    def provided(self) -> set[str]:
-        """The names of what this output carries (the standard three, weights, the extras' keys)."""
-        return set(STANDARD_OUTPUTS) | ({"weights"} if self.weights is not None else set()) | set(self.extras)
-
 
 class Renderer(BaseModulePart):
     """Renders ``geometry`` for a camera batch and composites it over ``background``."""

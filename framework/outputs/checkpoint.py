@@ -150,6 +150,11 @@ def first_readable(paths: list[Path]) -> tuple[Path | None, int | None, list[tup
     return None, None, skipped
 
 
+def newest_readable(run_dir: Path) -> Path | None:
+    """The run's newest checkpoint that reads as one (last.ckpt, else the older ones by step), or None."""
+    return first_readable(candidates(run_dir))[0]
+
+
 # ------------------------------------------------------------------------------ housekeeping
 def remove_dead_writers_files(run_dir: Path) -> list[Path]:
     """Remove the temporary files (``.<name>.tmp-<pid>``) of writers that died mid-write, in the

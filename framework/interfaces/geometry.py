@@ -8,10 +8,14 @@ start-up check holds against the renderer's ``renders``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .base import BaseModulePart
+
+if TYPE_CHECKING:  # the renderer's module imports this one
+    from .renderer import RenderOutput
 
 
 @dataclass
@@ -23,6 +27,24 @@ class GeometryOutput:
 
 
 GEOMETRY_KINDS = ("field", "mesh", "gaussians")
+
+
+@dataclass
+class GaussianSet:
+    """N 3D Gaussians, activated: means [N, 3] world; scales [N, 3] standard deviations along the
+    Gaussian's own axes; quats [N, 4] unit rotations (w, x, y, z); opacities [N] in [0, 1]; sh
+    [N, K, C] feature coefficients of the spherical harmonics up to ``sh_degree`` (K = (degree + 1)^2;
+    degree 0: one view-independent value per channel); ``rgb``: True when the features are RGB in
+    3DGS's convention (colour = 0.5 + SH value, clamped to [0, 1]), False for latents (the SH
+    value as it is)."""
+
+    means: torch.Tensor
+    scales: torch.Tensor
+    quats: torch.Tensor
+    opacities: torch.Tensor
+    sh: torch.Tensor
+    sh_degree: int
+    rgb: bool
 
 
 class Geometry(BaseModulePart):
@@ -78,6 +100,26 @@ class Geometry(BaseModulePart):
         parameters) and faces [K, 3] (long, counter-clockwise seen from outside). Its ``forward``
         gives the features at surface points."""
         raise NotImplementedError(f"{type(self).__name__} is a {self.kind} geometry: it has no mesh()")
+
+    def gaussians(self) -> "GaussianSet":
+        """A Gaussian geometry's splats (``kind = "gaussians"``), differentiable in its parameters."""
+        raise NotImplementedError(f"{type(self).__name__} is a {self.kind} geometry: it has no gaussians()")
+
+    # ----------------------------------------------------------------------------- training hooks
+    # A geometry whose parameters change during training (Gaussians that are cloned, split and
+    # pruned) overrides these; the defaults do nothing, so fields and meshes ignore them.
+    def optimizer_groups(self) -> list[tuple[str, list[torch.nn.Parameter], float]] | None:
+        """The geometry's optimizer groups as (name, parameters, factor on system.optimizer.lr.geometry),
+        or None (the default): one group of every parameter at the geometry's rate."""
+        return None
+
+    def after_backward(self, step: int, render: "RenderOutput") -> None:
+        """Called after each training step's backward pass, with the step's render (its tensors'
+        gradients are filled where they were retained)."""
+
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called after each optimizer step; a geometry that adds or removes parameters here
+        updates ``optimizer`` with them (``scorelift.library.parameter_surgery``)."""
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
         """[N, 3] -> [N] density only (mesh export, occupancy); defaults to ``forward``."""

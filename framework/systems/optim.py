@@ -173,15 +173,22 @@ def build_optimizer(cfg: OptimizerConfig, parts: dict[str, Iterable[torch.nn.Par
         )
     groups = []
     for part, params in parts.items():
-        params = [p for p in params if p.requires_grad]
-        if not params:
+        # A part may split its parameters into named groups, each at a factor of the part's rate
+        # (Geometry.optimizer_groups: (name, parameters, factor)); otherwise one group.
+        params = list(params)
+        named = params if params and isinstance(params[0], tuple) else [(None, params, 1.0)]
+        named = [(n, [p for p in ps if p.requires_grad], f) for n, ps, f in named]
+        if not any(ps for _, ps, _ in named):
             continue
         if part not in cfg.lr:
             raise ConfigError(
                 f"The {part} has trainable parameters but system.optimizer.lr has no `{part}` entry; "
                 f"add e.g. `system.optimizer.lr.{part}=0.01` (set 0 to freeze it)."
             )
-        groups.append({"params": params, "lr": float(cfg.lr[part]), "name": part})
+        for name, ps, factor in named:
+            if ps:
+                groups.append({"params": ps, "lr": float(cfg.lr[part]) * float(factor),
+                               "name": part if name is None else f"{part}.{name}"})
     if not groups:
         raise ConfigError("Nothing to optimise: no part has trainable parameters.")
     return OPTIMIZERS[cfg.name](groups, **cfg.args)

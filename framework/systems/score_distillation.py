@@ -165,6 +165,7 @@ class ScoreDistillationSystem(pl.LightningModule):
         view_names = cameras.view_names()  # read on the CPU: on the GPU each angle would be a sync
         cameras = cameras.to(self.device)
         out = self.render(cameras, self.part_generator(self.renderer, step, STREAM_RENDER))
+        self.last_render = (step, out)  # the geometry's after_backward reads it
         image = out.color.permute(0, 3, 1, 2)
         text = self.prior.condition(self.prompt, view_names)
         guidance_out = self.guidance(image, self.is_latent, text, self.part_generator(self.guidance, step, STREAM_GUIDANCE), cameras)
@@ -190,6 +191,17 @@ class ScoreDistillationSystem(pl.LightningModule):
         self.log("loss", total.detach(), prog_bar=True, on_step=True)
         self.log("train/opacity_mean", out.opacity.detach().mean(), on_step=True)
         return total
+
+    def on_after_backward(self) -> None:
+        last = self.__dict__.pop("last_render", None)
+        if last is not None:
+            self.geometry.after_backward(*last)
+            self.last_step = last[0]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.__dict__.pop("last_step", None)
+        if step is not None:
+            self.geometry.after_optimizer_step(step, self.optimizers().optimizer)
 
     def part_generator(self, part, step: int, stream: int) -> torch.Generator:
         """The generator of ``part``'s draws in this step: on the run's GPU on the fast path, if the
@@ -220,7 +232,7 @@ class ScoreDistillationSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         parts = {
-            "geometry": self.geometry.parameters(),
+            "geometry": self.geometry.optimizer_groups() or self.geometry.parameters(),
             "background": self.background.parameters(),
             "renderer": self.renderer.parameters(),
             "guidance": self.guidance.parameters(),

@@ -23,6 +23,7 @@ from . import builders, fast_path, registry
 from .config import parse_config
 from .devices import pick_device
 from .errors import ConfigError, PluginError
+from .interfaces.geometry import DENSITY_KINDS
 from .memory import check_memory
 from .outputs import checkpoint as ckpt_files
 from .outputs.checkpoint import checkpoint_path
@@ -332,12 +333,13 @@ def check_init_from(value, geometry_cls, source_cfg: DictConfig | None = None) -
         source_cfg = OmegaConf.load(run_dir / "config.yaml")
     geometry = plan_part("geometry", source_cfg.geometry, "the init_from run's geometry")
     background = plan_part("background", source_cfg.background, "the init_from run's background")
-    from_field = hasattr(geometry_cls, "init_from") and getattr(geometry.cls, "kind", "field") == "field"
+    from_field = hasattr(geometry_cls, "init_from") and getattr(geometry.cls, "kind", "field") in DENSITY_KINDS
     if not from_field and geometry.cls is not geometry_cls:
         raise ConfigError(
             f"init_from={value!r}: its geometry is {source_cfg.geometry.type} ({geometry.cls.__name__}), which cannot "
-            f"start this run's {geometry_cls.__name__}: a geometry starts from a density field only if it has "
-            f"init_from (the DMTet mesh does), or from a geometry of its own class. Pass a run of a density field.")
+            f"start this run's {geometry_cls.__name__}: a geometry starts from a density field or Gaussians only if it "
+            f"has init_from (the DMTet mesh and the Gaussians do), or from a geometry of its own class. Pass a run of "
+            f"a density field or of Gaussians.")
     return InitSource(run_dir, checkpoint, geometry.cls, geometry.config, background.cls, background.config)
 
 

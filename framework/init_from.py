@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
+from .interfaces.geometry import DENSITY_KINDS
 from .outputs import checkpoint as ckpt_files
 from .plan import InitSource
 
@@ -41,7 +42,7 @@ def start_from(system, source: InitSource) -> str:
     field.load_state_dict(part_state(state, "geometry"))
     field = field.to(system.device)
     geometry = system.geometry
-    if hasattr(geometry, "init_from") and getattr(field, "kind", "field") == "field":
+    if hasattr(geometry, "init_from") and getattr(field, "kind", "field") in DENSITY_KINDS:
         density, lo, spacing = sample_density(field, 128)
         try:
             level = pick_threshold(density, "auto", lo, spacing)

@@ -27,6 +27,7 @@ from .console import LOG_FORMAT
 from .disk_space import check_disk_space, free_bytes
 from .errors import ConfigError, RunStopped, RunWriteError
 from .init_from import start_from
+from .library.splat_ply import write_ply
 from .library_noise import quiet_known_library_noise
 from .outputs.checkpoint import (
     CheckpointKeeper,
@@ -282,6 +283,9 @@ def run_mode(cfg, plan: RunPlan, system, run_dir: Path, stop: StopSignals, point
     if cfg.mode == "export":
         log.info("Exporting the mesh of %s at step %d", run_dir, load_weights(system, point.path))
         result = {"mesh": export_mesh(system, cfg.export, run_dir)}
+        if getattr(system.geometry, "kind", "field") == "gaussians":
+            result["splats"] = write_ply(system.geometry, run_dir / "splats" / "splats.ply")
+            log.info("Splats: %d Gaussians -> %s", result["splats"]["n_gaussians"], result["splats"]["path"])
         record_end(run_dir, "finished")
         return result
     timer = StepTimer(run_dir)

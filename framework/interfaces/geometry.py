@@ -27,6 +27,9 @@ class GeometryOutput:
 
 
 GEOMETRY_KINDS = ("field", "mesh", "gaussians")
+# The kinds whose ``density`` is a field over space (a mesh has only its surface): a mesh export
+# or a next stage (``init_from``) can start from them.
+DENSITY_KINDS = ("field", "gaussians")
 
 
 @dataclass
@@ -112,6 +115,10 @@ class Geometry(BaseModulePart):
         """The geometry's optimizer groups as (name, parameters, factor on system.optimizer.lr.geometry),
         or None (the default): one group of every parameter at the geometry's rate."""
         return None
+
+    def training_stats(self) -> dict[str, float]:
+        """Numbers the run logs every step as ``train/<name>`` (e.g. the Gaussians' count); none by default."""
+        return {}
 
     def after_backward(self, step: int, render: "RenderOutput") -> None:
         """Called after each training step's backward pass, with the step's render (its tensors'

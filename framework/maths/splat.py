@@ -353,13 +353,13 @@ def cell_pairs(lo: torch.Tensor, hi: torch.Tensor, origin: torch.Tensor, cell: f
 
 
 @torch.no_grad()
-def gaussian_field(means: torch.Tensor, cov3d: torch.Tensor, opacities: torch.Tensor, values: torch.Tensor,
+def gaussian_field(means: torch.Tensor, cov3d: torch.Tensor, peaks: torch.Tensor, values: torch.Tensor,
                    points: torch.Tensor, max_pairs: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gaussians as a field: at each point, density sum_i o_i exp(-0.5 d_i^T Sigma_i^-1 d_i)
-    (d_i = point - mean_i, each Gaussian cut at 3 sigma of its major axis) and the density-weighted
-    mean of ``values``.
+    """The Gaussians as a field: at each point, density sum_i p_i exp(-0.5 d_i^T Sigma_i^-1 d_i)
+    (d_i = point - mean_i, p_i the peak, each Gaussian cut at 3 sigma of its major axis) and the
+    density-weighted mean of ``values``.
 
-    means [N, 3], cov3d [N, 3, 3], opacities [N], values [N, C], points [P, 3] -> (density [P],
+    means [N, 3], cov3d [N, 3, 3], peaks [N], values [N, C], points [P, 3] -> (density [P],
     values [P, C]; 0 where no Gaussian reaches). Gaussians are binned on a grid of cells about
     as large as a typical Gaussian, so each point meets only those of its own cell."""
     P, C = points.shape[0], values.shape[1]
@@ -395,7 +395,7 @@ def gaussian_field(means: torch.Tensor, cov3d: torch.Tensor, opacities: torch.Te
         which = box[(starts[point_cell[idx]][:, None] + k[None]).clamp_max(box.shape[0] - 1)]  # [g, K]
         d = points[idx][:, None] - means[which]  # [g, K, 3]
         m = torch.einsum("gki,gkij,gkj->gk", d, precision[which], d)
-        w = opacities[which] * torch.exp(-0.5 * m) * (valid & (m <= 9.0))
+        w = peaks[which] * torch.exp(-0.5 * m) * (valid & (m <= 9.0))
         density[idx] = w.sum(1)
         out[idx] = torch.einsum("gk,gkc->gc", w, values[which]) / w.sum(1, keepdim=True).clamp_min(1e-12)
     return density, out

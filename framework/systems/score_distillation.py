@@ -190,6 +190,8 @@ class ScoreDistillationSystem(pl.LightningModule):
         self.nonfinite_in_a_row = 0
         self.log("loss", total.detach(), prog_bar=True, on_step=True)
         self.log("train/opacity_mean", out.opacity.detach().mean(), on_step=True)
+        for key, value in self.geometry.training_stats().items():
+            self.log(f"train/{key}", value, on_step=True)
         return total
 
     def on_after_backward(self) -> None:

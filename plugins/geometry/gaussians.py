@@ -19,19 +19,22 @@ and counts are buffers, so they are checkpointed and a resumed run densifies as 
 stopped; the parameters' row count is read back from the checkpoint.
 
 As a field (``forward``, ``density``: the mesh export, a mesh stage's start): density is the sum of
-the Gaussians' opacity-weighted kernels, features their density-weighted mean colour.
+the Gaussians' kernels, each scaled so that a ray through its centre is as opaque as its splat
+(``peak_densities``), features their density-weighted mean colour.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from scorelift.errors import ConfigError
 from scorelift.interfaces.geometry import Geometry, GeometryOutput, GaussianSet
 from scorelift.library.parameter_surgery import append_rows, reset_rows, select_rows
+from scorelift.library.splat_ply import read_ply
 from scorelift.maths.splat import SH_C0, covariance_3d, gaussian_field, quaternion_to_rotation
 from scorelift.registry import register
 
@@ -73,6 +76,8 @@ class GaussiansConfig:
     opacity_reset_every: int = 0  # 0: never
     reset_opacity: float = 0.01
     init_seed: int = 0
+    # A 3DGS .ply (a run's export, or another tool's) to start from instead of the random ball.
+    init_ply: str = ""
 
 
 def _logit(p: float) -> float:
@@ -94,7 +99,7 @@ class GaussianGeometry(Geometry):
         if c.max_gaussians < 1:
             raise ConfigError(f"{where} max_gaussians={c.max_gaussians} must be at least 1 (the most Gaussians "
                               f"densification may make; the start has n_gaussians={c.n_gaussians}).")
-        if not 1 <= c.n_gaussians <= c.max_gaussians:
+        if not c.init_ply and not 1 <= c.n_gaussians <= c.max_gaussians:
             raise ConfigError(f"{where} n_gaussians={c.n_gaussians} must lie in 1..max_gaussians ({c.max_gaussians}).")
         if c.feature_activation not in FEATURE_KINDS:
             raise ConfigError(f"{where} feature_activation={c.feature_activation!r} is not one of "
@@ -119,6 +124,21 @@ class GaussianGeometry(Geometry):
         if c.densify_every < 1 or c.densify_from < 0 or c.opacity_reset_every < 0:
             raise ConfigError(f"{where} densify_every={c.densify_every} must be at least 1, densify_from="
                               f"{c.densify_from} and opacity_reset_every={c.opacity_reset_every} non-negative.")
+        if c.init_ply:
+            try:
+                rows = read_ply(Path(c.init_ply).expanduser())
+            except ConfigError as exc:
+                raise ConfigError(f"{where} init_ply: {exc} Pass a .ply written by mode=export (splats/splats.ply) "
+                                  f"or another 3D Gaussian splatting tool.") from None
+            C, K1 = rows["sh_dc"].shape[1], rows["sh_rest"].shape[1]
+            if C != c.n_features or K1 != (c.sh_degree + 1) ** 2 - 1:
+                raise ConfigError(
+                    f"{where} init_ply={c.init_ply!r} holds {C} feature channels at SH degree "
+                    f"{int(round(math.sqrt(K1 + 1))) - 1}, but the geometry has n_features={c.n_features} and "
+                    f"sh_degree={c.sh_degree}; set them to the file's.")
+            if rows["means"].shape[0] > c.max_gaussians:
+                raise ConfigError(f"{where} init_ply={c.init_ply!r} holds {rows['means'].shape[0]} Gaussians, more "
+                                  f"than max_gaussians={c.max_gaussians}; raise geometry.max_gaussians.")
         if not c.densify_grad_threshold > 0 or not 0 < c.split_scale < c.prune_scale or not 0 <= c.prune_opacity < 1:
             raise ConfigError(f"{where} densify_grad_threshold={c.densify_grad_threshold} must be positive, split_scale="
                               f"{c.split_scale} positive and below prune_scale={c.prune_scale}, prune_opacity="
@@ -140,6 +160,9 @@ class GaussianGeometry(Geometry):
         N = c.n_gaussians
         direction = torch.nn.functional.normalize(torch.randn((N, 3), generator=gen), dim=-1)
         radius = c.init_radius * torch.rand((N, 1), generator=gen) ** (1.0 / 3.0)  # uniform in the ball
+        if c.init_ply:
+            self._set_rows(**read_ply(Path(c.init_ply).expanduser()))
+            return
         self._set_rows(means=direction * radius,
                        log_scales=torch.full((N, 3), math.log(c.init_scale)),
                        quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(N, 1),
@@ -175,12 +198,21 @@ class GaussianGeometry(Geometry):
         return (value + 0.5).clamp(0.0, 1.0) if g.rgb else value
 
     # ----------------------------------------------------------------------------- as a field
+    def peak_densities(self) -> torch.Tensor:
+        """[N] each Gaussian's volume density at its centre: the one whose integral along a line
+        through the centre, -log(1 - opacity), makes a ray through it as opaque as its splat
+        (sigma taken as the mean of the three scales: a ray's direction is not known here)."""
+        g = self.gaussians()
+        sigma = g.scales.mean(dim=-1)
+        return -torch.log1p(-g.opacities.clamp_max(0.99)) / (math.sqrt(2.0 * math.pi) * sigma)
+
     def forward(self, points: torch.Tensor) -> GeometryOutput:
-        """points [P, 3] -> density [P] (sum of opacity-weighted kernels) and features [P, C]
-        (their density-weighted mean). Not differentiable: the renderer reads ``gaussians()``."""
+        """points [P, 3] -> density [P] (a volume density: the sum of the Gaussians' kernels, each
+        scaled by ``peak_densities``) and features [P, C] (their density-weighted mean). Not
+        differentiable: the renderer reads ``gaussians()``."""
         g = self.gaussians()
         density, features = gaussian_field(g.means.detach(), covariance_3d(g.scales, g.quats).detach(),
-                                           g.opacities.detach(), self.base_features().detach(), points)
+                                           self.peak_densities().detach(), self.base_features().detach(), points)
         return GeometryOutput(density=density, features=features)
 
     # ----------------------------------------------------------------------------- from a density field
@@ -238,6 +270,9 @@ class GaussianGeometry(Geometry):
         return [("means", [self.means], c.lr_means), ("scales", [self.log_scales], c.lr_scales),
                 ("quats", [self.quats], c.lr_quats), ("opacity", [self.opacity_logits], c.lr_opacity),
                 ("features", [self.sh_dc, self.sh_rest], c.lr_features)]
+
+    def training_stats(self) -> dict[str, float]:
+        return {"n_gaussians": float(self.count)}
 
     @torch.no_grad()
     def after_backward(self, step: int, render) -> None:

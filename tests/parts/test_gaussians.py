@@ -114,9 +114,10 @@ def test_the_field_is_the_sum_of_kernels_and_its_colour_the_gaussians():
         geo.sh_dc.copy_(torch.tensor([[1.0, 0.0, -1.0]]))
     points = torch.tensor([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.2, 0.0, 0.0]])
     out = geo(points)
-    expected = 0.8 * torch.exp(-0.5 * torch.tensor([0.0, 1.0, 16.0]))
+    peak = -math.log(1 - 0.8) / (math.sqrt(2 * math.pi) * 0.05)  # optical depth through the centre: -log(1 - 0.8)
+    expected = peak * torch.exp(-0.5 * torch.tensor([0.0, 1.0, 16.0]))
     expected[2] = 0.0  # beyond 3 sigma
-    assert torch.allclose(out.density, expected, atol=1e-6)
+    assert torch.allclose(out.density, expected, rtol=1e-5)
     colour = (0.5 + 0.28209479177387814 * torch.tensor([1.0, 0.0, -1.0]))
     assert torch.allclose(out.features[0], colour, atol=1e-6)
 

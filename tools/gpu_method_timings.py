@@ -38,7 +38,8 @@ def timed_run(overrides: list[str], run_dir: Path) -> dict:
     if proc.returncode == 0 and timing.is_file():
         t = json.loads(timing.read_text())
         row.update(median_s_per_it=t["median_s_per_it"], peak_memory_gib=t["peak_memory_bytes"] / 2**30,
-                   peak_memory_kind=t["peak_memory_kind"], device=t["device"], steps_timed=t["steps_timed"])
+                   peak_memory_kind=t["peak_memory_kind"], device=t["device"], steps_timed=t["steps_timed"],
+                   train_wall_s=t.get("train_wall_s"))
     else:
         row["error_tail"] = (proc.stdout + proc.stderr)[-1500:]
     return row

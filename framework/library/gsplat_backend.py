@@ -25,6 +25,22 @@ BUILD_DIR_DEFAULT = Path("~/.cache/scorelift/torch_extensions").expanduser()
 _FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
 
+def gsplat_problems() -> list[str]:
+    """Why gsplat cannot run on this machine, told without importing it (empty: it may; whether
+    its kernels build is known only when they are first used)."""
+    import importlib.util
+    import shutil
+
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if importlib.util.find_spec("gsplat") is None:
+        problems.append("the gsplat package is not installed (pip install gsplat)")
+    if torch.cuda.is_available() and shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        problems.append("no CUDA compiler (nvcc) to build gsplat's kernels on first use")
+    return problems
+
+
 def load_gsplat(device: torch.device):
     """(gsplat's ``rasterization`` function, "") where gsplat imports and draws on ``device``, else
     (False, why). The first call in a fresh build folder compiles the kernels (minutes)."""

@@ -51,8 +51,18 @@ class Splatter(Renderer):
 
     @classmethod
     def check_config(cls, c: SplatterConfig) -> None:
+        where = "renderer (splatter)"
         if c.backend not in BACKENDS:
-            raise ConfigError(f"renderer (splatter) backend={c.backend!r} is not one of {', '.join(BACKENDS)}.")
+            raise ConfigError(f"{where} backend={c.backend!r} is not one of {', '.join(BACKENDS)} (auto: gsplat on CUDA "
+                              f"where it builds, else the pure-PyTorch splatter).")
+        if c.backend == "gsplat":
+            from scorelift.library.gsplat_backend import gsplat_problems
+
+            problems = gsplat_problems()
+            if problems:
+                raise ConfigError(f"{where} backend='gsplat' cannot run here: {'; and '.join(problems)}. Use "
+                                  f"renderer.backend=auto (gsplat where it can run, else the pure splatter) or "
+                                  f"renderer.backend=torch.")
         if c.tile < 1 or c.max_pairs < 1:
             raise ConfigError(f"renderer (splatter) tile={c.tile} and max_pairs={c.max_pairs} must be at least 1.")
 
@@ -69,7 +79,10 @@ class Splatter(Renderer):
             from scorelift.library.gsplat_backend import load_gsplat
 
             self._gsplat, why = load_gsplat(device)
-            if self._gsplat is False and want == "auto":
+            if self._gsplat is False and want == "gsplat":
+                raise ConfigError(f"renderer (splatter) backend='gsplat' cannot run here: {why}. Use "
+                                  f"renderer.backend=auto or renderer.backend=torch.")
+            if self._gsplat is False:
                 log.warning("Splatter: gsplat cannot be used (%s); drawing with the pure-PyTorch splatter.", why)
         return "gsplat" if self._gsplat else "torch"
 

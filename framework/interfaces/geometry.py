@@ -8,14 +8,10 @@ start-up check holds against the renderer's ``renders``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .base import BaseModulePart
-
-if TYPE_CHECKING:  # the renderer's module imports this one
-    from .renderer import RenderOutput
 
 
 @dataclass
@@ -120,9 +116,9 @@ class Geometry(BaseModulePart):
         """Numbers the run logs every step as ``train/<name>`` (e.g. the Gaussians' count); none by default."""
         return {}
 
-    def after_backward(self, step: int, render: "RenderOutput") -> None:
-        """Called after each training step's backward pass, with the step's render (its tensors'
-        gradients are filled where they were retained)."""
+    def after_backward(self, step: int, render) -> None:
+        """Called after each training step's backward pass, with the step's render (the
+        renderer's RenderOutput; its tensors' gradients are filled where they were retained)."""
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Called after each optimizer step; a geometry that adds or removes parameters here

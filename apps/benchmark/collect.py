@@ -127,6 +127,35 @@ def summarize(rows: list[dict], methods: list[str], seeds: list[int]) -> list[di
     return out
 
 
+TARGET_IOU = 0.8  # the quality whose wall time the report gives (time to IoU 0.8)
+
+
+def time_to_iou(curves: list[dict], target: float = TARGET_IOU) -> dict:
+    """(method, prompt, seed) -> training seconds until the run's evaluation curve first reached IoU
+    ``target`` (None: it never did), from the curve rows (CURVE_COLUMNS)."""
+    first: dict = {}
+    for r in sorted(curves, key=lambda r: float(r["step"])):
+        key = (r["method"], r["prompt"], int(r["seed"]))
+        first.setdefault(key, None)
+        if first[key] is None and r.get("iou") not in (None, "") and float(r["iou"]) >= target:
+            first[key] = float(r["train_s"])
+    return first
+
+
+def add_time_to_iou(summary: list[dict], curves: list[dict], target: float = TARGET_IOU) -> None:
+    """Adds to each method's summary the median over its cells with a curve of the training time
+    to IoU ``target`` (cells that never reach it count as infinitely slow, so the median is nan
+    when fewer than half reach it) and how many cells reached it."""
+    times = time_to_iou(curves, target)
+    for s in summary:
+        mine = [t for (m, _, _), t in times.items() if m == s["method"]]
+        reached = sorted(t for t in mine if t is not None)
+        s["time_to_iou_s"] = statistics.median(reached + [math.inf] * (len(mine) - len(reached))) if mine else math.nan
+        if math.isinf(s["time_to_iou_s"]):
+            s["time_to_iou_s"] = math.nan
+        s["reached_iou"] = f"{len(reached)}/{len(mine)}"
+
+
 def per_prompt(rows: list[dict], methods: list[str], prompts: list[str]) -> list[dict]:
     """Mean over seeds of each quality metric, per method x prompt."""
     table = []

@@ -49,6 +49,10 @@ def summary_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
          f"{s['finished']}/{s['cells']}"]
         for s in summary
     ]
+    if any(s.get("reached_iou") for s in summary):  # the runs kept an evaluation curve (eval_every > 0)
+        header.insert(4, f"time to IoU {collect.TARGET_IOU:g} (s)")
+        for s, row in zip(summary, rows):
+            row.insert(4, f"{_fmt(s.get('time_to_iou_s', math.nan), 1)} ({s.get('reached_iou', '–')})")
     return header, rows
 
 
@@ -246,6 +250,8 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
     summary = collect.summarize(rows, methods, spec.seeds)
     table = collect.per_prompt(rows, methods, spec.prompts)
     curves = collect.mean_curves(curve_rows, methods, spec.seeds)
+    if curve_rows:
+        collect.add_time_to_iou(summary, curve_rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
     figures = {
@@ -278,7 +284,9 @@ def write_report(out: Path, spec: BenchmarkSpec, cells: list[Cell], info: dict) 
         f"of those per-seed means. s/it is the median over cells of each run's median step time; step time is the "
         f"sum of a run's optimizer steps and wall time the whole process (start, evaluations, outputs); memory is the "
         f"largest peak over cells ({summary[0].get('peak_memory_kind') or '–'}). Final loss: mean total loss of "
-        f"the last 50 steps. {spec.description}"
+        f"the last 50 steps. Time to IoU {collect.TARGET_IOU:g} (where the runs kept an evaluation curve): the median "
+        f"over cells of the training seconds until the curve first reached it, a cell that never did counting as "
+        f"slowest (no median when fewer than half did), with the cells that reached it. {spec.description}"
     )
     md = [f"# {title}", "", explain, "", *[f"- {line}" for line in info_lines(info, gpu)], "",
           "## Methods", "", markdown_table(s_header, s_rows), ""]

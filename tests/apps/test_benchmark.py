@@ -145,6 +145,23 @@ def test_summary_spread_over_seeds():
     assert s["iou_std"] == pytest.approx(((0.2**2 + 0.2**2) / 1) ** 0.5)  # sample std of 0.3 and 0.7
 
 
+def test_time_to_iou_is_the_median_over_cells_of_the_first_time_the_curve_reaches_it():
+    from scorelift.benchmark.collect import add_time_to_iou
+
+    def curve(method, prompt, points):
+        return [{"method": method, "prompt": prompt, "seed": 0, "step": str(100 * (i + 1)), "train_s": str(t),
+                 "iou": str(iou)} for i, (t, iou) in enumerate(points)]
+
+    rows = (curve("a", "p1", [(10.0, 0.5), (20.0, 0.81), (30.0, 0.7)])  # first reaches 0.8 at 20 s
+            + curve("a", "p2", [(12.0, 0.85), (24.0, 0.9)])  # at 12 s
+            + curve("a", "p3", [(11.0, 0.2), (22.0, 0.79)])  # never
+            + curve("b", "p1", [(5.0, 0.1)]) + curve("b", "p2", [(5.0, 0.2)]) + curve("b", "p3", [(5.0, 0.95)]))
+    summary = [{"method": "a"}, {"method": "b"}]
+    add_time_to_iou(summary, rows)
+    assert summary[0]["time_to_iou_s"] == 20.0 and summary[0]["reached_iou"] == "2/3"  # median of 12, 20, never
+    assert summary[1]["reached_iou"] == "1/3" and summary[1]["time_to_iou_s"] != summary[1]["time_to_iou_s"]  # nan
+
+
 def test_bad_input_is_reported_clearly(tmp_path):
     proc = bench("nosuch", "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and "Benchmark preset 'nosuch' not found" in proc.stderr and "ci" in proc.stderr

@@ -34,13 +34,14 @@ EXPECTED = {
                             "sjc-sds", "sds"], 1, [0, 1], 1000, 0),
     "shapes-schedule": (["paas-annealed", "paas-random"], 6, [0, 1, 2, 3, 4, 5], 1000, 100),
     "shapes-geometry": (["sds-voxel", "sds-mesh"], 12, [0, 1, 2], 1000, 0),
+    "shapes-splats": (["sds-voxel", "sds-hash", "sds-splats"], 12, [0, 1, 2], 1000, 100),
 }
 
 # Presets whose every method must start on today's configs (the shapes-tuning-round* presets record
 # earlier tuning rounds, whose latent-render variants the current shapes presets no longer accept;
 # sd and determinism-sd need a Stable Diffusion pipeline on disk).
 RUNNABLE = ["ci", "full", "determinism-shapes", "mps-probe", "shapes-defaults", "shapes-ssd-vsd", "shapes-schedule",
-            "pixel-cubes-schedule", "pixel-cubes-tuning", "shapes-geometry"]
+            "pixel-cubes-schedule", "pixel-cubes-tuning", "shapes-geometry", "shapes-splats"]
 
 
 def test_every_preset_file_has_an_expectation():

@@ -265,7 +265,7 @@ def composite_tiles(pix: torch.Tensor, mean: torch.Tensor, conic: torch.Tensor, 
 
 
 def splat(projected: Projected, opacity: torch.Tensor, colour: torch.Tensor, background: torch.Tensor,
-          tile: int = 8, max_pairs: int = 1 << 22) -> Splatted:
+          tile: int = 4, max_pairs: int = 1 << 22) -> Splatted:
     """Composite N projected Gaussians over ``background``.
 
     projected: Projected of B cameras; opacity [N] in [0, 1]; colour [N, C] or [B, N, C];

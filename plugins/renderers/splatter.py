@@ -37,7 +37,10 @@ class SplatterConfig:
     """Options of ``splatter`` and their defaults (``renderer=splatter renderer.<option>=...``)."""
 
     backend: str = "auto"  # auto | torch | gsplat
-    tile: int = 8  # pixels per tile side (pure splatter): where work is grouped, not the result
+    # Pixels per tile side (pure splatter): where work is grouped, not the result. 4 was the fastest
+    # of 2, 4, 8 and 16 for 4,000 Gaussians at 64 x 64 on the CPU (smaller tiles waste fewer pixels
+    # on each Gaussian's square bound, larger ones sort fewer pairs).
+    tile: int = 4
     max_pairs: int = 1 << 22  # (Gaussian, pixel) entries composited at once (pure splatter): bounds memory
 
 

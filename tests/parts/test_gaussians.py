@@ -138,3 +138,36 @@ def test_the_splatter_draws_the_geometry_and_reports_centre_gradients():
     drawn = (out.extras["radii"] > 0).sum(0).float()
     assert torch.equal(geo.seen, drawn)
     assert torch.allclose(geo.grad_accum, ((xy.grad * 16).norm(dim=-1) * (out.extras["radii"] > 0)).sum(0))
+
+
+class Ball(torch.nn.Module):
+    """A density field: 10 inside a ball of radius 0.3, 0 outside, one colour everywhere."""
+
+    n_features = 3
+    kind = "field"
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("bbox", torch.tensor([[-0.6] * 3, [0.6] * 3]))
+
+    def density(self, points):
+        return 10.0 * (points.norm(dim=-1) < 0.3).float()
+
+    def forward(self, points):
+        from scorelift.interfaces.geometry import GeometryOutput
+
+        return GeometryOutput(density=self.density(points),
+                              features=torch.tensor([0.2, 0.6, 0.9]).expand(points.shape[0], 3))
+
+
+def test_a_start_from_a_density_field_puts_the_centres_where_it_is_dense_in_its_colour():
+    geo = gaussians(n_gaussians=500, max_gaussians=1000, init_opacity=0.3)
+    geo.init_from(Ball(), level=5.0)
+    cell = 1.2 / 63
+    assert geo.count == 500
+    assert (geo.means.norm(dim=-1) < 0.3 + cell).all()  # lattice points inside, jittered within a cell
+    assert geo.means.norm(dim=-1).max() > 0.2  # spread through the ball, not piled at its centre
+    colour = geo.base_features()
+    assert torch.allclose(colour, torch.tensor([0.2, 0.6, 0.9]).expand(500, 3), atol=1e-5)
+    assert torch.allclose(torch.exp(geo.log_scales), torch.full((500, 3), cell), rtol=1e-5)
+    assert torch.allclose(torch.sigmoid(geo.opacity_logits), torch.full((500,), 0.3))

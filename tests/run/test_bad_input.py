@@ -71,7 +71,7 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
     w = str(finished)
     spec = [
         # unknown system, guidance, geometry, renderer (and prior) names
-        ("system-name", ["system=nosuch"], ["system=nosuch", "'system'", "dreamfusion, magic3d, magic3d-fine, prolificdreamer, sjc"]),
+        ("system-name", ["system=nosuch"], ["system=nosuch", "'system'", "dreamfusion, dreamgaussian, gaussian, magic3d, magic3d-fine, prolificdreamer, sjc"]),
         ("guidance-name", ["guidance=nosuch"], ["guidance=nosuch", "paas, sds, ssd, vsd"]),
         ("geometry-name", ["geometry=nosuch"], ["geometry=nosuch", "hash-grid, voxel-grid"]),
         ("renderer-name", ["renderer=nosuch"], ["renderer=nosuch", "volume"]),

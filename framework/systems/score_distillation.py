@@ -200,10 +200,15 @@ class ScoreDistillationSystem(pl.LightningModule):
             self.geometry.after_backward(*last)
             self.last_step = last[0]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Here rather than in on_train_batch_end: the callbacks' step-end hooks (the periodic
+        # checkpoint, the stop at a step's end, the evaluations) run before the module's, and a
+        # checkpoint must hold the step's Gaussians after its densification, or a run resumed from
+        # it would skip that round.
         step = self.__dict__.pop("last_step", None)
         if step is not None:
-            self.geometry.after_optimizer_step(step, self.optimizers().optimizer)
+            self.geometry.after_optimizer_step(step, getattr(optimizer, "optimizer", optimizer))
 
     def part_generator(self, part, step: int, stream: int) -> torch.Generator:
         """The generator of ``part``'s draws in this step: on the run's GPU on the fast path, if the
@@ -220,6 +225,7 @@ class ScoreDistillationSystem(pl.LightningModule):
 
     def _skip_nonfinite(self, step: int, terms: dict):
         """A NaN/Inf loss skips the step (Lightning skips the optimizer step when None is returned)."""
+        self.__dict__.pop("last_render", None)  # no backward: nothing for the geometry to read
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True)

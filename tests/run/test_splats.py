@@ -77,6 +77,25 @@ def test_a_stop_between_densifications_resumes_to_the_uninterrupted_gaussians(st
     assert same_weights(run_dir / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
 
 
+def test_a_run_killed_after_a_checkpoint_at_a_densification_step_resumes_to_the_same_gaussians(straight,
+                                                                                               tiny_pipeline_dir,
+                                                                                               tmp_path):
+    """Checkpoints every 4 steps, densification after steps 4, 8 and 12: every checkpoint is written
+    at a densification step, so it must hold that step's Gaussians after their round, or the resumed
+    run would skip it."""
+    run_dir = tmp_path / "run"
+    args = [a.replace("checkpoint_every=2", "checkpoint_every=4") for a in splat_args(tiny_pipeline_dir, run_dir)]
+    proc = start(args)
+    wait_for_checkpoint(proc, run_dir, 4, timeout=300)
+    proc.kill()  # no graceful stop: what is on disk is the periodic checkpoint
+    proc.communicate(timeout=60)
+    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert killed_at in (4, 8, 12)
+    again = launch([sys.executable, str(REPO / "launch.py"), f"resume={run_dir}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert same_weights(run_dir / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")
+
+
 def test_the_export_writes_a_3dgs_ply_that_reads_back_field_by_field_and_starts_a_run(straight, tiny_pipeline_dir,
                                                                                       tmp_path):
     from plyfile import PlyData

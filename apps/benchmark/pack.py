@@ -6,7 +6,7 @@ Writes <dest dir>/cells.tar.gz.part00, part01, ... (split so each part stays und
 Kept: the folder's top-level files; per cell its records (job.json, segments.json, failed.json, and
 stdout.log where the cell failed) and what reports and verdicts read from its run (metrics.json,
 eval_curve.csv, timing.json, run_info.json, config.yaml, eval/, the turntable and its strip,
-grid.png). Left out: checkpoints, TensorBoard and CSV logs, validation images. A finished cell
+grid.png; for a staged run also stages.json and the same of each stage's folder). Left out: checkpoints, TensorBoard and CSV logs, validation images. A finished cell
 unpacked elsewhere is finished there too (its job.json is what the runner checks); a stopped one
 starts again, since its checkpoint stayed behind. Unpack with
 ``cat <dest>/cells.tar.gz.part* | tar -xzf - -C <out dir>``.
@@ -35,7 +35,14 @@ def kept(rel: Path, folder: Path) -> bool:
     if len(parts) == 5:  # cells/<method>/<prompt>/<seed>/<file>
         return parts[4] in CELL_RECORDS or (parts[4] == "stdout.log" and (folder / "failed.json").exists())
     if len(parts) >= 6 and parts[4] == "run":
-        return (len(parts) == 6 and parts[5] in RUN_FILES) or (len(parts) == 7 and parts[5] == "eval")
+        if len(parts) == 6:
+            return parts[5] in RUN_FILES or parts[5] == "stages.json"
+        if parts[5] == "eval":
+            return len(parts) == 7
+        # a stage of a staged run (system=magic3d): run/<stage>/<file> and run/<stage>/eval/<file>,
+        # which its per-stage rows read
+        return not parts[5].startswith(".") and (
+            (len(parts) == 7 and parts[6] in RUN_FILES) or (len(parts) == 8 and parts[6] == "eval"))
     return False
 
 

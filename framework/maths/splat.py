@@ -241,13 +241,16 @@ class _CompositeTiles(torch.autograd.Function):
         d_alpha = torch.where(live & (alpha > 0), d_alpha, torch.zeros_like(d_alpha))
         d_power = d_alpha * alpha  # d alpha / d power = alpha where it is not clamped
         d_opacity = (d_alpha * kernel).sum(dim=2)
-        d_a = (-0.5 * d_power * dx * dx).sum(dim=2)
-        d_b = (-d_power * dx * dy).sum(dim=2)
-        d_c = (-0.5 * d_power * dy * dy).sum(dim=2)
-        a, b, c = (conic[..., i : i + 1] for i in range(3))
-        # power depends on the centre through dx = px - mean_x: d power / d mean_x = a dx + b dy
-        d_mx = (d_power * (a * dx + b * dy)).sum(dim=2)
-        d_my = (d_power * (b * dx + c * dy)).sum(dim=2)
+        p, q = d_power * dx, d_power * dy
+        d_a = -0.5 * (p * dx).sum(dim=2)
+        d_b = -(p * dy).sum(dim=2)
+        d_c = -0.5 * (q * dy).sum(dim=2)
+        a, b, c = conic.unbind(-1)  # [G, K]
+        # power depends on the centre through dx = px - mean_x: d power / d mean_x = a dx + b dy, and
+        # the conic is constant over a Gaussian's pixels, so the sums over pixels come first
+        p_sum, q_sum = p.sum(dim=2), q.sum(dim=2)
+        d_mx = a * p_sum + b * q_sum
+        d_my = b * p_sum + c * q_sum
         d_colour = torch.einsum("gkq,gqc->gkc", weights, g_colour)
         d_dist = (weights * g_depth[:, None, :]).sum(dim=2)
         return (None, torch.stack([d_mx, d_my], dim=-1), torch.stack([d_a, d_b, d_c], dim=-1), d_opacity,

@@ -21,6 +21,10 @@ def test_a_packed_folder_keeps_records_and_results_and_drops_checkpoints(tmp_pat
         "cells/m/a_red_cube/s0/run/turntable.mp4": b"x", "cells/m/a_red_cube/s0/run/checkpoints/last.ckpt": b"x" * 5000,
         "cells/m/a_red_cube/s0/run/logs/metrics.csv": b"x", "cells/m/a_red_cube/s0/run/validation/step_1.png": b"x",
         "cells/m/a_red_cube/s1/failed.json": b"{}", "cells/m/a_red_cube/s1/stdout.log": b"x",
+        # a staged run: each stage's results travel too, not its checkpoints or hydra files
+        "cells/m/a_red_cube/s0/run/stages.json": b"{}", "cells/m/a_red_cube/s0/run/fine/metrics.json": b"{}",
+        "cells/m/a_red_cube/s0/run/fine/eval/view_0.png": b"x", "cells/m/a_red_cube/s0/run/fine/checkpoints/last.ckpt": b"x",
+        "cells/m/a_red_cube/s0/run/fine/logs/metrics.csv": b"x", "cells/m/a_red_cube/s0/run/.hydra/config.yaml": b"x",
     }
     for rel, data in files.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +40,8 @@ def test_a_packed_folder_keeps_records_and_results_and_drops_checkpoints(tmp_pat
         "results.csv", "driver_log.txt", "cells/m/a_red_cube/s0/cell.json", "cells/m/a_red_cube/s0/run/metrics.json",
         "cells/m/a_red_cube/s0/run/eval/view_0.png", "cells/m/a_red_cube/s0/run/turntable.mp4",
         "cells/m/a_red_cube/s1/failed.json", "cells/m/a_red_cube/s1/stdout.log",  # a failed cell keeps its log
+        "cells/m/a_red_cube/s0/run/stages.json", "cells/m/a_red_cube/s0/run/fine/metrics.json",
+        "cells/m/a_red_cube/s0/run/fine/eval/view_0.png",
     }
 
 

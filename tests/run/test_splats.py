@@ -70,8 +70,12 @@ def test_a_stop_between_densifications_resumes_to_the_uninterrupted_gaussians(st
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr[-3000:]
     stopped = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert 6 <= stopped["global_step"] < STEPS
-    assert stopped["state_dict"]["geometry.seen"].sum() > 0  # the round in progress had gathered gradients
+    step = stopped["global_step"]
+    assert 6 <= step < STEPS
+    seen = stopped["state_dict"]["geometry.seen"].sum()
+    # between two rounds the one in progress has gathered gradients; at a round (step 8 or 12, where
+    # the signal may land) the checkpoint holds the Gaussians after it, their statistics cleared
+    assert seen > 0 if step % 4 else seen == 0
     again = launch([sys.executable, str(REPO / "launch.py"), f"resume={run_dir}"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert same_weights(run_dir / "checkpoints" / "last.ckpt", straight / "checkpoints" / "last.ckpt")

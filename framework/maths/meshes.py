@@ -14,13 +14,19 @@ def face_normals(vertices: torch.Tensor, faces: torch.Tensor, unit: bool = True)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-12) if unit else n
 
 
+def unique_pairs(pairs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pairs [M, 2] long of vertex indices below ``n`` -> (the distinct pairs [U, 2], sorted, and
+    each input pair's row among them [M]): torch.unique(pairs, dim=0), through one 1-D key per
+    pair, which is far faster."""
+    keys, inverse = torch.unique(pairs[:, 0] * n + pairs[:, 1], return_inverse=True)
+    return torch.stack([keys // n, keys % n], dim=1), inverse
+
+
 def edges_of(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mesh's undirected edges [E, 2] (sorted pairs) and, for each face's three edges
     (v0 v1, v1 v2, v2 v0), its edge number: [F, 3]."""
     pairs = torch.sort(faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), dim=1).values
-    n = int(faces.max()) + 1 if faces.numel() else 1
-    keys, inverse = torch.unique(pairs[:, 0] * n + pairs[:, 1], return_inverse=True)  # 1-D: far faster than dim=0
-    edges = torch.stack([keys // n, keys % n], dim=1)
+    edges, inverse = unique_pairs(pairs, int(faces.max()) + 1 if faces.numel() else 1)
     return edges, inverse.reshape(-1, 3)
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from .grid_cells import box_cells
+
 NEAR = 1e-3  # triangles with a vertex closer than this to the camera plane are not drawn
 
 
@@ -79,9 +81,9 @@ def rasterize(xy: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: in
         # pixel centres c + 0.5 inside [lo, hi]: c from ceil(lo - 0.5) to floor(hi - 0.5)
         c0 = torch.ceil(lo - 0.5).clamp_min(0).long()
         c1 = torch.minimum(torch.floor(hi - 0.5).long(), torch.tensor([width - 1, height - 1], device=device))
-        n = (c1 - c0 + 1).clamp_min(0)  # [F, 2] columns, rows
         drawable = (tz > NEAR).all(dim=1) & (edge(tri[:, 0], tri[:, 1], tri[:, 2]).abs() > 1e-12)
-        counts = n[:, 0] * n[:, 1] * drawable
+        size = (c1 - c0 + 1).clamp_min(0) * drawable[:, None]  # [F, 2] columns, rows (none if not drawn)
+        counts = size.prod(dim=-1)
         best_z = torch.full((height * width,), float("inf"), dtype=z.dtype, device=device)
         best_f = face_id[b]
         # faces in chunks whose candidate pairs fit max_pairs (one face may exceed it alone)
@@ -91,25 +93,19 @@ def rasterize(xy: torch.Tensor, z: torch.Tensor, faces: torch.Tensor, height: in
             base = ends[start - 1] if start else 0
             stop = int(torch.searchsorted(ends, base + max_pairs, right=True))
             stop = max(stop, start + 1)
-            _merge_chunk(tri, tz, counts, c0, n, start, stop, width, height, best_z, best_f)
+            _merge_chunk(tri, tz, c0, size, start, stop, width, best_z, best_f)
             start = stop
     return face_id.reshape(B, height, width)
 
 
-def _merge_chunk(tri, tz, counts, c0, n, start, stop, width, height, best_z, best_f) -> None:
-    """Rasterise faces [start, stop) and keep, per pixel, the nearer of them and of what
-    ``best_z`` / ``best_f`` hold (updated in place)."""
-    device = tri.device
-    chunk_counts = counts[start:stop]
-    total = int(chunk_counts.sum())
-    if total == 0:
+def _merge_chunk(tri, tz, c0, size, start, stop, width, best_z, best_f) -> None:
+    """Rasterise faces [start, stop) (each over the ``size`` [F, 2] pixels from ``c0``) and keep,
+    per pixel, the nearer of them and of what ``best_z`` / ``best_f`` hold (updated in place)."""
+    local, cells = box_cells(c0[start:stop], size[start:stop])  # [P] face (from start), [P, 2] pixel
+    if local.numel() == 0:
         return
-    local = torch.repeat_interleave(torch.arange(start, stop, device=device), chunk_counts)  # [P] face
-    first = torch.repeat_interleave(torch.cumsum(chunk_counts, 0) - chunk_counts, chunk_counts)
-    offset = torch.arange(total, device=device) - first
-    cols = n[local, 0]
-    px = c0[local, 0] + offset % cols
-    py = c0[local, 1] + offset // cols
+    local = local + start
+    px, py = cells[:, 0], cells[:, 1]
     centre = torch.stack([px, py], dim=-1).to(tri.dtype) + 0.5
     bary = screen_barycentrics(tri[local], centre)  # [P, 3]
     inside = (bary >= 0).all(dim=-1)
@@ -228,16 +224,10 @@ def edge_crossings(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.T
         lo = torch.floor(torch.minimum(c, d)).long()  # [E, 2] pixel columns / rows the box covers
         hi = torch.floor(torch.maximum(c, d)).long()
         span = hi - lo + 1
-        counts = span[:, 0] * span[:, 1]
-        keep = counts <= max_pairs  # a degenerate huge edge (behind the camera) covers no real pixel here
-        counts = torch.where(keep, counts, torch.zeros_like(counts))
-        edge = torch.repeat_interleave(torch.arange(c.shape[0], device=device), counts)
-        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        offset = torch.arange(edge.shape[0], device=device) - first
-        cell_x = lo[edge, 0] + offset % span[edge, 0]
-        cell_y = lo[edge, 1] + offset // span[edge, 0]
+        keep = span.prod(dim=-1) <= max_pairs  # a degenerate huge edge (behind the camera) covers no real pixel here
+        edge, cells = box_cells(lo, span * keep[:, None])
         width = int(max(a[:, 0].max().item(), b[:, 0].max().item())) + 2
-        key = cell_y * width + cell_x  # [L] a (pixel, edge) list ...
+        key = cells[:, 1] * width + cells[:, 0]  # [L] a (pixel, edge) list ...
         order = torch.argsort(key)
         key, edge = key[order], edge[order]  # ... sorted by pixel
         pair_rows, pair_edges = [], []

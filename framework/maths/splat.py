@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .grid_cells import box_cells
+
 ALPHA_MIN = 1.0 / 255.0  # alphas below this are skipped
 ALPHA_MAX = 0.99  # one Gaussian never hides everything behind it (and log(1 - alpha) stays finite)
 T_MIN = 1e-4  # compositing stops before the transmittance would fall below this
@@ -166,17 +168,9 @@ def tile_pairs(xy: torch.Tensor, depth: torch.Tensor, radius: torch.Tensor, heig
     lo_x, hi_x = lo[..., 0].clamp(0, TX - 1), hi[..., 0].clamp(0, TX - 1)
     lo_y, hi_y = lo[..., 1].clamp(0, TY - 1), hi[..., 1].clamp(0, TY - 1)
     on_screen = (radius > 0) & (hi[..., 0] >= 0) & (lo[..., 0] < TX) & (hi[..., 1] >= 0) & (lo[..., 1] < TY)
-    nx = (hi_x - lo_x + 1) * on_screen
-    ny = (hi_y - lo_y + 1) * on_screen
-    counts = (nx * ny).reshape(-1)  # [B * N]
-    total = int(counts.sum())
-    device = xy.device
-    gaussian = torch.repeat_interleave(torch.arange(B * N, device=device), counts)  # [P]
-    first = torch.cumsum(counts, 0) - counts
-    k = torch.arange(total, device=device) - torch.repeat_interleave(first, counts)  # index within the box
-    nx_f = nx.reshape(-1)[gaussian]
-    tx = lo_x.reshape(-1)[gaussian] + k % nx_f.clamp_min(1)
-    ty = lo_y.reshape(-1)[gaussian] + k // nx_f.clamp_min(1)
+    size = torch.stack([hi_x - lo_x + 1, hi_y - lo_y + 1], dim=-1) * on_screen[..., None]  # [B, N, 2] tiles
+    gaussian, cells = box_cells(torch.stack([lo_x, lo_y], dim=-1).reshape(-1, 2), size.reshape(-1, 2))  # [P]
+    tx, ty = cells[:, 0], cells[:, 1]
     b = gaussian // N
     tile_id = (b * TY + ty) * TX + tx
     # Front to back within each tile: sort by depth, then stably by tile.
@@ -341,16 +335,8 @@ def cell_pairs(lo: torch.Tensor, hi: torch.Tensor, origin: torch.Tensor, cell: f
     clipped to the grid, sorted by cell."""
     a = ((lo - origin) / cell).floor().long().clamp(0, dims - 1)
     b = ((hi - origin) / cell).floor().long().clamp(0, dims - 1)
-    n = b - a + 1  # [N, 3]
-    counts = n.prod(dim=-1)
-    box = torch.repeat_interleave(torch.arange(lo.shape[0], device=lo.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    k = torch.arange(int(counts.sum()), device=lo.device) - torch.repeat_interleave(first, counts)
-    nb = n[box]
-    x = a[box, 0] + k % nb[:, 0]
-    y = a[box, 1] + (k // nb[:, 0]) % nb[:, 1]
-    z = a[box, 2] + k // (nb[:, 0] * nb[:, 1])
-    cell_id = (z * dims + y) * dims + x
+    box, cells = box_cells(a, b - a + 1)
+    cell_id = (cells[:, 2] * dims + cells[:, 1]) * dims + cells[:, 0]
     order = torch.argsort(cell_id, stable=True)
     return box[order], cell_id[order]
 

@@ -23,6 +23,8 @@ import itertools
 
 import torch
 
+from .meshes import unique_pairs
+
 # The Kuhn subdivision of the unit cube: each tetrahedron follows a monotone path from corner 0
 # (0, 0, 0) to corner 7 (1, 1, 1) that adds one axis at a time; corner c has offset bits (x, y, z)
 # = (c & 1, c >> 1 & 1, c >> 2 & 1).
@@ -74,10 +76,7 @@ def marching_tets(vertices: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor)
     edges = torch.sort(edges, dim=-1).values
     edge_inside = inside[edges]  # [T, 6, 2]
     cut = edge_inside[..., 0] != edge_inside[..., 1]  # [T, 6]
-    cut_edges = edges[cut]
-    n = vertices.shape[0]
-    keys, edge_id = torch.unique(cut_edges[:, 0] * n + cut_edges[:, 1], return_inverse=True)  # 1-D: fast
-    unique = torch.stack([keys // n, keys % n], dim=1)  # [M, 2]
+    unique, edge_id = unique_pairs(edges[cut], vertices.shape[0])  # [M, 2], [cuts]
     s_a, s_b = sdf[unique[:, 0]], sdf[unique[:, 1]]
     v_a, v_b = vertices[unique[:, 0]], vertices[unique[:, 1]]
     weight = (s_a / (s_a - s_b))[:, None]  # in [0, 1]: s_a and s_b have opposite signs (or one is 0)

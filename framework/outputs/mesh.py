@@ -33,6 +33,8 @@ FORMATS = ("glb", "obj", "ply")
 AUTO_VIEWS = 8
 AUTO_RESOLUTION = 64
 AUTO_CANDIDATES = 96
+# export.max_faces: below this, the coarsest grids a cap would need no longer hold a recognisable shape
+MIN_FACE_CAP = 500
 
 
 @dataclass(kw_only=True)
@@ -41,15 +43,21 @@ class MeshExportConfig:
     threshold: float | str  # density level, or "auto"
     keep_largest: bool  # drop floaters: keep the connected piece with the most faces
     formats: list  # any of FORMATS
+    max_faces: int = 0  # extract on a coarser grid until the mesh has at most this many faces (0: no cap)
 
 
 def check_export_config(cfg) -> MeshExportConfig:
     c = MeshExportConfig(resolution=cfg.resolution, threshold=cfg.threshold, keep_largest=bool(cfg.keep_largest),
-                         formats=list(cfg.formats))
+                         formats=list(cfg.formats), max_faces=cfg.get("max_faces", 0))
     if c.resolution < 8:
         raise ConfigError(f"export.resolution={c.resolution} is too small: use at least 8 (default 128).")
     if not (c.threshold == "auto" or (isinstance(c.threshold, (int, float)) and c.threshold > 0)):
         raise ConfigError(f"export.threshold={c.threshold!r} must be a positive density or 'auto'.")
+    if not (isinstance(c.max_faces, int) and not isinstance(c.max_faces, bool)
+            and (c.max_faces == 0 or c.max_faces >= MIN_FACE_CAP)):
+        raise ConfigError(f"export.max_faces={c.max_faces!r} must be 0 (no cap) or a whole number of at least "
+                          f"{MIN_FACE_CAP} (default 50000): the export extracts the surface on a coarser grid until "
+                          "it has at most that many faces.")
     bad = [f for f in c.formats if f not in FORMATS]
     if bad or not c.formats:
         raise ConfigError(f"export.formats={c.formats} must be a non-empty list of {', '.join(FORMATS)}.")
@@ -152,16 +160,59 @@ def vertex_colours(system, vertices: np.ndarray, chunk: int = 4096) -> np.ndarra
 
 def surface_mesh(system, cfg: MeshExportConfig):
     """A mesh geometry's own surface (``kind = "mesh"``: the DMTet's marching tetrahedra) as a
-    trimesh.Trimesh with vertex colours; None as its level (no density is cut)."""
+    trimesh.Trimesh with vertex colours; None as its level (no density is cut). Above
+    ``cfg.max_faces`` faces, the surface is extracted again on coarser grids (the geometry's
+    ``mesh(resolution=N)``) until it fits."""
     import trimesh
 
-    with torch.no_grad():
-        vertices, faces = system.geometry.mesh()
-    mesh = trimesh.Trimesh(vertices=vertices.cpu().numpy(), faces=faces.cpu().numpy(), process=True)
+    geometry = system.geometry
+
+    def extract(resolution=None):
+        with torch.no_grad():
+            vertices, faces = geometry.mesh() if resolution is None else geometry.mesh(resolution=resolution)
+        return trimesh.Trimesh(vertices=vertices.cpu().numpy(), faces=faces.cpu().numpy(), process=True)
+
+    mesh = extract()
     if not len(mesh.faces):
         raise ConfigError("The mesh geometry has no surface (its signed distance has no zero crossing): nothing "
                           "to export. Resume the run from an earlier checkpoint, or start it again.")
+    own = getattr(geometry, "mesh_resolution", None)
+    if cfg.max_faces and len(mesh.faces) > cfg.max_faces:
+        if own is None:
+            log.warning("The mesh has %d faces, more than export.max_faces=%d, and %s cannot extract its surface "
+                        "on a coarser grid (no mesh_resolution): exported as it is.", len(mesh.faces),
+                        cfg.max_faces, type(geometry).__name__)
+        else:
+            mesh = within_face_cap(extract, own, len(mesh.faces), cfg.max_faces, mesh)
     return finish_mesh(system, cfg, mesh), None
+
+
+def within_face_cap(extract, resolution: int, n_faces: int, max_faces: int, mesh):
+    """The mesh extracted (``extract(resolution) -> trimesh``) on the finest grid coarser than
+    ``resolution`` whose mesh has at most ``max_faces`` faces (``mesh``: the one at ``resolution``,
+    with ``n_faces``). A smooth surface's face count goes with the square of the resolution, which
+    gives the first guess; a rough one loses more of its faces, so the largest fitting resolution
+    is then found by bisection (a few more extractions, each a fraction of a second)."""
+    own, too_big, fits = resolution, resolution, None
+    while fits is None and resolution > 2:
+        guess = int(resolution * (max_faces / len(mesh.faces)) ** 0.5)
+        resolution = max(2, min(guess, resolution - 1))
+        mesh = extract(resolution)
+        if len(mesh.faces) > max_faces:
+            too_big = resolution
+        else:
+            fits = (resolution, mesh)
+    while fits is not None and too_big - fits[0] > 1:
+        middle = (too_big + fits[0]) // 2
+        candidate = extract(middle)
+        if len(candidate.faces) > max_faces:
+            too_big = middle
+        else:
+            fits = (middle, candidate)
+    resolution, mesh = fits if fits is not None else (resolution, mesh)
+    log.info("Mesh: %d faces on the own grid (%d per axis) is above export.max_faces=%d: extracted on %d per "
+             "axis instead, %d faces.", n_faces, own, max_faces, resolution, len(mesh.faces))
+    return mesh
 
 
 def finish_mesh(system, cfg: MeshExportConfig, mesh):
@@ -192,10 +243,17 @@ def extract_mesh(system, cfg: MeshExportConfig):
             f"export.threshold={level:.4g} does not cut the density (range {density.min():.4g} to "
             f"{density.max():.4g}): no surface. Pick a level inside that range, or 'auto'."
         )
-    verts, faces, _, _ = marching_cubes(density, level=level, spacing=tuple(spacing))
-    verts = verts + lo
-    # skimage orients faces for a field that increases outward; density decreases outward
-    mesh = trimesh.Trimesh(vertices=verts, faces=faces[:, ::-1], process=True)
+
+    def cubes(density, lo, spacing):
+        verts, faces, _, _ = marching_cubes(density, level=level, spacing=tuple(spacing))
+        # skimage orients faces for a field that increases outward; density decreases outward
+        return trimesh.Trimesh(vertices=verts + lo, faces=faces[:, ::-1], process=True)
+
+    mesh = cubes(density, lo, spacing)
+    if cfg.max_faces and len(mesh.faces) > cfg.max_faces:
+        # the level stays the one fitted at the full lattice: a density level means the same at any
+        mesh = within_face_cap(lambda r: cubes(*sample_density(system.geometry, r)), cfg.resolution,
+                               len(mesh.faces), cfg.max_faces, mesh)
     return finish_mesh(system, cfg, mesh), level
 
 

@@ -117,10 +117,36 @@ class DMTetGeometry(Geometry):
         """[V, 3] grid vertices moved by their bounded offsets."""
         return self.grid_vertices + self.cfg.deform_scale * 0.5 * self.cell * torch.tanh(self.deform)
 
-    def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The surface: vertices [M, 3] (differentiable in ``sdf`` and ``deform``), faces [K, 3]."""
-        sdf = torch.where(self.on_boundary, self.sdf.clamp_min(BOUNDARY_SDF), self.sdf)
-        return marching_tets(self.deformed_vertices(), self.tets, sdf)
+    @property
+    def mesh_resolution(self) -> int:
+        """Cells per axis of the grid ``mesh()`` extracts on (the export coarsens from it)."""
+        return self.cfg.resolution
+
+    def mesh(self, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surface: vertices [M, 3] (differentiable in ``sdf`` and ``deform``), faces [K, 3].
+
+        ``resolution``: extract on a grid of that many cells per axis instead of the geometry's
+        own, its signed distance and vertex offsets interpolated trilinearly from the own grid's
+        (the export's face cap: a coarser grid gives about (resolution / own)^2 as many faces, and
+        is as closed as the own one, which a decimation of the finished mesh would not promise)."""
+        if resolution is None or resolution == self.cfg.resolution:
+            sdf = torch.where(self.on_boundary, self.sdf.clamp_min(BOUNDARY_SDF), self.sdf)
+            return marching_tets(self.deformed_vertices(), self.tets, sdf)
+        if resolution < 2:
+            raise ConfigError(f"dmtet mesh(resolution={resolution}): use at least 2 cells per axis.")
+        r = float(self.cfg.bbox_radius)
+        vertices, tets = tet_grid(resolution, r)
+        vertices, tets = vertices.to(self.sdf.device), tets.to(self.sdf.device)
+        n = self.cfg.resolution + 1
+        offsets = self.deformed_vertices() - self.grid_vertices  # [V, 3]
+        # grid vertex (i, j, k) is row (k * n + j) * n + i: a [z, y, x] volume, which grid_sample
+        # addresses with (x, y, z) coordinates in [-1, 1]
+        volume = torch.cat([self.sdf[:, None], offsets], dim=1).t().reshape(1, 4, n, n, n)
+        sampled = F.grid_sample(volume, (vertices / r).view(1, -1, 1, 1, 3), mode="bilinear",
+                                align_corners=True).view(4, -1).t()  # [V', 4]
+        on_boundary = (vertices.abs() >= r - 1e-6).any(dim=-1)
+        sdf = torch.where(on_boundary, sampled[:, 0].clamp_min(BOUNDARY_SDF), sampled[:, 0])
+        return marching_tets(vertices + sampled[:, 1:], tets, sdf)
 
     # ----------------------------------------------------------------------------- features
     def activate(self, raw: torch.Tensor) -> torch.Tensor:

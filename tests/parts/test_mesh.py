@@ -224,6 +224,40 @@ def test_the_exported_surface_of_the_dmtet_sphere_is_closed_and_has_its_diameter
     assert (mesh.visual.vertex_colors[:, :3] == 128).all()  # mid-grey features, sigmoid(0)
 
 
+def test_a_coarser_dmtet_extraction_keeps_the_sphere_and_fits_the_face_cap():
+    """mesh(resolution=own) is mesh(); at 16 cells per axis the analytic sphere's surface has about
+    a quarter of the faces, its area still within 3 % of 4 pi r^2. The export, capped below the
+    own grid's face count, extracts on the coarsest grid it needs and stays closed and in one piece."""
+    import trimesh
+    from types import SimpleNamespace
+
+    from scorelift.outputs.mesh import MeshExportConfig, surface_mesh
+
+    geometry = build_named("geometry", "dmtet", {"resolution": 32, "init_radius": 0.47, "feature_resolution": 8})
+    # (0.47: no grid vertex lies on the sphere, where a zero signed distance gives degenerate triangles)
+    with torch.no_grad():
+        geometry.deform.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))  # offsets carry over too
+        own_v, own_f = geometry.mesh()
+        same_v, same_f = geometry.mesh(resolution=32)
+        assert torch.equal(own_v, same_v) and torch.equal(own_f, same_f)
+        geometry.deform.zero_()
+        own_v, own_f = geometry.mesh()
+        v, f = geometry.mesh(resolution=16)
+    ratio = len(f) / len(own_f)
+    assert 0.15 < ratio < 0.35, ratio
+    coarse = trimesh.Trimesh(v.numpy(), f.numpy())
+    assert coarse.is_watertight
+    assert coarse.area == pytest.approx(4 * math.pi * 0.47**2, rel=0.03)
+
+    system = SimpleNamespace(geometry=geometry, prior=None)
+    cap = len(own_f) // 2
+    mesh, _ = surface_mesh(system, MeshExportConfig(resolution=64, threshold="auto", keep_largest=True,
+                                                    formats=["glb"], max_faces=cap))
+    assert cap // 2 < len(mesh.faces) <= cap
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    assert mesh.bounds[1] - mesh.bounds[0] == pytest.approx([0.94, 0.94, 0.94], rel=0.02)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_rasteriser_on_cuda_matches_the_cpu():
     """The same pure-PyTorch code on the GPU: images equal to float rounding, gradients close."""

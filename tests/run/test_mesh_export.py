@@ -82,6 +82,9 @@ def test_latent_vertex_colours_go_through_the_vae(tiny_prior, tmp_path):
     (dict(threshold=-1.0), ["threshold=-1", "positive"]),
     (dict(formats=["stl"]), ["stl", "glb, obj, ply"]),
     (dict(resolution=4), ["resolution=4"]),
+    (dict(max_faces=-1), ["export.max_faces=-1", "0 (no cap)", "at least 500"]),
+    (dict(max_faces=100), ["export.max_faces=100", "at least 500"]),
+    (dict(max_faces=1.5), ["export.max_faces=1.5", "whole number"]),
 ])
 def test_bad_export_settings_fail_clearly(over, words, tmp_path):
     system = SimpleNamespace(geometry=cube_grid(3, "sigmoid", torch.zeros(3)), prior=None)
@@ -133,3 +136,18 @@ def test_mesh_of_a_trained_shapes_world_run_has_the_object_bounds(tmp_path):
     mesh = trimesh.load(tmp_path / "mesh" / "mesh.ply")
     colours = np.asarray(mesh.visual.vertex_colors)[:, :3].mean(0) / 255.0
     assert colours[1] > colours[0] + 0.1 and colours[1] > colours[2] + 0.1, colours  # green (shading baked in: dark)
+
+
+def test_a_mesh_above_the_face_cap_is_extracted_on_a_coarser_lattice(tmp_path):
+    """The cube at a 64^3 lattice has about 2 faces per lattice square of its surface (~18k);
+    capped at 3,000 the export samples the density on a coarser lattice at the same level: the
+    mesh fits, stays closed and in one piece, and keeps the cube's box within a coarse voxel."""
+    system = SimpleNamespace(geometry=cube_grid(3, "sigmoid", torch.zeros(3)), prior=None)
+    full = export_mesh(system, export_cfg(formats=["ply"]), tmp_path / "full")
+    capped = export_mesh(system, export_cfg(formats=["ply"], max_faces=3000), tmp_path / "capped")
+    assert full["n_faces"] > 3000 >= capped["n_faces"] > 1000  # not coarser than it needs
+    assert capped["level"] == full["level"]
+    mesh = trimesh.load(tmp_path / "capped" / "mesh" / "mesh.ply")
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    coarse_voxel = 1.2 / 20
+    np.testing.assert_allclose(np.array(capped["bounds"]), [[-CUBE_HALF] * 3, [CUBE_HALF] * 3], atol=coarse_voxel)

@@ -25,8 +25,8 @@ from .devices import pick_device
 from .errors import ConfigError, PluginError
 from .interfaces.geometry import DENSITY_KINDS
 from .memory import check_memory
-from .outputs import checkpoint as ckpt_files
-from .outputs.checkpoint import checkpoint_path
+from .outputs import checkpoint_files as ckpt_files
+from .outputs.checkpoint_files import checkpoint_path
 from .plan import PART_KINDS, InitSource, PartPlan, PriorFacts, RunPlan
 from .prompts import check_prompt, given_prompt
 from .run_lock import check_not_in_use
@@ -174,12 +174,13 @@ def check_resume(cfg: DictConfig, run_dir: Path | None) -> None:
 
 
 def find_plugin(kind: str, name, key: str):
-    """The class of plugin ``name`` of ``kind``; the error names the config key that chose it."""
+    """The class of plugin ``name`` of ``kind`` (a deferred one's declaration, ``registry.declared``:
+    its module is imported when the run is built); the error names the config key that chose it."""
     if not isinstance(name, str) or not name:
         choices = ", ".join(registry.available(kind)[kind]) or "(none)"
         raise ConfigError(f"{key}={name!r} must name a {kind} plugin; the registered ones are: {choices}.")
     try:
-        return registry.find(kind, name)
+        return registry.declared(kind, name)
     except PluginError:
         refused = registry.rejection(kind, name)
         if refused:  # an installed package registered it, and the registration was refused

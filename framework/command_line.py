@@ -144,21 +144,49 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------ --list
-def format_plugin_list() -> str:
-    """Every registered plugin by kind, with where it came from, and the presets."""
-    from .compose import group_options
+# How each kind of part is chosen on the command line, as --list shows it.
+HOW_CHOSEN = {
+    "geometry": "geometry=...",
+    "renderer": "renderer=...",
+    "background": "background=...",
+    "guidance": "guidance=...",
+    "loss": "+system.losses.<name>={} +system.loss_weights.lambda_<name>=<weight>",
+    "prior": "prior=...",
+    "evaluator": "scores the runs whose prompt it knows",
+}
 
-    lines = []
-    for kind, entries in registry.available().items():
-        lines.append(f"{kind}:")
-        for name, entry in entries.items():
-            doc = (entry.cls.__doc__ or "").strip().splitlines()
-            summary = doc[0] if doc else ""
-            lines.append(f"  {name:<18} {summary}  [{entry.origin}]")
-    lines.append(f"system presets (system=...): {', '.join(group_options('system'))}")
-    lines.append(f"prior presets (prior=...): {', '.join(group_options('prior'))}")
+
+def part_summary(cls) -> str:
+    """A part's one line: its own ``summary`` attribute (docs/plugins.md), else the first sentence
+    of its own docstring (not one it inherits: a subclass's parent describes another part)."""
+    from .compose import first_sentence
+
+    own = vars(cls) if isinstance(cls, type) else {"summary": getattr(cls, "summary", None)}
+    return own.get("summary") or first_sentence(own.get("__doc__"))
+
+
+def format_plugin_list() -> str:
+    """Every system preset and every registered part by kind, each with its one line and (parts)
+    where it came from; the YAML presets of a group beside its parts."""
+    from . import __version__
+    from .compose import yaml_presets
+
+    registered = registry.available()
+    lines = [f"scorelift {__version__}: a run is a system preset and its parts, each chosen with group=name, "
+             f"e.g. `scorelift system=sjc guidance=paas`; `scorelift --cfg job <overrides>` prints a composed run.",
+             "", "system (system=...): the methods, each a preset of parts and settings"]
+    lines += [f"  {name:<20} {summary}" for name, summary in yaml_presets("system").items()]
+    for kind, entries in registered.items():
+        if kind == "system":
+            continue
+        lines += ["", f"{kind} ({HOW_CHOSEN.get(kind, kind + '=...')}):"]
+        lines += [f"  {name:<20} {summary}  [preset]" for name, summary in yaml_presets(kind).items()
+                  if name not in entries]
+        lines += [f"  {name:<20} {part_summary(entry.cls)}  [{entry.origin}]" for name, entry in entries.items()]
+    lines += ["", "system classes (system.type=...; every preset above builds one):"]
+    lines += [f"  {name:<20} {part_summary(entry.cls)}  [{entry.origin}]" for name, entry in registered["system"].items()]
     failures = registry.load_failures()
     if failures:  # installed plugins that failed to import or register; everything else works
-        lines.append("plugins that failed to load:")
+        lines += ["", "plugins that failed to load:"]
         lines.extend(f"  {f}" for f in failures)
     return "\n".join(lines)

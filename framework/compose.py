@@ -93,6 +93,30 @@ def group_options(group: str) -> list[str]:
     return sorted(names)
 
 
+def first_sentence(text: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, its lines joined."""
+    paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
+    head, dot, _ = paragraph.partition(". ")
+    return head + "." if dot else paragraph
+
+
+def yaml_presets(group: str) -> dict[str, str]:
+    """The YAML options of config group ``group`` in every search root, each with its one line:
+    the file's ``# summary: ...`` comment, else the first sentence of its leading comments."""
+    found: dict[str, str] = {}
+    for root in search_roots():
+        for path in sorted((root / group).glob("*.yaml")):
+            comments = []
+            for line in path.read_text().splitlines():
+                if not line.startswith("#"):
+                    break
+                comments.append(line.lstrip("#").strip())
+            summary = next((c.split(":", 1)[1].strip() for c in comments if c.startswith("summary:")), None)
+            found.setdefault(path.stem, summary or first_sentence(
+                "\n".join(c for c in comments if not c.startswith("@package"))))
+    return dict(sorted(found.items()))
+
+
 def override_key(override: str) -> str:
     """``+data.foo=1`` -> ``data.foo``; ``guidance@x=sds`` -> ``guidance``."""
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]

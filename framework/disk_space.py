@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .outputs.checkpoint import candidates
+from .outputs.checkpoint_files import candidates
 from .systems.optim import state_slots
 from .units import human_bytes
 

@@ -21,7 +21,7 @@ import torch
 
 from .errors import ConfigError
 from .interfaces.geometry import DENSITY_KINDS
-from .outputs import checkpoint as ckpt_files
+from .outputs import checkpoint_files as ckpt_files
 from .plan import InitSource
 
 

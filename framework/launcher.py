@@ -75,16 +75,17 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checks import check_inputs
-    from .library_noise import quiet_known_library_noise
-    from .multirun import SUBMITIT_LAUNCHERS, launcher_choice
-    from .run import run
-
+    # The heavy libraries (torch, Lightning, diffusers) are imported where a step needs them, not
+    # here: --help, --list and a refused command line answer in about a second.
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.list_parts:
         print(format_plugin_list())
         return 0
-    quiet_known_library_noise()
+    from .checks import check_inputs
+    from .library_noise import quiet_known_library_noise
+    from .multirun import SUBMITIT_LAUNCHERS, launcher_choice
+
+    quiet_known_library_noise(transformers=False)  # run() installs the rest, before a prior loads
     try:
         launcher = check_launcher(launcher_choice(args.overrides), args.multirun, SUBMITIT_LAUNCHERS)
         jobs = sweep_jobs(args.overrides) if args.multirun else [args.overrides]
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScoreliftError as exc:
         return fail(exc)
     setup_console_logging()
+    from .run import run
+
     try:
         run(cfg, run_dir, overrides=overrides, plan=plan)
     except ScoreliftError as exc:

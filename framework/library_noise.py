@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import warnings
 
 _LIGHTNING_STARTS = ("TPU available:", "💡 Tip:")
@@ -35,14 +36,17 @@ class _DropMessages(logging.Filter):
         return not (text.startswith(self.prefixes) and self.needle in text)
 
 
-def quiet_known_library_noise() -> None:
-    """Install the filters (idempotent). Call before diffusers or Lightning is first used."""
+def quiet_known_library_noise(transformers: bool = True) -> None:
+    """Install the filters (idempotent). Call before diffusers or Lightning is first used.
+
+    ``transformers=False``: its filter only if it is imported already (importing it costs a start-up
+    that may never need it most of a second; the run calls this again before loading a prior)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in lightning.filters):
         lightning.addFilter(_DropMessages(_LIGHTNING_STARTS))
-    if importlib.util.find_spec("transformers") is None:
+    if importlib.util.find_spec("transformers") is None or not (transformers or "transformers" in sys.modules):
         return
     from transformers.utils import logging as transformers_logging
 

@@ -51,6 +51,29 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """A built-in part registered by name whose module is imported when the part is first used
+    (``find``), because importing it is slow: the system, a Lightning module (Lightning costs
+    about two seconds of start-up that ``--list``, ``--help`` and a refused command line never
+    need). What start-up needs before then is given with the registration: the ``Config``
+    dataclass, the ``check_config`` classmethod's function and a one-line ``summary``. ``declared``
+    returns it where ``find`` would return the class."""
+
+    target: str  # "module:Class"
+    Config: type
+    check_config: Callable
+    summary: str
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    def load(self) -> type:
+        module, _, qualname = self.target.partition(":")
+        return getattr(importlib.import_module(module), qualname)
+
+
+@dataclass(frozen=True)
 class Rejection:
     """A registration by an installed plugin package that was refused (its class was left out);
     ``message`` names the package, the plugin (kind, name, class, module), the reason and the fix."""
@@ -61,6 +84,7 @@ class Rejection:
 
 
 _registry: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+_deferred_modules: set[str] = set()  # modules of Deferred registrations: discovery leaves them unimported
 _discovered = False
 _current_origin: str | None = None  # set while an entry point or local file is imported
 _load_failures: list[str] = []
@@ -80,6 +104,8 @@ def _check_kind(kind: str) -> None:
 
 def describe_class(cls) -> str:
     """``class SDSGuidance in module scorelift.plugins.guidance.sds`` (also for a non-class)."""
+    if isinstance(cls, Deferred):
+        return f"class {cls.target.partition(':')[2]} in module {cls.module}"
     return f"class {getattr(cls, '__qualname__', repr(cls))} in module {getattr(cls, '__module__', '?')}"
 
 
@@ -122,6 +148,17 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         return cls
 
     return decorator
+
+
+def register_deferred(kind: str, name: str, deferred: Deferred) -> None:
+    """Register built-in part ``name`` of ``kind`` without importing its module (``Deferred``);
+    the discovery of built-in parts then skips that module. For kinds that store no structured
+    config and check no interface at registration (the system)."""
+    _check_kind(kind)
+    if kind != "system":
+        raise PluginError(f"register_deferred({kind!r}, {name!r}): only a system can be registered deferred.")
+    _registry[kind][name] = Entry(deferred, deferred.module)
+    _deferred_modules.add(deferred.module)
 
 
 def _add(kind: str, name: str, cls: type, origin: str) -> None:
@@ -280,7 +317,8 @@ def _import_builtin_plugins() -> None:
     for name in BUILTIN_PACKAGES:
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
-            importlib.import_module(info.name)
+            if info.name not in _deferred_modules:  # (a package registers its deferred parts first)
+                importlib.import_module(info.name)
 
 
 def entry_point_origin(ep) -> str:
@@ -386,7 +424,19 @@ def rejection(kind: str, name: str) -> str | None:
 
 
 def find(kind: str, name: str) -> type:
-    """The class registered as ``name`` of ``kind``; a clear error listing the choices otherwise."""
+    """The class registered as ``name`` of ``kind``; a clear error listing the choices otherwise.
+    A deferred registration's module is imported here, once."""
+    declaration = declared(kind, name)
+    if isinstance(declaration, Deferred):
+        cls = declaration.load()
+        _registry[kind][name] = Entry(cls, declaration.module)
+        return cls
+    return declaration
+
+
+def declared(kind: str, name: str):
+    """What ``find`` returns, except that a deferred registration (``Deferred``: ``Config``,
+    ``check_config``) is returned as it is, its module not imported: what start-up checks read."""
     _check_kind(kind)
     discover()
     entry = _registry[kind].get(name)

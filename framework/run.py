@@ -111,7 +111,8 @@ def build_system(plan: RunPlan):
     """The prior and the system of ``plan``, on its device: each part built from its parsed,
     checked config (``PartPlan.build``); nothing is parsed or checked again."""
     prior = plan.prior.build(plan.device, fast_path=plan.fast_path)
-    return plan.system.cls(plan, prior).to(plan.device)  # a system is built from the whole plan
+    system_cls = registry.find("system", plan.system.name)  # imports a deferred one's module
+    return system_cls(plan, prior).to(plan.device)  # a system is built from the whole plan
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: StepTimer, evaluation: Evaluation,

@@ -139,6 +139,10 @@ def compose_stages(job_cfg: DictConfig, job_overrides: list[str], run_dir: Path)
     per_stage = scoped_overrides(scoped, [s["name"] for s in specs])
     own = [o for o in plain if not o.startswith(NOT_FOR_STAGES)]
     steps = given_steps(plain)
+    if steps is not None and steps < len(specs):
+        names = ", ".join(s["name"] for s in specs)
+        raise ConfigError(f"trainer.max_steps={steps} is the job's budget, split between its {len(specs)} stages "
+                          f"({names}): give at least one step per stage, i.e. trainer.max_steps >= {len(specs)}.")
     budgets = stage_budgets(specs, steps) if steps is not None else [None] * len(specs)
     stages = []
     for number, (spec, budget) in enumerate(zip(specs, budgets)):
@@ -190,8 +194,6 @@ def write_job_records(run_dir: Path, job_overrides: list[str] | None, stages: li
 def run_stages(job_cfg: DictConfig, job_overrides: list[str] | None, run_dir: Path) -> dict:
     """Run the job's stages in turn (``scorelift.launcher`` calls it for a config with stages);
     RunStopped from the stage a stop signal reached (its checkpoint written)."""
-    from .run import run
-
     stages = compose_stages(job_cfg, job_overrides or [], run_dir)
     if job_cfg.mode != "train":
         return run_last_stage(job_cfg, stages)
@@ -199,6 +201,8 @@ def run_stages(job_cfg: DictConfig, job_overrides: list[str] | None, run_dir: Pa
         raise ConfigError(f"The run directory {str(run_dir)!r} already holds a staged run; continue it with "
                           f"resume={run_dir}, or start the new one elsewhere.")
     plans = check_stages(stages, job_cfg)
+    from .run import run  # (Lightning: imported once the stages passed their checks)
+
     write_job_records(run_dir, job_overrides, stages)
     results = {}
     for stage, plan in zip(stages, plans):
@@ -253,7 +257,6 @@ def write_job_summary(run_dir: Path, stages: list[Stage]) -> None:
 def run_last_stage(job_cfg: DictConfig, stages: list[Stage]) -> dict:
     """mode=test or mode=export of a staged run: the last stage's run re-rendered or exported."""
     from .checks import check_inputs
-    from .run import run
 
     stage = next((s for s in reversed(stages) if s.state() != "new"), None)
     if stage is None:
@@ -264,7 +267,10 @@ def run_last_stage(job_cfg: DictConfig, stages: list[Stage]) -> dict:
         cfg.mode = job_cfg.mode
         cfg.resume = str(stage.run_dir)
         cfg.export = job_cfg.export
-    return run(cfg, stage.run_dir, overrides=None, plan=check_inputs(cfg, stage.run_dir))
+    plan = check_inputs(cfg, stage.run_dir)
+    from .run import run  # (Lightning: imported once the checks passed)
+
+    return run(cfg, stage.run_dir, overrides=None, plan=plan)
 
 
 def show_stages(job_cfg: DictConfig, job_overrides: list[str], run_dir: Path) -> str:

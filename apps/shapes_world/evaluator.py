@@ -40,6 +40,9 @@ class ShapesWorldEvaluator(Evaluator):
     """Scores prompts 'a {colour} {shape}' of the shapes world against its analytic ground truth,
     and shape-only targets 'a {shape}' (any colour: the runs of an unconditional one-shape prior)."""
 
+    # one line for `scorelift --list`
+    summary = "Scores shapes-world prompts against their analytic ground truth (IoU, identification, sharpness)."
+
     metrics = ("iou", "colour_error", "identification")
 
     def applies_to(self, prompt: str) -> bool:

@@ -91,7 +91,7 @@ def has_checkpoint(run: Path) -> bool:
 def checkpoint_step(run: Path) -> int | None:
     """The global step of the run's last.ckpt (checked whole, tensors not loaded); None if unreadable."""
     try:
-        from ..outputs.checkpoint import read_step  # imports torch: only when a job was stopped
+        from ..outputs.checkpoint_files import read_step  # imports torch: only when a job was stopped
 
         return read_step(run / "checkpoints" / "last.ckpt")
     except Exception:  # noqa: BLE001  (only for a message: missing, damaged or foreign, say nothing)

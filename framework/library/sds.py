@@ -43,6 +43,9 @@ class SDSConfig:
 
 
 class SDSGuidance(Guidance):
+    # one line for `scorelift --list`
+    summary = "Score distillation sampling, DreamFusion's gradient (Poole et al. 2022)."
+
     Config = SDSConfig
     # Draws through score_math on generator.device. A subclass that draws in its own __call__ with
     # CPU-only calls sets this back to False.

@@ -9,7 +9,6 @@ trains (VSD's LoRA) is saved and restored explicitly through ``on_save_checkpoin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -24,10 +23,10 @@ from ..data.cameras import (
 from ..errors import ConfigError
 from ..interfaces import DiffusionPrior, RenderOutput
 from ..plan import RunPlan
-from ..registry import register
-from ..schedule import check_scheduled, scheduled
+from ..schedule import scheduled
 from . import contracts
-from .optim import OptimizerConfig, build_optimizer, check_optimizer_config
+from .optim import build_optimizer
+from .settings import SystemConfig, check_system_config, loss_key  # noqa: F401  (loss_key: its old home)
 
 log = logging.getLogger(__name__)
 
@@ -35,42 +34,10 @@ log = logging.getLogger(__name__)
 STREAM_CAMERAS, STREAM_RENDER, STREAM_GUIDANCE = 0, 1, 2
 
 
-@dataclass(kw_only=True)
-class ViewsConfig:
-    """Fixed views for validation images and the turntable (degrees; resolution in pixels of the
-    render, i.e. latent pixels for latent geometry)."""
-
-    elevation: float
-    distance: float
-    fovy: float
-    resolution: int
-    n_frames: int
-    fps: int
-
-
-@dataclass(kw_only=True)
-class SystemConfig:
-    """name: the preset's name (used in run paths); loss_weights: ``lambda_<term>`` -> scheduled
-    scalar, one for ``guidance`` and one per entry of ``losses`` (options of each loss plugin)."""
-
-    type: str
-    name: str
-    loss_weights: dict
-    losses: dict
-    optimizer: OptimizerConfig
-    views: ViewsConfig
-    validation_every: int
-    n_validation_views: int
-    max_nonfinite_steps: int
-
-
-def loss_key(name: str) -> str:
-    return "lambda_" + name.replace("-", "_")
-
-
-@register("system", "score-distillation")
 class ScoreDistillationSystem(pl.LightningModule):
-    """Composes the parts of a run's plan (``scorelift.plan.RunPlan``) around ``prior``."""
+    """Composes the parts of a run's plan (``scorelift.plan.RunPlan``) around ``prior``.
+    Registered as system ``score-distillation`` by ``scorelift.systems`` (deferred: this module
+    imports Lightning, which a start-up that stops at the checks does not need)."""
 
     Config = SystemConfig
 
@@ -110,22 +77,8 @@ class ScoreDistillationSystem(pl.LightningModule):
 
     @classmethod
     def check_config(cls, system: SystemConfig, device: torch.device) -> None:
-        """Start-up check of the parsed ``system`` section (each loss's own config is checked as a
-        part): one well-formed weight per term (``lambda_guidance`` and ``lambda_<loss>``) and the
-        optimizer (name, args tried on the run's ``device``, learning rates in range)."""
-        expected = {loss_key("guidance")} | {loss_key(n) for n in system.losses}
-        extra = set(system.loss_weights) - expected
-        missing = expected - set(system.loss_weights)
-        if extra:
-            raise ConfigError(
-                f"system.loss_weights has {sorted(extra)} but no such loss is configured; configured terms: "
-                f"{sorted(expected)}. Add the loss under system.losses or remove the weight."
-            )
-        if missing:
-            raise ConfigError(f"system.loss_weights lacks {sorted(missing)}; give every configured term a weight.")
-        for key, value in system.loss_weights.items():
-            check_scheduled(value, f"system.loss_weights.{key}")
-        check_optimizer_config(system.optimizer, device)
+        """Start-up check of the parsed ``system`` section (``settings.check_system_config``)."""
+        check_system_config(system, device)
 
     # ----------------------------------------------------------------------------- rendering
     def render(self, cameras: CameraBatch, generator: torch.Generator | None = None) -> RenderOutput:

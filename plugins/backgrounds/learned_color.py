@@ -24,6 +24,9 @@ class LearnedColorBackgroundConfig:
 class LearnedColorBackground(Background):
     """Parameter ``logit`` [C]; forward(rays_d [B, H, W, 3]) -> [B, H, W, C] = sigmoid(logit)."""
 
+    # one line for `scorelift --list`
+    summary = "One learned colour."
+
     Config = LearnedColorBackgroundConfig
 
     @classmethod

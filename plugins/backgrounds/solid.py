@@ -25,6 +25,9 @@ class SolidBackgroundConfig:
 class SolidBackground(Background):
     """forward(rays_d [B, H, W, 3]) -> [B, H, W, C] filled with ``color`` (buffer, not learned)."""
 
+    # one line for `scorelift --list`
+    summary = "A fixed colour (the shapes world's white)."
+
     Config = SolidBackgroundConfig
 
     @classmethod

@@ -42,6 +42,9 @@ class TextureBackgroundConfig:
 class TextureBackground(Background):
     """Parameter ``texture`` [1, C, r, r]; forward(rays_d [B, H, W, 3]) -> [B, H, W, C]."""
 
+    # one line for `scorelift --list`
+    summary = "A learned low-resolution texture, over the screen or by ray direction (SJC's latent background)."
+
     Config = TextureBackgroundConfig
 
     @classmethod

@@ -60,6 +60,9 @@ class DMTetGeometry(Geometry):
     ``forward(points [N, 3])`` -> features [N, C] (density 1 inside the grid's box, 0 outside:
     a rasteriser reads the surface, not a density)."""
 
+    # one line for `scorelift --list`
+    summary = "A DMTet mesh: signed distance and vertex offsets on a tetrahedral grid (Magic3D's fine stage)."
+
     Config = DMTetConfig
     kind = "mesh"
     feature_kinds = FEATURE_KINDS

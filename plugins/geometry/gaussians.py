@@ -88,6 +88,9 @@ def _logit(p: float) -> float:
 class GaussianGeometry(Geometry):
     """N Gaussians (``gaussians()`` -> GaussianSet) with adaptive density control."""
 
+    # one line for `scorelift --list`
+    summary = "3D Gaussian splats with adaptive density control (DreamGaussian)."
+
     Config = GaussiansConfig
     kind = "gaussians"
     feature_kinds = FEATURE_KINDS

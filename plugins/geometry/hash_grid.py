@@ -296,6 +296,9 @@ def mlp_parameter_count(n_in: int, n_out: int, width: int, layers: int) -> int:
 class HashGrid(Geometry):
     """Parameters: the encoding's L tables [T_l, F] and the two heads' weights. Buffer ``bbox`` [2, 3]."""
 
+    # one line for `scorelift --list`
+    summary = "A multiresolution hash encoding with small MLP heads (Instant-NGP; tinycudann on CUDA if installed)."
+
     Config = HashGridConfig
     feature_kinds = FEATURE_KINDS
     size_options = ("log2_hashmap_size", "n_levels", "features_per_level", "mlp_width", "mlp_layers", "n_features")

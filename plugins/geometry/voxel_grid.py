@@ -100,6 +100,9 @@ class VoxelGrid(Geometry):
     indexed [z, y, x]) and ``d_scale`` (scalar). Buffer ``bbox`` [2, 3].
     """
 
+    # one line for `scorelift --list`
+    summary = "A dense voxel grid of density and features, trilinear (SJC, DreamFusion)."
+
     Config = VoxelGridConfig
     feature_kinds = FEATURE_KINDS
     size_options = ("resolution", "n_features")

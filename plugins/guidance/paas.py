@@ -53,6 +53,9 @@ class PAASConfig:
 
 @register("guidance", "paas")
 class PAASGuidance(Guidance):
+    # one line for `scorelift --list`
+    summary = "Perturb-and-average scoring, SJC's gradient (Wang et al. 2023)."
+
     Config = PAASConfig
     draws_on_device = True  # every draw goes through score_math on generator.device
 

@@ -68,6 +68,9 @@ def per_sample_norm(x: torch.Tensor) -> torch.Tensor:
 
 @register("guidance", "ssd")
 class SSDGuidance(SDSGuidance):
+    # one line for `scorelift --list`
+    summary = "Stable score distillation: SDS split into its terms, picked by timestep (Tang et al. 2023)."
+
     Config = SSDConfig
 
     @classmethod

@@ -79,6 +79,9 @@ class CameraEmbedding(torch.nn.Module):
 
 @register("guidance", "vsd")
 class VSDGuidance(Guidance):
+    # one line for `scorelift --list`
+    summary = "Variational score distillation with a LoRA of the prior, ProlificDreamer's gradient (Wang et al. 2023)."
+
     Config = VSDConfig
     supports_latent = False  # the LoRA model learns the distribution of VAE-encoded RGB renders
     requires = ("trainable_denoiser",)  # the LoRA model is a trained copy of the prior's UNet

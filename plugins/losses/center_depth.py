@@ -59,6 +59,9 @@ def crop_bounds(size: int, fraction: float) -> tuple[int, int]:
 class CenterDepthLoss(Loss):
     """render.depth, render.opacity [B, H, W, 1] -> scalar."""
 
+    # one line for `scorelift --list`
+    summary = "SJC's centre-depth loss: the image centre's depth in front of the border's."
+
     Config = CenterDepthConfig
 
     @classmethod

@@ -32,6 +32,9 @@ class EmptinessConfig:
 class EmptinessLoss(Loss):
     """render.weights [B, H, W, S] -> scalar mean(log(1 + scale * w)) * (boost if boosted)."""
 
+    # one line for `scorelift --list`
+    summary = "SJC's emptiness loss: clears thin fog along the rays (log(1 + scale * weight))."
+
     Config = EmptinessConfig
     reads = ("weights",)
 

@@ -27,6 +27,9 @@ class LaplacianSmoothnessConfig:
 class LaplacianSmoothnessLoss(Loss):
     """render.extras["mesh"] {"vertices" [M, 3], "faces" [K, 3]} -> scalar (squared world units)."""
 
+    # one line for `scorelift --list`
+    summary = "Mesh smoothness: each vertex's distance from the mean of its neighbours."
+
     Config = LaplacianSmoothnessConfig
     reads = ("mesh",)
 

@@ -28,6 +28,9 @@ class NormalConsistencyConfig:
 class NormalConsistencyLoss(Loss):
     """render.extras["mesh"] {"vertices" [M, 3], "faces" [K, 3]} -> scalar in [0, 2]."""
 
+    # one line for `scorelift --list`
+    summary = "Mesh smoothness: 1 - cosine between the normals of faces that share an edge."
+
     Config = NormalConsistencyConfig
     reads = ("mesh",)
 

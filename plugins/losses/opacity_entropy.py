@@ -25,6 +25,9 @@ class OpacityEntropyConfig:
 class OpacityEntropyLoss(Loss):
     """render.opacity [B, H, W, 1] -> scalar mean(-o log o - (1 - o) log(1 - o))."""
 
+    # one line for `scorelift --list`
+    summary = "Pushes each pixel's opacity to 0 or 1 (binary entropy)."
+
     Config = OpacityEntropyConfig
 
     @classmethod

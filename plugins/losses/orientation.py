@@ -29,6 +29,9 @@ class OrientationConfig:
 class OrientationLoss(Loss):
     """render.weights [B, H, W, S], extras "normals" [B, H, W, S, 3], "ray_dirs" [B, H, W, 3] -> scalar."""
 
+    # one line for `scorelift --list`
+    summary = "DreamFusion's orientation loss: no visible normals facing away from the camera."
+
     Config = OrientationConfig
     reads = ("weights", "normals", "ray_dirs")
 

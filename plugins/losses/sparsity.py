@@ -24,6 +24,9 @@ class SparsityConfig:
 class SparsityLoss(Loss):
     """render.opacity [B, H, W, 1] -> scalar mean(sqrt(o^2 + eps))."""
 
+    # one line for `scorelift --list`
+    summary = "Sparse renders: the mean opacity (DreamFusion's opacity penalty)."
+
     Config = SparsityConfig
 
     @classmethod

@@ -196,6 +196,9 @@ class DeepFloydIFPrior(TextPrompts, PixelDenoiserPrior):
     alphas_cumprod [T] fp32 on device, ...), tokenizer and text_encoder (T5), model_id.
     """
 
+    # one line for `scorelift --list`
+    summary = "DeepFloyd IF stage I, a pixel-space text-to-image model."
+
     Config = DeepFloydIFPriorConfig
     capabilities = frozenset({"trainable_denoiser"})
     space = "pixel"

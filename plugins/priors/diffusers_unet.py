@@ -121,6 +121,9 @@ class DiffusersUNetPrior(PixelDenoiserPrior):
     class-conditional. Attributes: those of PixelDenoiserPrior, plus num_classes (None when
     unconditional) and class_names."""
 
+    # one line for `scorelift --list`
+    summary = "A pixel-space DDPM-family UNet (diffusers UNet2DModel), unconditional or class-conditioned."
+
     Config = DiffusersUNetPriorConfig
     capabilities = frozenset({"trainable_denoiser"})
     parameterisation = "vp"

@@ -110,6 +110,9 @@ class ScoreSdePrior(PixelDenoiserPrior):
     """A frozen VE score model. Attributes beyond PixelDenoiserPrior's: sigmas [T] float64 (the
     ladder; ``alphas_cumprod = 1 / (1 + sigmas^2)`` in float32)."""
 
+    # one line for `scorelift --list`
+    summary = "A pixel-space VE score model (score SDE, Song et al. 2021)."
+
     Config = ScoreSdePriorConfig
     capabilities = frozenset({"trainable_denoiser"})
     conditioning = "none"

@@ -69,6 +69,9 @@ class StableDiffusionPrior(TextPrompts, DiffusionPrior):
     vae_shift and vae_scale (the latent normalisation ``(z - shift) * scale``).
     """
 
+    # one line for `scorelift --list`
+    summary = "A Stable-Diffusion-format latent diffusion model (a diffusers folder or hub id; the shapes prior)."
+
     Config = StableDiffusionPriorConfig
     capabilities = frozenset({"trainable_denoiser"})
 

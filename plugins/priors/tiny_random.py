@@ -199,6 +199,9 @@ def cached_tiny_pipeline(cache_dir: str | Path, **settings) -> Path:
 class TinyRandomPrior(StableDiffusionPrior):
     """A random-weight SD-format prior (see the module docstring); loads like stable-diffusion."""
 
+    # one line for `scorelift --list`
+    summary = "A random-weight SD-format model built on the spot, for tests and smoke runs."
+
     Config = TinyRandomPriorConfig
 
     @classmethod

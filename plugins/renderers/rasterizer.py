@@ -39,6 +39,9 @@ class RasterizerConfig:
 class Rasterizer(Renderer):
     """A pure-PyTorch triangle rasteriser for mesh geometry (``kind = "mesh"``)."""
 
+    # one line for `scorelift --list`
+    summary = "A differentiable triangle rasteriser with antialiased edges, for meshes (pure PyTorch)."
+
     Config = RasterizerConfig
     renders = ("mesh",)
     outputs = ("mesh",)

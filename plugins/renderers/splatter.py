@@ -48,6 +48,9 @@ class SplatterConfig:
 class Splatter(Renderer):
     """Alpha-composited 3D Gaussians (``kind = "gaussians"``)."""
 
+    # one line for `scorelift --list`
+    summary = "Depth-sorted alpha compositing of 3D Gaussians (pure PyTorch; gsplat on CUDA if it builds)."
+
     Config = SplatterConfig
     renders = ("gaussians",)
     outputs = ("means2d", "radii")

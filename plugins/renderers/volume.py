@@ -84,6 +84,9 @@ class VolumeRenderer(Renderer):
     "ray_dirs" [B, H, W, 3].
     """
 
+    # one line for `scorelift --list`
+    summary = "Ray marching and alpha compositing of a density field (pure PyTorch; nerfacc on CUDA if installed)."
+
     Config = VolumeRendererConfig
     draws_on_device = True
     renders = ("field",)

@@ -74,7 +74,13 @@ def test_list_from_an_unrelated_directory(installed):
     assert listed.returncode == 0, listed.stderr[-2000:]
     for name in ("paas", "sds", "ssd", "vsd", "voxel-grid", "hash-grid", "stable-diffusion", "shapes-world"):
         assert f"  {name} " in listed.stdout, name
-    assert "prior presets (prior=...): deepfloyd-if, diffusers-unet, pixel-cubes, score-sde, shapes, stable-diffusion, tiny-random" in listed.stdout
+    # the presets as users type them, each with its one line; every part with one too
+    for preset in ("sjc", "dreamfusion", "prolificdreamer", "magic3d", "gaussian", "dreamgaussian"):
+        (line,) = [ln for ln in listed.stdout.splitlines() if ln.startswith(f"  {preset} ")]
+        assert len(line.split(None, 1)[1]) > 20, line
+    assert "  shapes " in listed.stdout and "  pixel-cubes " in listed.stdout  # the prior presets
+    part_lines = [ln for ln in listed.stdout.splitlines() if ln.startswith("  ") and ln.endswith("]")]
+    assert len(part_lines) >= 27 and all(ln.split(None, 1)[1].split("  [")[0].endswith(".") for ln in part_lines)
     bench = subprocess.run([str(installed["target"] / "bin" / "scorelift-bench"), "--help"], capture_output=True,
                            text=True, env=installed["env"], cwd=installed["cwd"])
     assert bench.returncode == 0 and bench.stdout.startswith("usage: scorelift-bench"), bench.stderr[-2000:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def main() -> None:
     for key, prior, name, overrides, steps in todo:
         if (name, " ".join(prior) or "prior=shapes") in done:
             continue
-        run_dir = Path(args.runs) / key / name.split(",")[0].replace(" ", "_") / str(len(rows))
+        # (a folder name without '=': Hydra's command line would read hydra.run.dir=.../system=x as two)
+        run_dir = Path(args.runs) / key / re.sub(r"[^A-Za-z0-9._-]+", "_", name.split(",")[0]) / str(len(rows))
         rows.append(time_config(name, overrides, prior, steps, run_dir))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))  # what finished, should the call be cut short

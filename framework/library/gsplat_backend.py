@@ -68,7 +68,8 @@ def load_gsplat(device: torch.device):
 
 def render_gsplat(rasterization, g, colour: torch.Tensor, c2w: torch.Tensor, fovy: torch.Tensor, height: int,
                   width: int, background: torch.Tensor):
-    """Draw GaussianSet ``g`` with gsplat: colour [B, N, C] (already evaluated per view), c2w [B, 4, 4]
+    """Draw GaussianSet ``g`` with gsplat: colour [B, N, C] (evaluated per view) or [1, N, C] (the
+    same for every view), c2w [B, 4, 4]
     (OpenGL), fovy [B] radians, background [B, H, W, C] -> (color [B, H, W, C], opacity [B, H, W, 1],
     depth [B, H, W, 1], means2d [B, N, 2] (gradient retained), radii [B, N])."""
     B = c2w.shape[0]
@@ -77,6 +78,8 @@ def render_gsplat(rasterization, g, colour: torch.Tensor, c2w: torch.Tensor, fov
     K = torch.zeros((B, 3, 3), dtype=c2w.dtype, device=c2w.device)
     K[:, 0, 0], K[:, 1, 1] = focal, focal
     K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = 0.5 * width, 0.5 * height, 1.0
+    if colour.shape[0] == 1:  # one colour per Gaussian for every view (SH degree 0): gsplat takes [N, C]
+        colour = colour[0]
     rendered, alpha, meta = rasterization(
         g.means, torch.nn.functional.normalize(g.quats, dim=-1), g.scales, g.opacities, colour, viewmats, K,
         width, height, near_plane=0.01, eps2d=0.3, packed=False, render_mode="RGB+ED")

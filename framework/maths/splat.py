@@ -15,9 +15,10 @@ transmittance below T_MIN (a prefix, so ``w_i`` is kept while ``T_{i+1} >= T_MIN
 Conventions are the rasteriser's (``scorelift.maths.rasterize``): an OpenGL camera looking
 along -z, pixel (i, j) with its centre at x = j + 0.5, y = i + 0.5.
 
-Work is split into square tiles: a Gaussian is paired with every tile its 3-sigma box touches,
-the pairs are sorted by (tile, depth), and tiles are composited in groups of similar length so
-that padding stays small; ``max_pairs`` bounds the (pair, pixel) entries held at once.
+Work is split into square tiles: a Gaussian is paired with every tile that its box (out to where
+its alpha falls below ALPHA_MIN, ``reach``) touches, the pairs are sorted by (tile, depth), and
+tiles are composited in groups of similar length so that padding stays small; ``max_pairs``
+bounds the (pair, pixel) entries held at once.
 """
 
 from __future__ import annotations
@@ -142,6 +143,21 @@ def project_gaussians(means: torch.Tensor, cov3d: torch.Tensor, c2w: torch.Tenso
     radius = torch.where(ok, torch.ceil(3.0 * torch.sqrt(major.detach())), torch.zeros_like(major))
     distance = (means[None] - c2w[:, None, :3, 3].to(dtype)).norm(dim=-1)
     return Projected(xy=torch.stack([x, y], dim=-1), depth=z, distance=distance, conic=conic, radius=radius)
+
+
+def reach(radius: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """[B, N] pixels around each centre within which its alpha can reach ALPHA_MIN: every pixel
+    where opacity * exp(-0.5 d^T Sigma^-1 d) >= ALPHA_MIN lies within sqrt(2 ln(opacity /
+    ALPHA_MIN)) standard deviations (at most 3.33, where even ALPHA_MAX falls below ALPHA_MIN),
+    and ``radius`` / 3 >= the major axis's standard deviation. So the image is the same whatever
+    the tiling (every pixel a Gaussian's alpha passes ALPHA_MIN at is composited, the rest are
+    not), as gsplat draws it (its opacity-aware boxes); a 3-sigma box would leave out pixels of an
+    opaque Gaussian's rim, and which of them depends on the tile size.
+
+    radius: [B, N] (``Projected.radius``, 0: not drawn); opacity: [N] -> [B, N]."""
+    o = opacity.clamp_min(ALPHA_MIN)[None]
+    extend = torch.sqrt(2.0 * torch.log(o / ALPHA_MIN)).clamp_max(3.33)
+    return torch.where(opacity[None] >= ALPHA_MIN, torch.ceil(radius * (extend / 3.0)), torch.zeros_like(radius))
 
 
 @dataclass
@@ -272,7 +288,7 @@ def splat(projected: Projected, opacity: torch.Tensor, colour: torch.Tensor, bac
     N = opacity.shape[0]
     dtype = background.dtype
     gaussian, tile_id, TY, TX = tile_pairs(projected.xy.detach(), projected.depth.detach(),
-                                           projected.radius, H, W, tile)
+                                           reach(projected.radius, opacity.detach()), H, W, tile)
     n_tiles = B * TY * TX
     counts = torch.bincount(tile_id, minlength=n_tiles)  # [T]
     starts = torch.cumsum(counts, 0) - counts

@@ -147,6 +147,21 @@ def test_tiles_and_memory_bound_change_nothing():
         assert torch.allclose(out.depth, ref.depth, atol=1e-12)
 
 
+def test_an_opaque_gaussians_rim_is_drawn_out_to_where_its_alpha_passes_the_cut_whatever_the_tiles():
+    """An opaque Gaussian (opacity 0.98, 5.5 pixels wide) reaches alpha 1/255 at
+    sqrt(2 ln(0.98 * 255)) = 3.32 standard deviations: past a 3-sigma box, so pixels of its rim
+    would be drawn or not depending on the tile they fall in. The image must be the hand-computed
+    one (every pixel whose alpha passes the cut) at every tile size, as gsplat draws it."""
+    cam = camera_on_z(size=48)
+    d = as_tensors(dict(means=[[0.03, -0.02, 0.0], [-0.2, 0.15, -0.3]], sigmas=[0.2, 0.05],
+                        opacities=[0.98, 0.6], colours=[[0.9, 0.2, 0.1], [0.1, 0.3, 0.9]]))
+    expected = hand_image(d["means"].tolist(), d["sigmas"].tolist(), d["opacities"].tolist(),
+                          d["colours"].tolist(), cam, [1.0, 1.0, 1.0])
+    for tile in (4, 8, 16):
+        out = render(d["means"], d["sigmas"], d["opacities"], d["colours"], cam, [1.0, 1.0, 1.0], tile=tile)
+        assert (out.color[0] - expected).abs().max().item() < 1e-6, tile
+
+
 def test_gradients_match_finite_differences():
     cam = camera_on_z(size=12)
     means = torch.tensor([[0.05, 0.02, 0.3], [-0.08, -0.04, -0.2], [0.1, -0.1, 0.0]], dtype=torch.float64)

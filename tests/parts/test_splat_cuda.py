@@ -72,8 +72,31 @@ def test_the_pure_splatter_draws_the_same_on_cuda_as_on_the_cpu():
     cpu, gpu = scene(2000, "cpu"), scene(2000, "cuda")
     color_c, _ = draw_pure(cpu, cams, background)
     color_g, _ = draw_pure(gpu, cams.to("cuda"), background.cuda())
-    assert (color_c - color_g.cpu()).abs().max().item() < 1e-4
+    # the same arithmetic in another order: float32 rounding of the centres and conics moves the
+    # rim of the sharpest Gaussians (measured on an H100: 2.9e-4 at most, so 1e-4 was too tight)
+    assert (color_c - color_g.cpu()).abs().max().item() < 1e-3
+    assert (color_c - color_g.cpu()).abs().mean().item() < 1e-5
     color_c.sum().backward()
     color_g.sum().backward()
     for pc, pg in zip(cpu, gpu):
         assert ((pc.grad - pg.grad.cpu()).norm() / pc.grad.norm()).item() < 1e-3
+
+
+def test_the_splatter_draws_the_same_with_either_backend_for_a_batch_of_views():
+    """The renderer end to end, four views of one batch, SH degree 0 (one colour per Gaussian for
+    every view, which gsplat takes as [N, C]; a [1, N, C] colour once failed its shape check)."""
+    from scorelift.builders import build_named
+    from scorelift.library.gsplat_backend import load_gsplat
+
+    rasterization, why = load_gsplat(torch.device("cuda"))
+    if not rasterization:
+        pytest.skip(f"gsplat cannot be used here: {why}")
+    geometry = build_named("geometry", "gaussians", {"n_gaussians": 2000, "init_opacity": 0.5}).cuda()
+    background = build_named("background", "solid", {"color": [1.0, 1.0, 1.0]}).cuda()
+    cams = make_cameras(20.0, torch.tensor([0.0, 90.0, 180.0, 270.0]), 2.0, 40.0, 128).to("cuda")
+    images = {}
+    for backend in ("gsplat", "torch"):
+        renderer = build_named("renderer", "splatter", {"backend": backend}).cuda()
+        images[backend] = renderer.render(geometry, background, cams).color.detach()
+    assert images["gsplat"].shape == (4, 128, 128, 3)
+    assert (images["gsplat"] - images["torch"]).abs().max().item() < 1e-3

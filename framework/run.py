@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import logging.handlers
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -47,7 +49,7 @@ from .outputs.progress import StepProgressBar
 from .outputs.evaluation import Evaluation, applicable_evaluators
 from .outputs.timing import StepTimer
 from .plan import RunPlan
-from .run_info import record_end, write_run_info
+from .run_info import append_invocation, record_end, write_run_info
 from .run_lock import RunLock
 from .stop_signals import StopSignals
 from .units import human_bytes
@@ -94,14 +96,23 @@ def write_start_files(cfg: DictConfig, run_dir: Path, overrides: list[str] | Non
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path):
-    """Copy every log record of the run into ``run_dir/launch.log`` (appended on resume)."""
-    handler = logging.FileHandler(run_dir / "launch.log")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+def run_log(run_dir: Path, only_if_it_succeeds: bool = False):
+    """Copy every log record of the run into ``run_dir/launch.log`` (appended on resume).
+    ``only_if_it_succeeds``: held in memory and appended when the block ends without an error (a
+    re-render or export that fails leaves the run's log as it was; the console shows it all)."""
+    if only_if_it_succeeds:
+        handler = logging.handlers.BufferingHandler(capacity=1 << 30)
+    else:
+        handler = logging.FileHandler(run_dir / "launch.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
         yield
+        if only_if_it_succeeds:
+            root.removeHandler(handler)
+            with open(run_dir / "launch.log", "a") as out:
+                out.writelines(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in handler.buffer)
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -253,12 +264,22 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, plan
         if not existed:
             held.enter_context(RunLock(run_dir))
         moved = set_aside([path for path, _ in point.skipped if path.parent == checkpoint_dir(run_dir)]) if point else []
-        write_start_files(cfg, run_dir, overrides, device)
-        with run_log(run_dir):
+        # A re-render or an export reads a run: the run's config, saved overrides (which resume=
+        # re-applies) and history stay those of its training; a finished one adds a line to the
+        # history and its log lines to launch.log, a failed one neither.
+        training = cfg.mode == "train"
+        if training:
+            write_start_files(cfg, run_dir, overrides, device)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with run_log(run_dir, only_if_it_succeeds=not training):
             log.info("Run directory: %s", run_dir)
             if started_from:
                 log.info("%s", started_from)
             log_start_notes(removed, point, moved)
+            if not training:
+                result = run_mode(cfg, plan, system, run_dir, stop, point)
+                append_invocation(run_dir, cfg.mode, device, started)
+                return result
             try:
                 return run_mode(cfg, plan, system, run_dir, stop, point)
             except RunStopped as exc:
@@ -287,7 +308,6 @@ def run_mode(cfg, plan: RunPlan, system, run_dir: Path, stop: StopSignals, point
         if getattr(system.geometry, "kind", "field") == "gaussians":
             result["splats"] = write_ply(system.geometry, run_dir / "splats" / "splats.ply")
             log.info("Splats: %d Gaussians -> %s", result["splats"]["n_gaussians"], result["splats"]["path"])
-        record_end(run_dir, "finished")
         return result
     timer = StepTimer(run_dir)
     evaluation = Evaluation(applicable_evaluators(cfg.evaluators, cfg.evaluate_as), cfg.evaluate_as, run_dir,
@@ -304,5 +324,6 @@ def run_mode(cfg, plan: RunPlan, system, run_dir: Path, stop: StopSignals, point
     if stop.requested:
         raise stop.stopped(run_dir, step, not_yet)
     result = {**outputs, "metrics": evaluation.finish(system)}
-    record_end(run_dir, "finished", step=step)
+    if cfg.mode == "train":  # (a re-render's line is added by run(), once it has succeeded)
+        record_end(run_dir, "finished", step=step)
     return result

@@ -77,6 +77,26 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
     return info
 
 
+def append_invocation(run_dir: Path, mode: str, device: torch.device, started: str, **details) -> None:
+    """Add a finished re-render or export (``mode`` test / export) to run_info.json's history, and
+    nothing else: the run's own record (prompt, seed, the versions it trained with) stays as it is.
+    Called only when the invocation succeeded: one that fails leaves the history untouched."""
+    path = Path(run_dir) / "run_info.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.setdefault("invocations", []).append({
+        "mode": mode,
+        "argv": sys.argv,
+        "started": started,
+        "device": str(device),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "status": "finished",
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **details,
+    })
+    write_json_atomic(path, info)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
 

@@ -190,6 +190,9 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
         ("resume-bad-camera", ["data.distance_range=[2,1]"], ["inverted"]),
         ("resume-bad-resolution", ["data.height=9", "data.width=9"], ["latent size 8x8"]),
         ("resume-bad-trainer", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
+        # an export that fails in the run (its level cuts nothing): the run's config, saved
+        # overrides, history and log stay as they were
+        ("resume-export-no-surface", ["mode=export", "export.threshold=1e9"], ["export.threshold=1e+09", "no surface"]),
     ]:
         target = str(finished / "checkpoints" / "last.ckpt") if cid == "resume-foreign-ckpt" else w
         cases.append({"id": cid, "args": [f"resume={target}", *args], "words": words, "watch": w})
@@ -201,6 +204,8 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
     # what must still work, last (the good resume trains on)
     cases.append({"id": "cfg-job", "args": ["--cfg", "job", f"output_root={root / 'cfg-job'}"], "dir": str(root / "cfg-job")})
     cases.append({"id": "help", "args": ["--help"]})
+    cases.append({"id": "export-good", "args": [f"resume={w}", "mode=export", "export.resolution=16",
+                                                "export.formats=[ply]"], "watch": w})
     cases.append({"id": "resume-good", "args": [f"resume={w}", "trainer.max_steps=3"], "watch": w})
     return cases
 
@@ -236,7 +241,7 @@ BAD = [
 ]
 BAD_RESUMES = [
     "resume-foreign-system", "resume-foreign-ckpt", "resume-bad-type", "resume-bad-name", "resume-bad-key",
-    "resume-bad-prompt", "resume-bad-camera", "resume-bad-resolution", "resume-bad-trainer",
+    "resume-bad-prompt", "resume-bad-camera", "resume-bad-resolution", "resume-bad-trainer", "resume-export-no-surface",
 ]
 
 
@@ -257,7 +262,10 @@ def test_bad_resume_leaves_the_run_byte_identical(results, finished_run, cid):
     message = error_paragraph(result)
     for word in result["words"]:
         assert word in message, (word, message)
-    assert result["before"] and result["after"] == result["before"]
+    before, after = result["before"], result["after"]
+    if cid == "resume-export-no-surface":  # it got as far as taking the run's lock, which notes its holder
+        before, after = ({k: v for k, v in d.items() if k != ".lock"} for d in (before, after))
+    assert before and after == before
 
 
 def test_the_normal_run_and_its_files(finished_run):
@@ -282,3 +290,15 @@ def test_a_failure_after_the_start_check_is_undone(results):
     assert result["code"] == 2, result["stderr"][-3000:]
     assert "n_features=4" in error_paragraph(result)
     assert not Path(result["dir"]).exists(), sorted(str(p) for p in Path(result["dir"]).rglob("*"))
+
+
+def test_an_export_adds_its_mesh_and_a_line_of_history_and_changes_nothing_else(results):
+    """mode=export reads a run: its config.yaml, .hydra/ (the overrides resume= re-applies: no
+    export.* lands there) and checkpoints stay byte-identical; run_info.json gains the export's
+    invocation and launch.log its lines."""
+    result = results["export-good"]
+    assert result["code"] == 0, result["stderr"][-3000:]
+    before, after = result["before"], result["after"]
+    changed = sorted(k for k in after if before.get(k) != after[k] and k != ".lock")  # (the lock notes its holder)
+    assert changed == ["launch.log", "mesh/mesh.ply", "run_info.json"], changed
+    assert set(before) - set(after) == set()

@@ -11,7 +11,9 @@ run directory (its lock, an earlier run in it) and the geometry's memory against
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,25 @@ def check_run_dir(cfg: DictConfig, run_dir: Path | None) -> None:
             f"checkpoints and logs. Continue it with resume={run_dir}, or start the new run elsewhere "
             f"(hydra.run.dir=... or leave hydra.run.dir at its default, a new timestamped folder)."
         )
+
+
+def check_vocabulary(cfg: DictConfig, prompt: str | None, facts: PriorFacts) -> None:
+    """A prior that declares the prompts it knows (``PriorFacts.vocabulary``) refuses a prompt with
+    a word none of them has, naming the nearest it knows, unless ``allow_unknown_prompt=true``:
+    such a run would train for its whole length on a prompt that nothing can score."""
+    if prompt is None or facts.vocabulary is None or OmegaConf.select(cfg, "allow_unknown_prompt"):
+        return
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    unknown = [w for w in dict.fromkeys(words) if w not in facts.vocabulary_words]
+    if not unknown:
+        return
+    nearest = difflib.get_close_matches(" ".join(words), facts.vocabulary, n=3, cutoff=0.0)
+    model = OmegaConf.select(cfg, "prior.model") or OmegaConf.select(cfg, "prior.type")
+    raise ConfigError(
+        f"prompt={prompt!r}: the prior ({model}) knows {len(facts.vocabulary)} prompts, and "
+        f"{', '.join(repr(w) for w in unknown)} is a word of none of them, so it cannot know this object. The "
+        f"nearest it knows: {', '.join(repr(n) for n in nearest)}. Pick one of its prompts, or pass "
+        f"allow_unknown_prompt=true to train on this one anyway.")
 
 
 def check_conditioning(cfg: DictConfig, prompt: str | None, facts: PriorFacts, guidance_cls, guidance_cfg) -> None:
@@ -417,7 +438,9 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
         )
     if prior.cls.conditioning != "none" and prompt is None:
         check_prompt(cfg.prompt)  # raises: a text prior needs a prompt to inspect
-    facts = PriorFacts.of(prior.cls, prior.cls.inspect(prior.config, prompt))
+    declared = prior.cls.declared_vocabulary(prior.config) if hasattr(prior.cls, "declared_vocabulary") else {}
+    check_vocabulary(cfg, prompt, PriorFacts.of(prior.cls, declared))  # before inspect loads a tokenizer
+    facts = PriorFacts.of(prior.cls, {**prior.cls.inspect(prior.config, prompt), **declared})
     check_conditioning(cfg, prompt, facts, guidance.cls, guidance.config)
     as_pairs = {kind: (part.cls, part.config) for kind, part in parts.items()}
     check_composition(cfg, as_pairs, facts)

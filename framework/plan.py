@@ -50,7 +50,8 @@ class PriorFacts:
     space: "latent" (a VAE between renders and the denoiser) or "pixel"; conditioning: "text",
     "class" or "none"; has_unconditional: a null branch for classifier-free guidance exists;
     latent_channels, latent_size (the denoiser's input, for latent renders) and pixel_size (the
-    image size its pixels are resized to): None where unknown."""
+    image size its pixels are resized to): None where unknown. vocabulary: the prompts the prior
+    declares it knows (a prompt with another word is refused unless allow_unknown_prompt=true)."""
 
     space: str
     conditioning: str
@@ -58,6 +59,9 @@ class PriorFacts:
     latent_channels: int | None = None
     latent_size: int | None = None
     pixel_size: int | None = None
+    # the prompts the prior declares it knows and their words (None: it declares none)
+    vocabulary: tuple[str, ...] | None = None
+    vocabulary_words: frozenset[str] | None = None
 
     @classmethod
     def of(cls, prior_cls: type, inspected: Mapping[str, Any]) -> "PriorFacts":
@@ -71,6 +75,10 @@ class PriorFacts:
         for key in ("latent_channels", "latent_size", "pixel_size"):
             if facts.get(key) is not None:
                 facts[key] = int(facts[key])
+        if inspected.get("vocabulary"):
+            facts["vocabulary"] = tuple(inspected["vocabulary"])
+            facts["vocabulary_words"] = frozenset(inspected.get("vocabulary_words") or
+                                                  {w for p in facts["vocabulary"] for w in p.lower().split()})
         return cls(**facts)
 
 

@@ -95,6 +95,14 @@ class DiffusionPrior(BasePart):
         """
         return {"space": cls.space, "conditioning": cls.conditioning, "has_unconditional": cls.has_unconditional}
 
+    @classmethod
+    def declared_vocabulary(cls, cfg) -> dict:
+        """The prompts this prior declares it knows, read from its config alone (no weights, no
+        tokenizer): {"vocabulary": [prompts], "vocabulary_words": {their words and other words of
+        its captions}}, or {} (the default) for a prior that knows any text. The start-up check
+        refuses a prompt with another word, unless ``allow_unknown_prompt=true``."""
+        return {}
+
     def validate_prompt(self, prompt: str) -> None:
         """ConfigError if this (built) prior cannot take ``prompt``; for callers that skip the
         start-up check. Default: any non-empty text (the start-up check's own test)."""

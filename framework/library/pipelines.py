@@ -7,6 +7,8 @@ Every prior loader uses these (``stable-diffusion``, ``diffusers-unet``, ``deepf
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -158,6 +160,27 @@ def inspect_pipeline(path: Path, model: str) -> dict:
         raise load_error(model, f"its unet/ or vae/ config.json lacks a usable {exc}") from None
     return {"space": "latent", "conditioning": "text", "has_unconditional": True,
             "latent_channels": latent_channels, "latent_size": latent_size, "pixel_size": pixel_size}
+
+
+def read_vocabulary(path: Path, model: str) -> dict:
+    """What a pipeline folder's optional ``vocabulary.json`` declares it knows: ``{"prompts": [the
+    prompts it was trained on], "extra_words": [other words of its captions, e.g. view words]}``
+    -> {"vocabulary": prompts, "vocabulary_words": every known word}; {} without the file."""
+    file = path / "vocabulary.json"
+    if not file.is_file():
+        return {}
+    data = read_json(file, model)
+    prompts, extra = data.get("prompts"), data.get("extra_words", [])
+    if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts + list(extra))):
+        raise load_error(model, "its vocabulary.json must hold a non-empty list of prompts (and optionally "
+                                "extra_words, a list of words)")
+    words = {w for text in [*prompts, *extra] for w in prompt_words(text)}
+    return {"vocabulary": tuple(prompts), "vocabulary_words": frozenset(words)}
+
+
+def prompt_words(text: str) -> list[str]:
+    """The lower-case words of a prompt, punctuation dropped: what a vocabulary is compared on."""
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:

@@ -29,6 +29,7 @@ from scorelift.library.pipelines import (
     load_error,
     locate_pipeline,
     looks_like_path,
+    read_vocabulary,
     resolve_dtype,
 )
 from scorelift.library.text_conditioning import (
@@ -91,6 +92,14 @@ class StableDiffusionPrior(TextPrompts, DiffusionPrior):
         if path is None:
             return {}
         return check_local_pipeline(path, c.model, prompt, c.view_templates)
+
+    @classmethod
+    def declared_vocabulary(cls, cfg: Any) -> dict:
+        """The prompts the pipeline folder declares it knows (its ``vocabulary.json``; {} for none
+        or a hub id), read before its tokenizer so that an unknown prompt is refused at once."""
+        c = parsed_config(cls, cfg, cls.describe())
+        path = locate_pipeline(c.model, c.local_files_only)
+        return {} if path is None else read_vocabulary(path, c.model)
 
     @classmethod
     def check_config(cls, c) -> None:

@@ -215,6 +215,11 @@ class TinyRandomPrior(StableDiffusionPrior):
             raise ConfigError(f"prior.prediction_type={c.prediction_type!r} must be epsilon or v_prediction.")
 
     @classmethod
+    def declared_vocabulary(cls, cfg) -> dict:
+        """None: random weights know no prompt in particular (any text is taken)."""
+        return {}
+
+    @classmethod
     def inspect(cls, cfg: Any, prompt: str) -> dict:
         """As stable-diffusion's, on the cached pipeline (built here on first use: a few seconds,
         into the cache directory, never into a run directory)."""

@@ -60,6 +60,9 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
     truncated = pipeline_variant(pipeline, root / "models" / "truncated", {})
     weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    knows = pipeline_variant(pipeline, root / "models" / "knows-three", {})  # declares the prompts it knows
+    (knows / "vocabulary.json").write_text(json.dumps({"prompts": ["a red cube", "a blue cube", "a red torus"],
+                                                       "extra_words": ["side", "view"]}))
     no_ckpt = root / "models" / "no-ckpt"
     (no_ckpt / ".hydra").mkdir(parents=True)
     (no_ckpt / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
@@ -123,6 +126,9 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
         ("prompt-long", ["prompt='" + "red " * 20 + "cube'"], ["23 tokens long", f"at most {SHAPES_LIMIT}"]),
         ("prompt-long-views", [f"prompt='{twelve_words}'"], ["view words of prior.view_templates.front", f"at most {SHAPES_LIMIT}"]),
         ("prompt-long-tiny", [*tiny, "prompt='" + "red " * 80 + "cube'"], ["83 tokens long", "at most 77"]),
+        # a prompt with a word that the prior declares it does not know (vocabulary.json)
+        ("prompt-unknown", ["prior=stable-diffusion", f"prior.model={knows}", "prompt='a red hamburger'"],
+         ["prompt='a red hamburger'", "knows 3 prompts", "'hamburger'", "'a red cube'", "allow_unknown_prompt=true"]),
         # missing or corrupt model directory
         ("model-missing", ["prior=stable-diffusion", f"prior.model={root / 'nowhere'}"],
          [str(root / "nowhere"), "does not exist", "model_index.json"]),
@@ -234,7 +240,7 @@ BAD = [
     "lr-huge", "optimizer-betas", "optimizer-arg-unknown", "optimizer-name", "geometry-memory", "hash-grid-memory",
     "hash-grid-levels", "loss-reads-normals", "geometry-kind", "loss-reads-weights", "dmtet-memory", "init-from-no-ckpt",
     "gaussians-none", "gaussians-sh-degree", "gaussians-loss-reads-weights", "gaussians-ply-missing", "stage-key-plain-run", "stage-unknown", "type-section", "type-mode", "type-syntax", "prompt-empty",
-    "prompt-blank", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
+    "prompt-blank", "prompt-unknown", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
     "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
     "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",
     "cfg-job-bad",

@@ -42,7 +42,7 @@ from .outputs.checkpoint import (
     set_aside,
 )
 from .outputs.logs import ResumableCSVLogger, tensorboard_logger
-from .outputs.final import ValidationImages, write_final_outputs
+from .outputs.final import Preview, ValidationImages, write_final_outputs
 from .outputs.graceful_stop import GracefulStop
 from .outputs.mesh import export_mesh
 from .outputs.progress import StepProgressBar
@@ -150,6 +150,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
             evaluation,
             keeper,  # after the evaluation: a checkpoint of step k holds eval_curve.csv's row k
             ValidationImages(run_dir),
+            Preview(run_dir, int(cfg.trainer.get("preview_every", 0))),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),
             graceful,  # last: a stop signal is acted on once the step's own outputs are written
         ],

@@ -32,6 +32,7 @@ class TrainerConfig:
     # scorelift's run-safety settings, with defaults (a config.yaml saved before they existed resumes)
     keep_checkpoints: int = 2  # checkpoints kept (last.ckpt and the newest older ones); a damaged newest falls back
     stop_signals: list = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))  # checkpoint, then exit 75
+    preview_every: int = 100  # steps between rewrites of <run>/preview.png, the object from 4 views (0: off)
 
 
 # The Lightning Trainer options the trainer section passes through.
@@ -165,5 +166,8 @@ def check_trainer(cfg: DictConfig) -> TrainerConfig:
     parse_stop_signals(trainer.stop_signals)
     if trainer.eval_every < 0:
         raise ConfigError(f"trainer.eval_every={trainer.eval_every} must be 0 (off) or a positive number of steps.")
+    if trainer.preview_every < 0:
+        raise ConfigError(f"trainer.preview_every={trainer.preview_every} must be 0 (off) or a positive number of "
+                          f"steps between rewrites of preview.png.")
     check_lightning_options(trainer, cfg.device)
     return trainer

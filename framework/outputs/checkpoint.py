@@ -16,6 +16,7 @@ that holds the directory's lock (``remove_dead_writers_files``).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil

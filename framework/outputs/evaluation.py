@@ -46,6 +46,7 @@ class Evaluation(pl.Callback):
         self.timer = timer
         self.columns = ["step", "train_s", *(m for e in evaluators for m in e.metrics), "loss"]
         self._first_loss = 0  # index into timer.step_losses of the first step since the last row
+        self.latest: dict = {}  # the last row's figures (the progress line shows them)
 
     @property
     def curve_on(self) -> bool:
@@ -89,6 +90,7 @@ class Evaluation(pl.Callback):
 
     def _write_row(self, system, step: int) -> None:
         metrics = self.measure(system)
+        self.latest = {m: metrics[m] for e in self.evaluators for m in e.metrics if isinstance(metrics.get(m), float)}
         # the StepTimer (which runs before this callback) already holds every step's loss
         losses = self.timer.step_losses[self._first_loss:]
         self._first_loss = len(self.timer.step_losses)

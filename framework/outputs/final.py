@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from .checkpoint_files import TEMP_MARK
 from .images import make_grid, write_png, write_video
 
 log = logging.getLogger(__name__)
@@ -55,3 +57,41 @@ class ValidationImages(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("validation", grid.float().clamp(0, 1), global_step=step, dataformats="CHW")
+
+
+PREVIEW_VIEWS = 4
+PREVIEW_TILE = 160  # pixels: small renders are scaled up (nearest) so the preview reads at a glance
+
+
+class Preview(pl.Callback):
+    """``<run>/preview.png``: the object as it is now, from PREVIEW_VIEWS fixed views around it,
+    written when training starts and every ``every`` steps, atomically (an image viewer that keeps
+    the file open reloads a whole image, never half of one). The renders are the validation
+    images' (``render_images``: eval mode, no random draws), so a run with previews trains exactly
+    as one without."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.path = Path(run_dir) / "preview.png"
+        self.every = every
+
+    def on_train_start(self, trainer, system) -> None:
+        if self.every > 0:
+            self.write(system)
+
+    def on_train_batch_end(self, trainer, system, outputs, batch, batch_idx) -> None:
+        if self.every > 0 and trainer.global_step % self.every == 0:
+            self.write(system)
+
+    def write(self, system) -> None:
+        rgb, _ = system.render_images(system.view_cameras(PREVIEW_VIEWS))  # [V, 3, h, w] in [0, 1]
+        scale = max(1, PREVIEW_TILE // rgb.shape[-1])
+        tiles = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        # .preview.tmp-<pid>.png: the temporary-file pattern a later run clears, with the extension
+        # that tells imageio the format
+        tmp = self.path.with_name(f".preview{TEMP_MARK}{os.getpid()}.png")
+        try:
+            write_png(tmp, make_grid(tiles, n_cols=PREVIEW_VIEWS))
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

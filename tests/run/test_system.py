@@ -137,12 +137,21 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_resume_is_exact_and_same_seed_is_bit_identical(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch):
     base = small_run_overrides(tiny_pipeline_dir, latent_size, "sjc", "paas", 10)
     straight_a, straight_b, resumed = tmp_path / "a", tmp_path / "b", tmp_path / "r"
-    run(compose_cfg(base), straight_a)
-    run(compose_cfg(base + ["trainer.eval_every=3"]), straight_b)  # measuring quality must not change training
+    run(compose_cfg(base + ["trainer.preview_every=0"]), straight_a)
+    # measuring quality and drawing previews must not change training
+    run(compose_cfg(base + ["trainer.eval_every=3", "trainer.preview_every=4"]), straight_b)
     a, b = final_params(straight_a), final_params(straight_b)
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed must give bit-identical parameters"
     steps = [int(line.split(",")[0]) for line in (straight_b / "eval_curve.csv").read_text().splitlines()[1:]]
     assert steps == [0, 3, 6, 9, 10] and not (straight_a / "eval_curve.csv").exists()
+    # preview.png: 4 views of the decoded 16-pixel renders, each scaled x10, 2-pixel white gaps
+    import imageio.v3 as iio
+
+    assert not (straight_a / "preview.png").exists()
+    preview = iio.imread(straight_b / "preview.png")
+    assert preview.shape == (160, 4 * 160 + 3 * 2, 3)
+    assert (preview[:, 160:162] == 255).all() and preview[:, :160].std() > 0
+    assert not [p.name for p in straight_b.iterdir() if ".tmp-" in p.name]
 
     # the same 10-step run, crashed after step 7: its last checkpoint is step 5's
     original = run_module.make_trainer

@@ -101,7 +101,9 @@ setup(
     extras_require={
         # the packaging test builds a wheel; import-linter holds the package's layers (tests/core/test_layers.py)
         "test": ["pytest>=7", "pytest-xdist>=3", "nerfacc==0.5.3", "setuptools>=64", "wheel", "import-linter>=2.16,<3",
-                 "plyfile>=1.0"],  # the splat export read back as viewers read it
+                 "plyfile>=1.0",  # the splat export read back as viewers read it
+                 "viser>=1.1,<2"],  # the live viewer's screenshot test (with Debian's chromium)
+        "viewer": ["viser>=1.1,<2"],  # the live viewer in the browser (viewer=true, scorelift view RUN)
         "cuda": ["nerfacc==0.5.3"],  # tinycudann is not on PyPI: build it from its repository
     },
 )

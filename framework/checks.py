@@ -401,6 +401,10 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
             f"evaluate_as={target!r} must be text (what the evaluators score the run as, e.g. 'a cube') or null."
         )
     trainer = check_trainer(cfg)
+    if OmegaConf.select(cfg, "viewer") is not None:
+        from .viewer import check_viewer_config
+
+        check_viewer_config(cfg.viewer)
     data = parse_config(CameraSamplerConfig, cfg.data, "data")
     check_sampler_config(data)
     if cfg.mode == "export":

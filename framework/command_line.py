@@ -21,7 +21,9 @@ from . import registry
 from .errors import ConfigError
 
 # Saved overrides a resume does not carry over: they name this invocation, not the run.
-KEYS_NOT_CARRIED = ("resume=", "mode=", "hydra.run.dir=", "+resume=")
+KEYS_NOT_CARRIED = ("resume=", "mode=", "hydra.run.dir=", "+resume=", "viewer=", "viewer.")
+# Shorthands: ``viewer=true`` opens the viewer (the section's ``enabled``; its other keys stay).
+SHORTHANDS = {"viewer=true": "viewer.enabled=true", "viewer=false": "viewer.enabled=false"}
 
 EPILOG = """examples:
   scorelift system=sjc guidance=paas                        the main job (SJC on the embedded prior)
@@ -33,6 +35,8 @@ EPILOG = """examples:
                                                             the six as one SLURM job array
   scorelift --cfg job system=dreamfusion                    print the composed config, run nothing
   scorelift --list                                          every registered part
+  scorelift system=sjc guidance=paas viewer=true            train, watching it in the browser (port 7007)
+  scorelift view outputs/sjc-paas/a_red_cube@20261123-101500  look at a finished or running run
 
 Bad input exits with code 2 and one paragraph, before anything is written."""
 
@@ -59,7 +63,8 @@ def parse_command_line(argv: list[str]) -> CommandLine:
                         help="print the composed config (job: the run's; hydra: the hydra node; all: both) and stop")
     parser.add_argument("--multirun", "-m", action="store_true", help="sweep: one run per combination of comma lists")
     args = parser.parse_intermixed_args(argv)  # flags may stand anywhere among the overrides
-    return CommandLine(list(args.overrides), args.list_parts, args.cfg, args.multirun)
+    overrides = [SHORTHANDS.get(o.lower(), o) for o in args.overrides]
+    return CommandLine(overrides, args.list_parts, args.cfg, args.multirun)
 
 
 # ------------------------------------------------------------------------------ resume

@@ -77,7 +77,12 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     # The heavy libraries (torch, Lightning, diffusers) are imported where a step needs them, not
     # here: --help, --list and a refused command line answer in about a second.
-    args = parse_command_line(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["view"]:  # scorelift view RUN: the live viewer on a run (scorelift.view_run)
+        from .view_run import run_view
+
+        return run_view(argv[1:])
+    args = parse_command_line(argv)
     if args.list_parts:
         print(format_plugin_list())
         return 0

@@ -152,6 +152,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
             ValidationImages(run_dir),
             Preview(run_dir, int(cfg.trainer.get("preview_every", 0))),
             *([StepProgressBar()] if cfg.trainer.progress_bar else []),
+            *viewer_callbacks(cfg, run_dir, graceful.stop),
             graceful,  # last: a stop signal is acted on once the step's own outputs are written
         ],
         # A plain environment, also inside a SLURM job: Lightning's SLURM one would answer SIGUSR1
@@ -166,6 +167,16 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, timer: St
         deterministic=bool(cfg.deterministic),  # also cudnn.benchmark off and cuBLAS's fixed workspace
         default_root_dir=str(run_dir),
     )
+
+
+def viewer_callbacks(cfg: DictConfig, run_dir: Path, stop) -> list:
+    """The live viewer's callback where ``viewer.enabled`` (viser imported only then)."""
+    if not OmegaConf.select(cfg, "viewer.enabled"):
+        return []
+    from .outputs.live_viewer import LiveViewer
+    from .viewer import check_viewer_config
+
+    return [LiveViewer(check_viewer_config(cfg.viewer), f"scorelift: {Path(run_dir).name}", stop)]
 
 
 def load_weights(system, ckpt: Path) -> int:

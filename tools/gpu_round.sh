@@ -10,8 +10,9 @@
 #    test_splat.py, test_splat_cuda.py and test_gaussians.py -> $OUT/test_<set>.log;
 # 4. the SD-2.1-base-shaped random pipeline, fp16, in $T/sd21 (once per machine) -> $OUT/build_sd.log;
 # 5. tools/gpu_stage_timings.py --set <set> until DEADLINE_S after the start -> $OUT/<set>_stage.json, .log.
-#    On a warm machine whose first call left configurations unfinished, the tool runs the rest
-#    (--done) and writes all rows to $OUT/<set>_stage.json.
+#    On a warm machine whose first call left configurations unfinished or failed, the tool runs
+#    those (--done) and writes all rows to $OUT/<set>_stage.json; DONE=<an earlier call's
+#    <set>_stage.json> carries the finished rows of an earlier machine.
 set -u
 t0=$(date +%s)
 set_name=${1:?mesh or splats}
@@ -98,6 +99,7 @@ left=$(( deadline - $(el) ))
 json=${set_name}_stage.json
 if [ $left -lt 30 ]; then echo "== $set_name timings: only $left s left, not started"; exit 0; fi
 done_arg=""
+[ -n "${DONE:-}" ] && [ -f "$DONE" ] && cp "$DONE" $T/$json  # an earlier machine's rows, carried
 [ -f $T/$json ] && done_arg="--done $T/$json"
 echo "== tools/gpu_stage_timings.py --set $set_name $done_arg, at most $left s"
 timeout -k 15 $left $PY tools/gpu_stage_timings.py --set $set_name $done_arg --out "$OUT/$json" --sd $T/sd21 --steps $steps \

@@ -68,10 +68,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--whole-steps", type=int, default=500)
     ap.add_argument("--runs", default="/tmp/stage_timing_runs")
-    ap.add_argument("--done", help="the JSON of an earlier call: its rows are kept and their configurations skipped")
+    ap.add_argument("--done", help="the JSON of an earlier call: its finished rows are kept and their configurations "
+                                   "skipped (failed ones run again)")
     args = ap.parse_args()
     priors = {"shapes": []} | ({"sd": ["prior=stable-diffusion", f"prior.model={args.sd}"]} if args.sd else {})
     rows = json.loads(Path(args.done).read_text()) if args.done and Path(args.done).is_file() else []
+    rows = [r for r in rows if r.get("returncode") == 0]  # a failed row runs again
     done = {(r["config"], r["prior"]) for r in rows}
     todo = [(key, prior, name, overrides, args.steps) for key, prior in priors.items()
             for name, (overrides, on) in SETS[args.set].items() if key in on]

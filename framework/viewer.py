@@ -39,7 +39,7 @@ class ViewerConfig:
     enabled: bool = False  # open the viewer while the run trains (viewer=true)
     host: str = "127.0.0.1"  # 127.0.0.1: this machine only; 0.0.0.0: every network interface
     port: int = 7007
-    resolution: int = 256  # pixels of the longer side of a frame (latent renders: before decoding)
+    resolution: int = 256  # pixels of the longer side of a frame (latent renders: after decoding)
     refresh_every: int = 10  # steps between re-renders for connected clients while training
     status_every: int = 10  # steps between updates of the step and loss shown
 
@@ -89,6 +89,13 @@ def client_cameras(wxyz, position, fovy: float, aspect: float, resolution: int) 
     cams = CameraBatch(c2w=c2w[None], fovy=torch.tensor([fov]), elevation=torch.zeros(1), azimuth=torch.zeros(1),
                        distance=torch.tensor([distance]), height=resolution, width=resolution)
     return cams, rows
+
+
+def render_side(system, resolution: int) -> int:
+    """Pixels of the square render whose (decoded) frame is ``resolution`` pixels wide: a latent
+    render is decoded at the VAE's scale (8 for Stable Diffusion), so it is drawn that much smaller."""
+    scale = int(getattr(system.prior, "vae_scale_factor", 1)) if system.is_latent else 1
+    return max(8, resolution // max(1, scale))
 
 
 def frame(system, cams: CameraBatch, rows: int) -> np.ndarray:
@@ -154,7 +161,8 @@ class LiveView:
         for client_id in todo:
             client = clients[client_id]
             camera = client.camera
-            cams, rows = client_cameras(camera.wxyz, camera.position, camera.fov, camera.aspect, self.cfg.resolution)
+            cams, rows = client_cameras(camera.wxyz, camera.position, camera.fov, camera.aspect,
+                                        render_side(system, self.cfg.resolution))
             client.scene.set_background_image(frame(system, cams, rows), format="jpeg")
         return len(todo)
 

@@ -430,7 +430,6 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
     system_config = parse_config(system_cls.Config, cfg.system, "system")
     losses = {name: plan_part("loss", {**(opts or {}), "type": name}, f"system.losses.{name}")
               for name, opts in system_config.losses.items()}
-    system_cls.check_config(system_config, device)
     parts = {kind: plan_part(kind, cfg[kind], kind) for kind in PART_KINDS}
     prior, guidance = parts["prior"], parts["guidance"]
     missing = [need for need in guidance.cls.requires if need not in prior.cls.capabilities]
@@ -453,6 +452,9 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
     if cfg.mode == "train" and not cfg.resume:  # a resumed run continues from its own checkpoint
         init_from = check_init_from(OmegaConf.select(cfg, "init_from"), parts["geometry"].cls, init_source_cfg)
     check_memory(cfg, as_pairs, device)  # scorelift.memory: the geometry's parameters against the device
+    # Last: it tries the optimizer's arguments on the device, and building a torch optimizer
+    # imports torch._dynamo (0.7 s), which the checks above answer without.
+    system_cls.check_config(system_config, device)
     return RunPlan(
         config=resolved, mode=cfg.mode, seed=int(cfg.seed), prompt=prompt, device=device, fast_path=fast,
         deterministic=bool(cfg.deterministic), system=PartPlan("system", str(cfg.system.type), system_cls, system_config),

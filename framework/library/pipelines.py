@@ -7,6 +7,7 @@ Every prior loader uses these (``stable-diffusion``, ``diffusers-unet``, ``deepf
 
 from __future__ import annotations
 
+import json
 import re
 
 from pathlib import Path
@@ -184,10 +185,55 @@ def prompt_words(text: str) -> list[str]:
 
 
 def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:
-    """``inspect_pipeline`` and the prompt's length against the pipeline's own tokenizer."""
+    """``inspect_pipeline`` and the prompt's length against the pipeline's own tokenizer (loaded
+    only for a prompt that could be too long: see ``surely_fits``)."""
     facts = inspect_pipeline(path, model)
-    check_prompt_length(load_tokenizer(path, model), prompt, templates)
+    if not surely_fits(path, prompt, templates):
+        check_prompt_length(fast_tokenizer(path) or load_tokenizer(path, model), prompt, templates)
     return facts
+
+
+class FastTokenCounter:
+    """The two things the length check asks of a tokenizer (``model_max_length``, and
+    ``__call__(text).input_ids``), from a pipeline's ``tokenizer/tokenizer.json`` through the
+    ``tokenizers`` library (imported in milliseconds, where transformers takes most of a second).
+    The same pipeline's tokenizer as transformers builds it, so the same counts (checked against
+    CLIPTokenizer in the tests)."""
+
+    def __init__(self, tokenizer, limit: int):
+        self.tokenizer, self.model_max_length = tokenizer, limit
+
+    def __call__(self, text: str, truncation: bool = False):
+        return type("Encoded", (), {"input_ids": self.tokenizer.encode(text).ids})
+
+
+def fast_tokenizer(path: Path) -> FastTokenCounter | None:
+    """A FastTokenCounter for the pipeline at ``path``, or None where it has no tokenizer.json
+    (or its limit cannot be read): the caller loads the tokenizer through transformers then."""
+    try:
+        from tokenizers import Tokenizer
+
+        limit = int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json"))
+    except Exception:  # noqa: BLE001  (no file, an unreadable one, no tokenizers package: the slow path)
+        return None
+    tokenizer.no_padding()  # a saved tokenizer may pad or cut to its limit; a count must see it all
+    tokenizer.no_truncation()
+    return FastTokenCounter(tokenizer, limit)
+
+
+def surely_fits(path: Path, prompt: str, templates: dict[str, str]) -> bool:
+    """True when the prompt, alone and in every view's template, cannot exceed the tokenizer's
+    limit (``tokenizer/tokenizer_config.json``'s model_max_length): a byte-level BPE token covers
+    at least one byte of the text, so a text of n UTF-8 bytes is at most n + 2 tokens (with the
+    start and end tokens). Spares the common short prompt the tokenizer's load (transformers'
+    import: most of a second)."""
+    try:
+        limit = int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    texts = [prompt, *(t.format(prompt=prompt) for t in templates.values())]
+    return max(len(t.encode("utf-8")) for t in texts) + 2 <= limit
 
 
 def load_tokenizer(path: Path, model: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import platform
 import subprocess
@@ -61,6 +62,7 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "openmp": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
     }
     info = {
         "prompt": cfg["prompt"],

@@ -62,6 +62,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def logged_loss(run_dir: Path, step: int) -> float | None:
+    """The loss the run logged at its last row up to ``step`` (``logs/metrics.csv``), or None."""
+    import csv
+
+    try:
+        with open(run_dir / "logs" / "metrics.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("loss") and int(r["step"]) <= step]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(rows[-1]["loss"]) if rows else None
+
+
 def serve(plan, run_dir: Path, viewer_cfg) -> None:
     """Build the run's system, load its newest checkpoint and serve browsers until stopped."""
     from .library_noise import quiet_known_library_noise
@@ -79,7 +91,7 @@ def serve(plan, run_dir: Path, viewer_cfg) -> None:
     step = load_weights(system, checkpoint)
     view = start_view(viewer_cfg, f"scorelift: {run_dir.name}")
     view.paused.visible = False  # nothing to pause: this process does not train
-    view.set_status(step, None)
+    view.set_status(step, logged_loss(run_dir, step))
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     looked = time.monotonic()
@@ -92,7 +104,7 @@ def serve(plan, run_dir: Path, viewer_cfg) -> None:
                 if newest is not None and (newest, newest.stat().st_mtime_ns) != loaded:
                     loaded = (newest, newest.stat().st_mtime_ns)
                     step = load_weights(system, newest)
-                    view.set_status(step, None)
+                    view.set_status(step, logged_loss(run_dir, step))
                     view.serve(system, everyone=True)
                     log.info("Viewer: loaded step %d from %s", step, newest)
             time.sleep(0.03)

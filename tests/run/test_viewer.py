@@ -171,3 +171,14 @@ def test_training_with_the_viewer_open_trains_exactly_as_without(tiny_pipeline_d
         if name == "viewed":
             assert "Viewer: http://127.0.0.1:" in done.stderr + done.stdout
     assert all(torch.equal(finals["plain"][k], finals["viewed"][k]) for k in finals["plain"])
+
+
+def test_the_view_shows_the_loss_the_run_logged_at_its_step(tmp_path):
+    from scorelift.view_run import logged_loss
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(
+        "epoch,loss,step,train/loss_guidance\n0,3.5,9,3.4\n0,,10,\n0,2.25,19,2.2\n0,1.5,29,1.4\n")
+    assert logged_loss(tmp_path, 25) == 2.25  # the last row with a loss at or before the checkpoint's step
+    assert logged_loss(tmp_path, 100) == 1.5
+    assert logged_loss(tmp_path, 5) is None and logged_loss(tmp_path / "none", 5) is None

@@ -130,6 +130,19 @@ def given_steps(overrides: list[str]) -> int | None:
                           f"split between its stages).") from None
 
 
+def stage_key_hint(message: str, stage: str, names: list[str]) -> str:
+    """For an unknown key while composing stage ``stage``: a key given without a stage applies to
+    every stage, and each stage has its own parts (the splats' geometry is not the mesh's)."""
+    import re
+
+    key = re.match(r"Unknown config key '([^']+)'", message)
+    if key is None:
+        return ""
+    return (f" (That was stage '{stage}' of this run's stages {', '.join(names)}: a key given without a stage "
+            f"applies to every stage. Set one stage's key as stages.<stage>.<key>, e.g. "
+            f"stages.{names[0]}.{key.group(1)}=...; `scorelift --cfg job` prints every stage.)")
+
+
 def compose_stages(job_cfg: DictConfig, job_overrides: list[str], run_dir: Path) -> list[Stage]:
     """Every stage's config, composed from the job's command line and the stage's overrides."""
     from .compose import compose_config
@@ -150,7 +163,10 @@ def compose_stages(job_cfg: DictConfig, job_overrides: list[str], run_dir: Path)
         if budget is not None:
             overrides.append(f"trainer.max_steps={budget}")
         overrides += per_stage[spec["name"]]  # last: a stage's own settings win
-        composed = compose_config(overrides)
+        try:
+            composed = compose_config(overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}{stage_key_hint(str(exc), spec['name'], [s['name'] for s in specs])}") from None
         cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         stages.append(Stage(number, spec["name"], run_dir / spec["name"], overrides, cfg))
     return stages

@@ -162,6 +162,9 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
          [f"init_from='{no_ckpt_run}'", "holds no readable checkpoint"]),
         ("stage-key-plain-run", ["stages.fine.trainer.max_steps=3"], ["sets a key of one stage, but this run has no stages"]),
         ("stage-unknown", ["system=magic3d", "stages.nosuch.seed=1"], ["no stage 'nosuch'", "coarse, fine"]),
+        # a key of one stage's parts given without its stage: every stage gets it, and the hint says how
+        ("stage-key-every-stage", ["system=dreamgaussian", "geometry.max_gaussians=0"],
+         ["'geometry.max_gaussians'", "stage 'mesh'", "stages.splats.geometry.max_gaussians=..."]),
         # a render resolution the prior cannot take
         ("res-latent", ["system=sjc", *tiny, "data.height=9", "data.width=9"],
          ["latent size 8x8", "9x9", "data.height=8 data.width=8"]),
@@ -239,7 +242,7 @@ BAD = [
     "inf-loss-weight", "stop-signal-uncatchable", "stop-signal-unknown", "keep-checkpoints-zero", "lr-negative",
     "lr-huge", "optimizer-betas", "optimizer-arg-unknown", "optimizer-name", "geometry-memory", "hash-grid-memory",
     "hash-grid-levels", "loss-reads-normals", "geometry-kind", "loss-reads-weights", "dmtet-memory", "init-from-no-ckpt",
-    "gaussians-none", "gaussians-sh-degree", "gaussians-loss-reads-weights", "gaussians-ply-missing", "stage-key-plain-run", "stage-unknown", "type-section", "type-mode", "type-syntax", "prompt-empty",
+    "gaussians-none", "gaussians-sh-degree", "gaussians-loss-reads-weights", "gaussians-ply-missing", "stage-key-plain-run", "stage-unknown", "stage-key-every-stage", "type-section", "type-mode", "type-syntax", "prompt-empty",
     "prompt-blank", "prompt-unknown", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
     "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
     "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",

@@ -34,21 +34,24 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit() -> str | None:
     """HEAD's hash of the checkout scorelift runs from, with "+dirty" when the working tree differs
-    from it (as on a copied tree); None for an installed wheel (not in a git checkout)."""
+    from it (as on a copied tree). Outside a git checkout (an installed wheel, a tree copied to
+    another machine without .git): ``$SCORELIFT_GIT_COMMIT``, which whoever copied the tree sets
+    (tools/gpu_round.sh reads it from ``.gpu-go/commit``), else None."""
     source = package_data_path("scorelift")
+    given = os.environ.get("SCORELIFT_GIT_COMMIT") or None
     try:
         head = subprocess.run(
             ["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
         ).stdout.strip()
         if not head:
-            return None
+            return given
         status = subprocess.run(
             ["git", "-C", source, "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10,
         )
         return head + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return given
 
 
 def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) -> dict:

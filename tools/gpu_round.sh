@@ -24,6 +24,9 @@ SITE=${SITE:-/tmp/site}
 WHEELS=${WHEELS:-.mesh-go/whl}
 T=${T:-/tmp}  # where the per-machine state lives
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# The tree arrives without .git: the commit it was copied from is carried in .gpu-go/commit
+# (`git rev-parse HEAD > .gpu-go/commit` before the call), so that run_info.json records it.
+[ -f .gpu-go/commit ] && export SCORELIFT_GIT_COMMIT=$(cat .gpu-go/commit)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/call.log") 2>&1
 el() { echo $(( $(date +%s) - t0 )); }

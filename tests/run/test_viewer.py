@@ -182,3 +182,30 @@ def test_the_view_shows_the_loss_the_run_logged_at_its_step(tmp_path):
     assert logged_loss(tmp_path, 25) == 2.25  # the last row with a loss at or before the checkpoint's step
     assert logged_loss(tmp_path, 100) == 1.5
     assert logged_loss(tmp_path, 5) is None and logged_loss(tmp_path / "none", 5) is None
+
+
+def quaternion_of(rotation: torch.Tensor) -> list[float]:
+    """w, x, y, z of a rotation matrix (the largest-diagonal branch suffices for these views)."""
+    m = rotation.double()
+    w = torch.sqrt(torch.clamp(1 + m[0, 0] + m[1, 1] + m[2, 2], min=1e-12)) / 2
+    return [float(w), float((m[2, 1] - m[1, 2]) / (4 * w)), float((m[0, 2] - m[2, 0]) / (4 * w)),
+            float((m[1, 0] - m[0, 1]) / (4 * w))]
+
+
+@pytest.mark.parametrize("elevation, azimuth", [(20.0, 30.0), (45.0, -120.0), (-5.0, 170.0)])
+def test_the_browsers_camera_becomes_the_same_camera_in_the_renderers_axes(elevation, azimuth):
+    """viser gives camera-to-world in OpenCV axes (+z forward, +y down): a camera on the sphere
+    looking at the origin, given that way, must come out as look_at_c2w's OpenGL camera; a square
+    canvas keeps the field of view, a wide one widens it to cover the canvas and shows fewer rows."""
+    import math
+
+    from scorelift.data.cameras import look_at_c2w
+    from scorelift.viewer import CV_TO_GL, client_cameras
+
+    gl = look_at_c2w(torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([2.5]))[0]
+    cv_rotation = gl[:3, :3] @ CV_TO_GL  # CV_TO_GL is its own inverse
+    cams, rows = client_cameras(quaternion_of(cv_rotation), gl[:3, 3].tolist(), math.radians(40), 1.0, 64)
+    assert torch.allclose(cams.c2w[0], gl, atol=1e-5)
+    assert rows == 64 and cams.fovy[0].item() == pytest.approx(math.radians(40))
+    wide, rows = client_cameras(quaternion_of(cv_rotation), gl[:3, 3].tolist(), math.radians(40), 2.0, 64)
+    assert rows == 32 and math.tan(wide.fovy[0].item() / 2) == pytest.approx(2 * math.tan(math.radians(20)))

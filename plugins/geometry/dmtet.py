@@ -50,6 +50,9 @@ class DMTetConfig:
     # Signed distance per unit of density below the export level, when started from a density field.
     sdf_scale: float = 0.1
     feature_init_std: float = 0.0  # features start as N(0, std^2) before activation (0: mid-grey / zero latents)
+    # The feature grid's learning rate as a factor on system.optimizer.lr.geometry (1: the surface's
+    # rate, one optimizer group as before; another value splits surface and features into two).
+    lr_features: float = 1.0
     init_seed: int = 0
 
 
@@ -86,6 +89,9 @@ class DMTetGeometry(Geometry):
         if not 0 <= c.deform_scale <= 1:
             raise ConfigError(f"geometry (dmtet) deform_scale={c.deform_scale} must lie in [0, 1] (a fraction of "
                               f"half a cell; more lets tetrahedra fold).")
+        if not c.lr_features >= 0:
+            raise ConfigError(f"geometry (dmtet) lr_features={c.lr_features} must be a factor >= 0 on "
+                              f"system.optimizer.lr.geometry (1: the surface's rate; 0: frozen features).")
         if not c.sdf_scale > 0 or c.feature_init_std < 0:
             raise ConfigError(f"geometry (dmtet) sdf_scale={c.sdf_scale} must be positive and feature_init_std="
                               f"{c.feature_init_std} non-negative.")
@@ -150,6 +156,13 @@ class DMTetGeometry(Geometry):
         on_boundary = (vertices.abs() >= r - 1e-6).any(dim=-1)
         sdf = torch.where(on_boundary, sampled[:, 0].clamp_min(BOUNDARY_SDF), sampled[:, 0])
         return marching_tets(vertices + sampled[:, 1:], tets, sdf)
+
+    def optimizer_groups(self):
+        """None (one group, the geometry's rate) unless ``lr_features`` sets the feature grid apart:
+        a run's optimizer groups stay those of its checkpoints when the option is left alone."""
+        if self.cfg.lr_features == 1.0:
+            return None
+        return [("surface", [self.sdf, self.deform], 1.0), ("features", [self.feature_grid], self.cfg.lr_features)]
 
     # ----------------------------------------------------------------------------- features
     def activate(self, raw: torch.Tensor) -> torch.Tensor:

@@ -258,6 +258,24 @@ def test_a_coarser_dmtet_extraction_keeps_the_sphere_and_fits_the_face_cap():
     assert mesh.bounds[1] - mesh.bounds[0] == pytest.approx([0.94, 0.94, 0.94], rel=0.02)
 
 
+def test_the_feature_grid_gets_its_own_rate_only_when_asked():
+    """lr_features=1 (the default) keeps one optimizer group (the checkpoints of earlier runs still
+    resume); another value puts the feature grid in its own group at that factor."""
+    from scorelift.errors import ConfigError
+    from scorelift.systems.optim import OptimizerConfig, build_optimizer
+
+    cfg = OptimizerConfig(name="adam", args={}, lr={"geometry": 0.01})
+    plain = build_named("geometry", "dmtet", {"resolution": 4, "feature_resolution": 4})
+    optimizer = build_optimizer(cfg, {"geometry": plain.optimizer_groups() or plain.parameters()})
+    assert [(g["name"], g["lr"], len(g["params"])) for g in optimizer.param_groups] == [("geometry", 0.01, 3)]
+    split = build_named("geometry", "dmtet", {"resolution": 4, "feature_resolution": 4, "lr_features": 0.2})
+    optimizer = build_optimizer(cfg, {"geometry": split.optimizer_groups()})
+    assert [(g["name"], g["lr"], len(g["params"])) for g in optimizer.param_groups] == [
+        ("geometry.surface", 0.01, 2), ("geometry.features", pytest.approx(0.002), 1)]
+    with pytest.raises(ConfigError, match="lr_features=-1"):
+        build_named("geometry", "dmtet", {"lr_features": -1.0})
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_rasteriser_on_cuda_matches_the_cpu():
     """The same pure-PyTorch code on the GPU: images equal to float rounding, gradients close."""

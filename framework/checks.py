@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .memory import check_memory
 from .outputs import checkpoint_files as ckpt_files
 from .outputs.checkpoint_files import checkpoint_path
 from .plan import PART_KINDS, InitSource, PartPlan, PriorFacts, RunPlan
-from .prompts import check_prompt, given_prompt
+from .prompts import check_prompt, given_prompt, prompt_words
 from .run_lock import check_not_in_use
 from .trainer_options import check_trainer
 
@@ -113,7 +112,7 @@ def check_vocabulary(cfg: DictConfig, prompt: str | None, facts: PriorFacts) -> 
     such a run would train for its whole length on a prompt that nothing can score."""
     if prompt is None or facts.vocabulary is None or OmegaConf.select(cfg, "allow_unknown_prompt"):
         return
-    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    words = prompt_words(prompt)
     unknown = [w for w in dict.fromkeys(words) if w not in facts.vocabulary_words]
     if not unknown:
         return
@@ -441,7 +440,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
         )
     if prior.cls.conditioning != "none" and prompt is None:
         check_prompt(cfg.prompt)  # raises: a text prior needs a prompt to inspect
-    declared = prior.cls.declared_vocabulary(prior.config) if hasattr(prior.cls, "declared_vocabulary") else {}
+    declared = prior.cls.declared_vocabulary(prior.config)  # DiffusionPrior's default: {} (any text)
     check_vocabulary(cfg, prompt, PriorFacts.of(prior.cls, declared))  # before inspect loads a tokenizer
     facts = PriorFacts.of(prior.cls, {**prior.cls.inspect(prior.config, prompt), **declared})
     check_conditioning(cfg, prompt, facts, guidance.cls, guidance.config)

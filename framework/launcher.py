@@ -20,9 +20,9 @@ from pathlib import Path
 # OpenMP worker threads spin before they sleep, GNU OpenMP's 300,000 turns by default: on a 2-core
 # machine shared with one other job, the spinning threads of each hold the cores the other's need,
 # and a main-job step took 5.1 s instead of 0.24 s alone (21 times, where half the CPU should cost
-# 2). With 1,000 turns it took 0.44 s beside the other job and 0.22 s alone (no loss: 0.21 to 0.22
-# s at the default). Set before torch is imported (libgomp reads it when loaded); a user's own
-# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# 2). With 1,000 turns it took 0.45 s beside the other job, and alone 1.9 % more than at the
+# default (paired whole runs). Set before torch is imported (libgomp reads it when loaded); a
+# user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 

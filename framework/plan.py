@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .prompts import prompt_words
+
 PART_KINDS = ("geometry", "background", "renderer", "guidance", "prior")
 
 
@@ -78,7 +80,7 @@ class PriorFacts:
         if inspected.get("vocabulary"):
             facts["vocabulary"] = tuple(inspected["vocabulary"])
             facts["vocabulary_words"] = frozenset(inspected.get("vocabulary_words") or
-                                                  {w for p in facts["vocabulary"] for w in p.lower().split()})
+                                                  {w for p in facts["vocabulary"] for w in prompt_words(p)})
         return cls(**facts)
 
 

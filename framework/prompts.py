@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import ConfigError
 
 
@@ -22,3 +24,8 @@ def given_prompt(prompt) -> str | None:
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         return None
     return check_prompt(prompt)
+
+
+def prompt_words(text: str) -> list[str]:
+    """The lower-case words of a prompt, punctuation dropped: what a prior's vocabulary is compared on."""
+    return re.findall(r"[a-z0-9]+", text.lower())

@@ -58,15 +58,7 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
     """Write run_dir/run_info.json (appending this invocation to its history) and return it."""
     path = run_dir / "run_info.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    invocation = {
-        "mode": mode,
-        "argv": sys.argv,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "openmp": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
-    }
+    invocation = invocation_record(mode, device, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     info = {
         "prompt": cfg["prompt"],
         "evaluate_as": cfg.get("evaluate_as", cfg["prompt"]),
@@ -82,6 +74,19 @@ def write_run_info(run_dir: Path, cfg: dict, device: torch.device, mode: str) ->
     return info
 
 
+def invocation_record(mode: str, device: torch.device, started: str) -> dict:
+    """One invocation's entry in run_info.json's history: how and where it was started."""
+    return {
+        "mode": mode,
+        "argv": sys.argv,
+        "started": started,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "openmp": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+    }
+
+
 def append_invocation(run_dir: Path, mode: str, device: torch.device, started: str, **details) -> None:
     """Add a finished re-render or export (``mode`` test / export) to run_info.json's history, and
     nothing else: the run's own record (prompt, seed, the versions it trained with) stays as it is.
@@ -89,10 +94,7 @@ def append_invocation(run_dir: Path, mode: str, device: torch.device, started: s
     path = Path(run_dir) / "run_info.json"
     info = json.loads(path.read_text()) if path.is_file() else {}
     info.setdefault("invocations", []).append({
-        "mode": mode,
-        "argv": sys.argv,
-        "started": started,
-        "device": str(device),
+        **invocation_record(mode, device, started),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "status": "finished",

@@ -25,6 +25,7 @@ import torch
 
 from .data.cameras import CameraBatch, look_at_c2w
 from .errors import ConfigError
+from .maths.splat import quaternion_to_rotation
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,7 @@ def client_cameras(wxyz, position, fovy: float, aspect: float, resolution: int) 
     of ``resolution`` pixels whose field of view covers the browser's canvas in both directions,
     and the number of rows of it the canvas shows (its middle ones), so the frame keeps its
     proportions whatever the window's shape."""
-    w, x, y, z = (float(v) for v in wxyz)
-    rotation = torch.tensor([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    rotation = quaternion_to_rotation(torch.tensor([[float(v) for v in wxyz]]))[0]
     c2w = torch.eye(4)
     c2w[:3, :3] = rotation @ CV_TO_GL
     c2w[:3, 3] = torch.tensor([float(v) for v in position])

@@ -8,13 +8,13 @@ Every prior loader uses these (``stable-diffusion``, ``diffusers-unet``, ``deepf
 from __future__ import annotations
 
 import json
-import re
-
+import types
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, PriorLoadError
+from ..prompts import prompt_words
 from .text_conditioning import check_prompt_length
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -179,11 +179,6 @@ def read_vocabulary(path: Path, model: str) -> dict:
     return {"vocabulary": tuple(prompts), "vocabulary_words": frozenset(words)}
 
 
-def prompt_words(text: str) -> list[str]:
-    """The lower-case words of a prompt, punctuation dropped: what a vocabulary is compared on."""
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
 def check_local_pipeline(path: Path, model: str, prompt: str, templates: dict[str, str]) -> dict:
     """``inspect_pipeline`` and the prompt's length against the pipeline's own tokenizer (loaded
     only for a prompt that could be too long: see ``surely_fits``)."""
@@ -204,16 +199,26 @@ class FastTokenCounter:
         self.tokenizer, self.model_max_length = tokenizer, limit
 
     def __call__(self, text: str, truncation: bool = False):
-        return type("Encoded", (), {"input_ids": self.tokenizer.encode(text).ids})
+        return types.SimpleNamespace(input_ids=self.tokenizer.encode(text).ids)
+
+
+def tokenizer_limit(path: Path) -> int | None:
+    """The pipeline's ``tokenizer/tokenizer_config.json`` model_max_length, or None if unreadable."""
+    try:
+        return int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def fast_tokenizer(path: Path) -> FastTokenCounter | None:
     """A FastTokenCounter for the pipeline at ``path``, or None where it has no tokenizer.json
     (or its limit cannot be read): the caller loads the tokenizer through transformers then."""
+    limit = tokenizer_limit(path)
+    if limit is None:
+        return None
     try:
         from tokenizers import Tokenizer
 
-        limit = int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
         tokenizer = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json"))
     except Exception:  # noqa: BLE001  (no file, an unreadable one, no tokenizers package: the slow path)
         return None
@@ -228,9 +233,8 @@ def surely_fits(path: Path, prompt: str, templates: dict[str, str]) -> bool:
     at least one byte of the text, so a text of n UTF-8 bytes is at most n + 2 tokens (with the
     start and end tokens). Spares the common short prompt the tokenizer's load (transformers'
     import: most of a second)."""
-    try:
-        limit = int(json.loads((path / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
+    limit = tokenizer_limit(path)
+    if limit is None:
         return False
     texts = [prompt, *(t.format(prompt=prompt) for t in templates.values())]
     return max(len(t.encode("utf-8")) for t in texts) + 2 <= limit

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .checkpoint_files import TEMP_MARK
 from .images import make_grid, write_png, write_video
 
 log = logging.getLogger(__name__)
@@ -86,12 +84,4 @@ class Preview(pl.Callback):
         rgb, _ = system.render_images(system.view_cameras(PREVIEW_VIEWS))  # [V, 3, h, w] in [0, 1]
         scale = max(1, PREVIEW_TILE // rgb.shape[-1])
         tiles = rgb.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-        # .preview.tmp-<pid>.png: the temporary-file pattern a later run clears, with the extension
-        # that tells imageio the format
-        tmp = self.path.with_name(f".preview{TEMP_MARK}{os.getpid()}.png")
-        try:
-            write_png(tmp, make_grid(tiles, n_cols=PREVIEW_VIEWS))
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_png(self.path, make_grid(tiles, n_cols=PREVIEW_VIEWS))  # atomic

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import temp_path
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,20 @@ def make_grid(images: torch.Tensor, n_cols: int | None = None, pad: int = 2) -> 
 
 
 def write_png(path: str | Path, image: torch.Tensor) -> None:
-    """image: [C, H, W] in [0, 1] -> 8-bit PNG (values stored as they are, no sRGB curve)."""
+    """image: [C, H, W] in [0, 1] -> 8-bit PNG (values stored as they are, no sRGB curve), written
+    atomically: a reader (an image viewer keeping preview.png open) sees the old image or the new
+    one, never half of one."""
     import imageio.v3 as iio
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, to_uint8(image[None])[0])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        iio.imwrite(tmp, to_uint8(image[None])[0], extension=".png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_video(path: str | Path, frames: torch.Tensor, fps: int = 20) -> Path:

@@ -36,6 +36,17 @@ LATENT_BOUND = 3.0  # tanh latents are bounded to +-3, as the voxel grid's
 BOUNDARY_SDF = 1e-3  # the least signed distance of a vertex on the grid's faces (outside: the mesh closes)
 
 
+def on_grid_faces(vertices: torch.Tensor, radius: float) -> torch.Tensor:
+    """[V] True for the vertices [V, 3] of a tet grid over [-radius, radius]^3 that lie on its faces."""
+    return (vertices.abs() >= radius - 1e-6).any(dim=-1)
+
+
+def closed(sdf: torch.Tensor, on_faces: torch.Tensor) -> torch.Tensor:
+    """``sdf`` [V] with the grid's face vertices counted as outside (at least BOUNDARY_SDF), so that
+    the surface is closed even where the object (or a start from a foggy field) reaches the box."""
+    return torch.where(on_faces, sdf.clamp_min(BOUNDARY_SDF), sdf)
+
+
 @dataclass(kw_only=True)
 class DMTetConfig:
     """Options of ``dmtet`` and their defaults (``geometry=dmtet geometry.<option>=...``)."""
@@ -113,7 +124,7 @@ class DMTetGeometry(Geometry):
         self.register_buffer("tets", tets, persistent=False)
         # Vertices on the grid's faces count as outside whatever their signed distance, so that the
         # surface is closed even where the object (or a start from a foggy field) reaches the box.
-        self.register_buffer("on_boundary", (vertices.abs() >= r - 1e-6).any(dim=-1), persistent=False)
+        self.register_buffer("on_boundary", on_grid_faces(vertices, r), persistent=False)
         self.cell = 2.0 * r / c.resolution
         self.sdf = torch.nn.Parameter(vertices.norm(dim=-1) - c.init_radius)
         self.deform = torch.nn.Parameter(torch.zeros_like(vertices))
@@ -139,8 +150,7 @@ class DMTetGeometry(Geometry):
         (the export's face cap: a coarser grid gives about (resolution / own)^2 as many faces, and
         is as closed as the own one, which a decimation of the finished mesh would not promise)."""
         if resolution is None or resolution == self.cfg.resolution:
-            sdf = torch.where(self.on_boundary, self.sdf.clamp_min(BOUNDARY_SDF), self.sdf)
-            return marching_tets(self.deformed_vertices(), self.tets, sdf)
+            return marching_tets(self.deformed_vertices(), self.tets, closed(self.sdf, self.on_boundary))
         if resolution < 2:
             raise ConfigError(f"dmtet mesh(resolution={resolution}): use at least 2 cells per axis.")
         r = float(self.cfg.bbox_radius)
@@ -153,9 +163,7 @@ class DMTetGeometry(Geometry):
         volume = torch.cat([self.sdf[:, None], offsets], dim=1).t().reshape(1, 4, n, n, n)
         sampled = F.grid_sample(volume, (vertices / r).view(1, -1, 1, 1, 3), mode="bilinear",
                                 align_corners=True).view(4, -1).t()  # [V', 4]
-        on_boundary = (vertices.abs() >= r - 1e-6).any(dim=-1)
-        sdf = torch.where(on_boundary, sampled[:, 0].clamp_min(BOUNDARY_SDF), sampled[:, 0])
-        return marching_tets(vertices + sampled[:, 1:], tets, sdf)
+        return marching_tets(vertices + sampled[:, 1:], tets, closed(sampled[:, 0], on_grid_faces(vertices, r)))
 
     def optimizer_groups(self):
         """None (one group, the geometry's rate) unless ``lr_features`` sets the feature grid apart:

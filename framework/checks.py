@@ -235,24 +235,29 @@ def check_part(kind: str, node, key: str):
 
 
 def check_resolution(cfg: DictConfig, kind: str | None, facts: PriorFacts) -> None:
-    """The render size against what the prior takes: latent renders must be the prior's latent
-    size; RGB renders are resized to its (square) pixel size, so they must be square."""
-    height, width = int(cfg.data.height), int(cfg.data.width)
-    if kind == "latent":
-        size = facts.latent_size
-        if size is not None and (height, width) != (size, size):
+    """The render size of every phase (``data.resolution_milestones``) against what the prior
+    takes: latent renders must be the prior's latent size; RGB renders are resized to its
+    (square) pixel size, so they must be square."""
+    from .data.cameras import CameraSamplerConfig, check_sampler_config
+
+    data = parse_config(CameraSamplerConfig, cfg.data, "data")
+    check_sampler_config(data)
+    for _, height, width in data.phases():
+        if kind == "latent":
+            size = facts.latent_size
+            if size is not None and (height, width) != (size, size):
+                raise ConfigError(
+                    f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
+                    f"data.width is {height}x{width}; set data.height={size} data.width={size} (or render RGB)."
+                )
+        elif kind == "rgb" and height != width:
+            pixels = facts.pixel_size
+            takes = f"{pixels}x{pixels}" if pixels else "square"
             raise ConfigError(
-                f"Latent renders must match the prior's latent size {size}x{size}, but data.height x "
-                f"data.width is {height}x{width}; set data.height={size} data.width={size} (or render RGB)."
+                f"data.height x data.width is {height}x{width}, but the prior takes {takes} images and "
+                f"a non-square render would be stretched to a square; set data.width={height} (renders of "
+                f"any square size are resized to the prior's)."
             )
-    elif kind == "rgb" and height != width:
-        pixels = facts.pixel_size
-        takes = f"{pixels}x{pixels}" if pixels else "square"
-        raise ConfigError(
-            f"data.height x data.width is {height}x{width}, but the prior takes {takes} images and "
-            f"a non-square render would be stretched to a square; set data.width={height} (renders of "
-            f"any square size are resized to the prior's)."
-        )
 
 
 def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts) -> None:

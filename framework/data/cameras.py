@@ -9,8 +9,10 @@ Conventions (shared with the shapes world's ground truth, so renders line up pix
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -144,19 +146,36 @@ def make_cameras(elevation, azimuth, distance, fovy_deg, height: int, width: int
 
 @dataclass(kw_only=True)
 class CameraSamplerConfig:
-    """Random training cameras: ranges are [low, high], degrees for angles."""
+    """Random training cameras: ranges are [low, high], degrees for angles.
 
-    batch_size: int = 1
-    height: int = 64
-    width: int = 64
+    ``batch_size``, ``height`` and ``width`` are each a number or a list with one value per phase
+    of ``resolution_milestones`` (threestudio's convention): with milestones [m1, m2, ...], phase 0
+    runs up to step m1 - 1, phase 1 from m1, and so on, e.g. ``height=[32, 64] width=[32, 64]
+    resolution_milestones=[300]`` renders 32 x 32 for the first 300 steps, then 64 x 64.
+    """
+
+    batch_size: Any = 1
+    height: Any = 64
+    width: Any = 64
+    resolution_milestones: list[int] = field(default_factory=list)  # ascending training steps
     distance_range: list[float] = field(default_factory=lambda: [1.8, 2.2])
     fovy_range: list[float] = field(default_factory=lambda: [35.0, 45.0])
     elevation_range: list[float] = field(default_factory=lambda: [-10.0, 60.0])
     azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
 
+    def phases(self) -> list[tuple[int, int, int]]:
+        """(batch_size, height, width) of every phase, in order: len(resolution_milestones) + 1."""
+        n = len(self.resolution_milestones) + 1
+        values = [v if isinstance(v, (list, tuple)) else [v] * n for v in (self.batch_size, self.height, self.width)]
+        return [(int(b), int(h), int(w)) for b, h, w in zip(*values)]
+
+    def at_step(self, step: int) -> tuple[int, int, int]:
+        """(batch_size, height, width) at training step ``step``."""
+        return self.phases()[bisect.bisect_right(list(self.resolution_milestones), step)]
+
 
 def check_sampler_config(cfg: CameraSamplerConfig) -> None:
-    """Reject inverted or impossible ranges with a message naming the key."""
+    """Reject inverted or impossible ranges and malformed phases with a message naming the key."""
     for name in ("distance_range", "fovy_range", "elevation_range", "azimuth_range"):
         rng = getattr(cfg, name)
         if len(rng) != 2:
@@ -178,16 +197,33 @@ def check_sampler_config(cfg: CameraSamplerConfig) -> None:
         )
     if not (-90 <= cfg.elevation_range[0] and cfg.elevation_range[1] <= 90):
         raise ConfigError(f"data.elevation_range={list(cfg.elevation_range)} must lie in [-90, 90] degrees.")
-    if cfg.batch_size < 1 or cfg.height < 1 or cfg.width < 1:
+    milestones = list(cfg.resolution_milestones)
+    if any(not isinstance(m, int) or m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(
-            f"data.batch_size, data.height and data.width must be positive, got "
-            f"{cfg.batch_size}, {cfg.height}, {cfg.width}."
+            f"data.resolution_milestones={milestones} must be training steps (whole numbers >= 1) in "
+            f"strictly ascending order, e.g. [300] or [200, 500]."
         )
+    n = len(milestones) + 1
+    for name in ("batch_size", "height", "width"):
+        value = getattr(cfg, name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(values) != n:
+            raise ConfigError(
+                f"data.{name}={values} has {len(values)} values, but data.resolution_milestones={milestones} "
+                f"makes {n} phases: give one number, or one value per phase."
+            )
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            raise ConfigError(
+                f"The data key '{name}' is {shown!r}: data.batch_size, data.height and data.width must be "
+                f"positive whole numbers (int), or lists of them with one per phase of data.resolution_milestones."
+            )
 
 
-def sample_cameras(cfg: CameraSamplerConfig, generator: torch.Generator) -> CameraBatch:
-    """A batch of cfg.batch_size random cameras, drawn uniformly within the configured ranges."""
-    B = cfg.batch_size
+def sample_cameras(cfg: CameraSamplerConfig, generator: torch.Generator, step: int = 0) -> CameraBatch:
+    """A batch of random cameras, drawn uniformly within the configured ranges, with the batch
+    size and image size of ``step``'s phase (``CameraSamplerConfig.at_step``)."""
+    B, height, width = cfg.at_step(step)
 
     def uniform(rng):
         return rng[0] + (rng[1] - rng[0]) * torch.rand(B, generator=generator)
@@ -197,8 +233,8 @@ def sample_cameras(cfg: CameraSamplerConfig, generator: torch.Generator) -> Came
         azimuth=uniform(cfg.azimuth_range),
         distance=uniform(cfg.distance_range),
         fovy_deg=uniform(cfg.fovy_range),
-        height=cfg.height,
-        width=cfg.width,
+        height=height,
+        width=width,
     )
 
 

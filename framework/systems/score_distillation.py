@@ -114,7 +114,7 @@ class ScoreDistillationSystem(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
         self.update_parts(step)
-        cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS))
+        cameras = sample_cameras(self.data_cfg, step_generator(self.seed, step, STREAM_CAMERAS), step)
         view_names = cameras.view_names()  # read on the CPU: on the GPU each angle would be a sync
         cameras = cameras.to(self.device)
         out = self.render(cameras, self.part_generator(self.renderer, step, STREAM_RENDER))

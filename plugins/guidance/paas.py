@@ -22,6 +22,7 @@ from scorelift.errors import ConfigError
 from scorelift.interfaces.guidance import Guidance, GuidanceOutput
 from scorelift.interfaces.prior import Conditioning, DiffusionPrior
 from scorelift.registry import register
+from scorelift.schedule import check_scheduled, scheduled
 from scorelift.maths import score_math as sm
 
 SIGMA_SCHEDULES = ("random", "annealed")
@@ -37,7 +38,9 @@ class PAASConfig:
     cfg_convention: str = "threestudio"
     # DDPM index range of the noise level (inclusive): sigma in [0.098, 12.2] for SD's schedule.
     t_min: int = 10
-    t_max: int = 969
+    # A number, or a schedule [start_step, start_value, end_value, end_step] of DDPM indices
+    # (scorelift.schedule; random schedule only), as SDS's max_step_percent.
+    t_max: Any = 969
     # random: t uniform over {t_min .. t_max} (uniform in the index, not in sigma) each step;
     # annealed: t decreases linearly from t_max to t_min over the run's max_steps.
     sigma_schedule: str = "random"
@@ -68,29 +71,41 @@ class PAASGuidance(Guidance):
             )
         if c.n_samples < 1:
             raise ConfigError(f"guidance.n_samples={c.n_samples} must be at least 1.")
+        check_scheduled(c.t_max, "guidance.t_max")
+        if not isinstance(c.t_max, (int, float)) and c.sigma_schedule == "annealed":
+            raise ConfigError(
+                f"guidance.t_max={list(c.t_max)} is a schedule, which only the random sigma schedule "
+                f"follows; the annealed one already falls from t_max to t_min. Give t_max as one number "
+                f"with sigma_schedule=annealed."
+            )
 
     def __init__(self, cfg: Any, prior: DiffusionPrior):
         super().__init__(cfg, prior)
         c = self.cfg
         T = prior.num_train_timesteps  # the index range depends on the prior's schedule
-        if not (0 <= c.t_min <= c.t_max <= T - 1):
-            raise ConfigError(
-                f"guidance t_min={c.t_min}, t_max={c.t_max} must satisfy 0 <= t_min <= t_max <= {T - 1} "
-                f"(DDPM indices of the prior's {T}-step schedule)."
-            )
+        t_max_values = [c.t_max] if isinstance(c.t_max, (int, float)) else [c.t_max[1], c.t_max[2]]
+        for t_max in t_max_values:
+            if not (0 <= c.t_min <= t_max <= T - 1) or t_max != int(t_max):
+                raise ConfigError(
+                    f"guidance t_min={c.t_min}, t_max={c.t_max} must satisfy 0 <= t_min <= t_max <= {T - 1} "
+                    f"in whole DDPM indices of the prior's {T}-step schedule (for a scheduled t_max, its "
+                    f"start and end values)."
+                )
         self.sigmas = sm.sigmas_from_alphas_cumprod(prior.alphas_cumprod.float())  # [T]
         self.update_step(0, 1)
 
     def update_step(self, step: int, max_steps: int) -> None:
-        """Annealed schedule: t falls linearly from t_max (step 0) to t_min (step max_steps - 1)."""
+        """Random schedule: t_max at this step (scheduled or fixed). Annealed schedule: t falls
+        linearly from t_max (step 0) to t_min (step max_steps - 1)."""
         c = self.cfg
+        self.t_max = int(round(scheduled(c.t_max, step)))
         frac = min(max(step / max(max_steps - 1, 1), 0.0), 1.0)
-        self.t_annealed = int(round(c.t_max - frac * (c.t_max - c.t_min)))
+        self.t_annealed = int(round(self.t_max - frac * (self.t_max - c.t_min)))
 
     def _timesteps(self, B: int, generator: torch.Generator, device) -> torch.Tensor:
         if self.cfg.sigma_schedule == "annealed":
             return torch.full((B,), self.t_annealed, dtype=torch.long, device=device)
-        return sm.sample_timesteps(B, self.cfg.t_min, self.cfg.t_max, generator, device)
+        return sm.sample_timesteps(B, self.cfg.t_min, self.t_max, generator, device)
 
     def __call__(
         self,

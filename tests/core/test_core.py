@@ -178,6 +178,28 @@ def test_random_cameras_respect_ranges_and_seed():
     assert torch.rad2deg(a.fovy).min() >= 35 - 1e-4 and torch.rad2deg(a.fovy).max() <= 45 + 1e-4
 
 
+def test_camera_phases_follow_the_milestones():
+    """height/width/batch_size per phase: each step's batch is the one a plain config of that
+    phase's values draws from the same generator."""
+    cfg = CameraSamplerConfig(batch_size=[8, 4, 2], height=[16, 32, 64], width=[16, 32, 64],
+                              resolution_milestones=[100, 250])
+    check_sampler_config(cfg)
+    for step, (b, size) in ((0, (8, 16)), (99, (8, 16)), (100, (4, 32)), (249, (4, 32)), (250, (2, 64)), (5000, (2, 64))):
+        cams = sample_cameras(cfg, step_generator(3, step), step)
+        assert (cams.batch_size, cams.height, cams.width) == (b, size, size)
+        plain = sample_cameras(CameraSamplerConfig(batch_size=b, height=size, width=size), step_generator(3, step))
+        assert torch.equal(cams.c2w, plain.c2w) and torch.equal(cams.fovy, plain.fovy)
+    single = CameraSamplerConfig(batch_size=3, height=[24, 48], width=48, resolution_milestones=[10])
+    check_sampler_config(single)
+    assert single.phases() == [(3, 24, 48), (3, 48, 48)]
+    with pytest.raises(ConfigError, match=r"data.width=\[16, 32\] has 2 values, but .* makes 3 phases"):
+        check_sampler_config(CameraSamplerConfig(width=[16, 32], resolution_milestones=[1, 2]))
+    with pytest.raises(ConfigError, match="strictly ascending"):
+        check_sampler_config(CameraSamplerConfig(resolution_milestones=[5, 5]))
+    with pytest.raises(ConfigError, match="'height' is 0"):
+        check_sampler_config(CameraSamplerConfig(height=0))
+
+
 def test_inverted_camera_range_is_rejected():
     with pytest.raises(ConfigError, match=r"elevation_range=\[60.0, -10.0\] is inverted"):
         check_sampler_config(CameraSamplerConfig(elevation_range=[60.0, -10.0]))

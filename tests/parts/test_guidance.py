@@ -161,6 +161,22 @@ def test_paas_annealed_schedule(tiny_prior, text):
     torch.testing.assert_close(y.grad * B, e_cfg - n, rtol=1e-4, atol=1e-3)
 
 
+def test_paas_scheduled_t_max(tiny_prior, text):
+    """t_max [start_step, start, end, end_step]: the random draws stay in [t_min, t_max(step)], and
+    t is the same draw as a fixed t_max of that value (one randint over the current range)."""
+    guidance = make_paas(tiny_prior, t_max=[100, 969, 200, 300])
+    for step, t_max in ((0, 969), (100, 969), (200, 584), (300, 200), (1000, 200)):
+        guidance.update_step(step, 1000)
+        assert guidance.t_max == t_max
+        fixed = make_paas(tiny_prior, t_max=t_max)
+        fixed.update_step(step, 1000)
+        got = guidance._timesteps(4096, torch.Generator().manual_seed(step), "cpu")
+        want = fixed._timesteps(4096, torch.Generator().manual_seed(step), "cpu")
+        assert torch.equal(got, want)
+        assert got.min() >= 10 and got.max() <= t_max
+    assert int(got.max()) == 200  # the range's top is reached (4096 draws over 191 values)
+
+
 def test_paas_rgb_input_goes_through_the_vae(tiny_prior, text):
     guidance = make_paas(tiny_prior)
     rgb = torch.rand(B, 3, 12, 12, requires_grad=True)
@@ -175,6 +191,12 @@ def test_paas_config_errors(tiny_prior):
         make_paas(tiny_prior, sigma_schedule="cosine")
     with pytest.raises(ConfigError, match="n_samples"):
         make_paas(tiny_prior, n_samples=0)
+    with pytest.raises(ConfigError, match=r"t_max=\[0, 969, 5, 100\]"):  # ends below t_min
+        make_paas(tiny_prior, t_max=[0, 969, 5, 100])
+    with pytest.raises(ConfigError, match="only the random sigma schedule"):
+        make_paas(tiny_prior, t_max=[0, 969, 500, 100], sigma_schedule="annealed")
+    with pytest.raises(ConfigError, match="ends .* before it starts"):
+        make_paas(tiny_prior, t_max=[100, 969, 500, 50])
 
 
 # ---------------------------------------------------------------- SDS

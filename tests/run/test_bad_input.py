@@ -174,6 +174,15 @@ def case_list(root: Path, pipeline: Path, finished: Path) -> list[dict]:
         ("cam-distance", ["data.distance_range=[2,1]"], ["data.distance_range=[2.0, 1.0]", "inverted"]),
         ("cam-distance-zero", ["data.distance_range=[0,1]"], ["data.distance_range=[0.0, 1.0]", "positive"]),
         ("cam-fovy", ["data.fovy_range=[10,200]"], ["data.fovy_range=[10.0, 200.0]", "(0, 180)"]),
+        # render-size phases
+        ("phase-count", ["data.height=[32,64]", "data.width=[32,64]"],
+         ["data.height=[32, 64] has 2 values", "resolution_milestones=[] makes 1 phases"]),
+        ("phase-order", ["data.resolution_milestones=[300,200]", "data.height=[16,32,64]", "data.width=[16,32,64]"],
+         ["data.resolution_milestones=[300, 200]", "strictly ascending"]),
+        ("phase-size", ["data.resolution_milestones=[5]", "data.batch_size=[2,0]"],
+         ["'batch_size' is [2, 0]", "positive whole numbers"]),
+        ("phase-non-square", ["data.resolution_milestones=[5]", "data.height=[32,64]", "data.width=[32,48]"],
+         ["64x48", "data.width=64"]),
         # resume and mode
         ("resume-missing", [f"resume={root / 'no-run'}"], [str(root / "no-run"), "does not exist"]),
         ("resume-no-ckpt", [f"resume={no_ckpt}"], ["no checkpoint", "last.ckpt"]),
@@ -245,7 +254,7 @@ BAD = [
     "gaussians-none", "gaussians-sh-degree", "gaussians-loss-reads-weights", "gaussians-ply-missing", "stage-key-plain-run", "stage-unknown", "stage-key-every-stage", "type-section", "type-mode", "type-syntax", "prompt-empty",
     "prompt-blank", "prompt-unknown", "prompt-long", "prompt-long-views", "prompt-long-tiny", "model-missing", "model-hub-offline",
     "model-bad-json", "model-truncated", "res-latent", "res-non-square", "cam-elevation", "cam-distance",
-    "cam-distance-zero", "cam-fovy", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",
+    "cam-distance-zero", "cam-fovy", "phase-count", "phase-order", "phase-size", "phase-non-square", "resume-missing", "resume-no-ckpt", "test-without-resume", "multirun",
     "cfg-job-bad",
 ]
 BAD_RESUMES = [

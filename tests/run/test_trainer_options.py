@@ -204,3 +204,24 @@ def test_gradient_clip_by_value(tiny_pipeline_dir, latent_size, tmp_path, monkey
     for before, after in zip(probe.before, probe.after):
         assert max(float(g.abs().max()) for g in before) > clip
         assert max(float(g.abs().max()) for g in after) <= clip
+
+
+def test_render_size_phases_reach_the_training_steps(tiny_pipeline_dir, latent_size, tmp_path, monkeypatch):
+    """data.batch_size/height/width per phase of data.resolution_milestones: the system renders
+    each training step at its phase's size (RGB renders, resized to the prior's pixel size)."""
+    from scorelift.systems.score_distillation import ScoreDistillationSystem
+
+    sizes, render = [], ScoreDistillationSystem.render
+
+    def recording_render(self, cameras, generator=None):
+        if self.training:
+            sizes.append((cameras.batch_size, cameras.height, cameras.width))
+        return render(self, cameras, generator)
+
+    monkeypatch.setattr(ScoreDistillationSystem, "render", recording_render)
+    small, large = latent_size // 2, latent_size
+    over = [o for o in small_run_overrides(tiny_pipeline_dir, latent_size, "dreamfusion", "sds", 5)
+            if not o.startswith(("data.height", "data.width", "data.batch_size"))]
+    run(compose_cfg([*over, "data.resolution_milestones=[3]", "data.batch_size=[3,2]",
+                     f"data.height=[{small},{large}]", f"data.width=[{small},{large}]"]), tmp_path)
+    assert sizes == [(3, small, small)] * 3 + [(2, large, large)] * 2

@@ -234,14 +234,10 @@ def check_part(kind: str, node, key: str):
     return part.cls, part.config
 
 
-def check_resolution(cfg: DictConfig, kind: str | None, facts: PriorFacts) -> None:
-    """The render size of every phase (``data.resolution_milestones``) against what the prior
-    takes: latent renders must be the prior's latent size; RGB renders are resized to its
-    (square) pixel size, so they must be square."""
-    from .data.cameras import CameraSamplerConfig, check_sampler_config
-
-    data = parse_config(CameraSamplerConfig, cfg.data, "data")
-    check_sampler_config(data)
+def check_resolution(data, kind: str | None, facts: PriorFacts) -> None:
+    """The render size of every phase of ``data`` (the parsed and checked CameraSamplerConfig)
+    against what the prior takes: latent renders must be the prior's latent size; RGB renders are
+    resized to its (square) pixel size, so they must be square."""
     for _, height, width in data.phases():
         if kind == "latent":
             size = facts.latent_size
@@ -260,10 +256,11 @@ def check_resolution(cfg: DictConfig, kind: str | None, facts: PriorFacts) -> No
             )
 
 
-def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts) -> None:
+def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts, data) -> None:
     """The parts against each other: the background's channels against the geometry's, latent
     channels against the prior's, the render kind against what the guidance accepts, and the
-    render size against the prior (``check_resolution``). ``parts``: kind -> (class, parsed config)."""
+    render size against the prior (``check_resolution``). ``parts``: kind -> (class, parsed config);
+    ``data``: the parsed camera sampler config."""
     geometry_cls, geometry_cfg = parts["geometry"]
     guidance_cls = parts["guidance"][0]
     n_geometry = getattr(geometry_cfg, "n_features", None)
@@ -306,7 +303,7 @@ def check_composition(cfg: DictConfig, parts: dict, facts: PriorFacts) -> None:
                 f"guidance={guidance} needs latent renders, but this system renders RGB; use system=sjc "
                 f"(latent voxel grid). Valid combinations: README, 'Methods and valid combinations'."
             )
-    check_resolution(cfg, kind, facts)
+    check_resolution(data, kind, facts)
 
 
 def check_render_fit(cfg: DictConfig, parts: dict, losses: dict) -> None:
@@ -450,7 +447,7 @@ def check_inputs(cfg: DictConfig, run_dir: Path | None = None, init_source_cfg: 
     facts = PriorFacts.of(prior.cls, {**prior.cls.inspect(prior.config, prompt), **declared})
     check_conditioning(cfg, prompt, facts, guidance.cls, guidance.config)
     as_pairs = {kind: (part.cls, part.config) for kind, part in parts.items()}
-    check_composition(cfg, as_pairs, facts)
+    check_composition(cfg, as_pairs, facts, data)
     check_render_fit(cfg, as_pairs, losses)
     init_from = None
     if cfg.mode == "train" and not cfg.resume:  # a resumed run continues from its own checkpoint

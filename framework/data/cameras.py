@@ -213,7 +213,7 @@ def check_sampler_config(cfg: CameraSamplerConfig) -> None:
                 f"makes {n} phases: give one number, or one value per phase."
             )
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-            shown = list(value) if isinstance(value, (list, tuple)) else value
+            shown = values if isinstance(value, (list, tuple)) else value
             raise ConfigError(
                 f"The data key '{name}' is {shown!r}: data.batch_size, data.height and data.width must be "
                 f"positive whole numbers (int), or lists of them with one per phase of data.resolution_milestones."

@@ -11,6 +11,7 @@ scikit-image (marching cubes) and trimesh (writing .glb / .obj / .ply) are impor
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ AUTO_RESOLUTION = 64
 AUTO_CANDIDATES = 96
 # export.max_faces: below this, the coarsest grids a cap would need no longer hold a recognisable shape
 MIN_FACE_CAP = 500
+# export.closing: a closing by k edges also fills every gap narrower than about 2k cells, so beyond a
+# few it would fill real features (the torus's hole is 10 cells across on the shapes presets' mesh grid)
+MAX_CLOSING = 3
 
 
 @dataclass(kw_only=True)
@@ -44,11 +48,13 @@ class MeshExportConfig:
     keep_largest: bool  # drop floaters: keep the connected piece with the most faces
     formats: list  # any of FORMATS
     max_faces: int = 0  # extract on a coarser grid until the mesh has at most this many faces (0: no cap)
+    closing: int = 0  # mesh geometries: close the inside by this many grid edges first (0: the surface as trained)
 
 
 def check_export_config(cfg) -> MeshExportConfig:
     c = MeshExportConfig(resolution=cfg.resolution, threshold=cfg.threshold, keep_largest=bool(cfg.keep_largest),
-                         formats=list(cfg.formats), max_faces=cfg.get("max_faces", 0))
+                         formats=list(cfg.formats), max_faces=cfg.get("max_faces", 0),
+                         closing=cfg.get("closing", 0))
     if c.resolution < 8:
         raise ConfigError(f"export.resolution={c.resolution} is too small: use at least 8 (default 128).")
     if not (c.threshold == "auto" or (isinstance(c.threshold, (int, float)) and c.threshold > 0)):
@@ -58,6 +64,11 @@ def check_export_config(cfg) -> MeshExportConfig:
         raise ConfigError(f"export.max_faces={c.max_faces!r} must be 0 (no cap) or a whole number of at least "
                           f"{MIN_FACE_CAP} (default 50000): the export extracts the surface on a coarser grid until "
                           "it has at most that many faces.")
+    if not (isinstance(c.closing, int) and not isinstance(c.closing, bool) and 0 <= c.closing <= MAX_CLOSING):
+        raise ConfigError(f"export.closing={c.closing!r} must be a whole number from 0 to {MAX_CLOSING} (default 1): "
+                          "the grid edges by which a mesh geometry's inside is closed before its surface is "
+                          "extracted, so that cracks the renders never show do not split it; 0 exports the "
+                          "surface as trained.")
     bad = [f for f in c.formats if f not in FORMATS]
     if bad or not c.formats:
         raise ConfigError(f"export.formats={c.formats} must be a non-empty list of {', '.join(FORMATS)}.")
@@ -162,14 +173,20 @@ def surface_mesh(system, cfg: MeshExportConfig):
     """A mesh geometry's own surface (``kind = "mesh"``: the DMTet's marching tetrahedra) as a
     trimesh.Trimesh with vertex colours; None as its level (no density is cut). Above
     ``cfg.max_faces`` faces, the surface is extracted again on coarser grids (the geometry's
-    ``mesh(resolution=N)``) until it fits."""
+    ``mesh(resolution=N)``) until it fits; ``cfg.closing`` closes the inside first (``mesh(closing=k)``)."""
     import trimesh
 
     geometry = system.geometry
+    # mesh(closing=k) is optional (since 0.2): a plugin's mesh() without it is exported as trained
+    closing = {"closing": cfg.closing} if cfg.closing and accepts_keyword(geometry.mesh, "closing") else {}
+    if cfg.closing and not closing:
+        log.warning("export.closing=%d: %s.mesh() takes no closing argument; its surface is exported as "
+                    "trained.", cfg.closing, type(geometry).__name__)
 
     def extract(resolution=None):
         with torch.no_grad():
-            vertices, faces = geometry.mesh() if resolution is None else geometry.mesh(resolution=resolution)
+            sizing = {} if resolution is None else {"resolution": resolution}
+            vertices, faces = geometry.mesh(**sizing, **closing)
         return trimesh.Trimesh(vertices=vertices.cpu().numpy(), faces=faces.cpu().numpy(), process=True)
 
     mesh = extract()
@@ -185,6 +202,15 @@ def surface_mesh(system, cfg: MeshExportConfig):
         else:
             mesh = within_face_cap(extract, own, len(mesh.faces), cfg.max_faces, mesh)
     return finish_mesh(system, cfg, mesh), None
+
+
+def accepts_keyword(function, name: str) -> bool:
+    """Whether ``function`` can be called with the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def within_face_cap(extract, resolution: int, n_faces: int, max_faces: int, mesh):

@@ -16,7 +16,9 @@ Initialisation. A sphere of ``init_radius`` (the signed distance of a sphere), o
 ``init_from(geometry)``: a finished density-field run's geometry, as Magic3D starts its mesh
 stage. The signed distance becomes ``level - density`` at the grid vertices (``level``: the
 density the mesh export chooses, ``scorelift.outputs.mesh.pick_threshold``), scaled to world units
-(``sdf_scale``), and the features are the field's own, sampled at the feature grid's points.
+(``sdf_scale``); the features are the field's own at the feature grid's points
+(``feature_init="field"``) or what the field renders there, seen along the outward normal
+(``"rendered"``, ``rendered_features``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,43 @@ import torch.nn.functional as F
 
 from scorelift.errors import ConfigError
 from scorelift.interfaces.geometry import Geometry, GeometryOutput
-from scorelift.maths.tetrahedra import marching_tets, tet_grid
+from scorelift.maths.tetrahedra import close_inside, marching_tets, tet_grid
 from scorelift.registry import register
 
 FEATURE_KINDS = {"none": "latent", "tanh": "latent", "sigmoid": "rgb"}
+FEATURE_INITS = ("field", "rendered")
+RENDERED_SAMPLES = 32  # samples along each normal segment of feature_init="rendered"
 LATENT_BOUND = 3.0  # tanh latents are bounded to +-3, as the voxel grid's
 BOUNDARY_SDF = 1e-3  # the least signed distance of a vertex on the grid's faces (outside: the mesh closes)
+
+
+def rendered_features(field: Geometry, points: torch.Tensor, depth: float, h: float,
+                      n_samples: int = RENDERED_SAMPLES) -> torch.Tensor:
+    """[N, C]: the features a density field shows at each of ``points`` [N, 3] to a camera looking
+    along the point's outward normal (minus the density gradient, central differences of step
+    ``h``): the field's features composited front to back over the segment from ``depth`` outside
+    the point to ``depth`` inside it, as the volume renderer composites them, divided by the
+    segment's opacity so that the background does not enter. Where the segment holds no density
+    (opacity below 1e-4) or the field is flat, the field's own features at the point.
+
+    Why: a score-distilled density field is a soft blob whose renders mix the features of several
+    layers around the level the mesh starts on; the features at the level set alone can be ones no
+    render ever showed (speckled, off-colour), and the mesh stage would start from those."""
+    normals = field.central_difference_normals(points, h)  # [N, 3], zero where flat
+    step = 2.0 * depth / n_samples
+    s = depth - step * (torch.arange(n_samples, dtype=points.dtype, device=points.device) + 0.5)  # [S], outside first
+    samples = points[:, None, :] + normals[:, None, :] * s[None, :, None]  # [N, S, 3]
+    out = field(samples.reshape(-1, 3))
+    density = out.density.reshape(len(points), n_samples)
+    features = out.features.reshape(len(points), n_samples, -1)
+    alpha = 1.0 - torch.exp(-density * step)  # [N, S]
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], dim=1), dim=1)
+    weights = transmittance * alpha
+    opacity = weights.sum(dim=1, keepdim=True)  # [N, 1]
+    composite = (weights[..., None] * features).sum(dim=1) / opacity.clamp_min(1e-12)
+    own = field(points).features
+    usable = (opacity > 1e-4) & (normals.abs().sum(dim=1, keepdim=True) > 0)
+    return torch.where(usable, composite, own)
 
 
 def on_grid_faces(vertices: torch.Tensor, radius: float) -> torch.Tensor:
@@ -64,6 +97,13 @@ class DMTetConfig:
     # The feature grid's learning rate as a factor on system.optimizer.lr.geometry (1: the surface's
     # rate, one optimizer group as before; another value splits surface and features into two).
     lr_features: float = 1.0
+    # Started from a density field, the features at each feature-grid point are: "rendered", what
+    # the field shows a camera looking at that point along its outward normal (its features
+    # composited front to back along the normal, through ``init_depth`` either side of the point);
+    # or "field", the field's own features at the point (the surface then starts with whatever the
+    # field holds at its level set, which the renders may never have shown).
+    feature_init: str = "field"
+    init_depth: float = 0.2
     init_seed: int = 0
 
 
@@ -103,6 +143,12 @@ class DMTetGeometry(Geometry):
         if not c.lr_features >= 0:
             raise ConfigError(f"geometry (dmtet) lr_features={c.lr_features} must be a factor >= 0 on "
                               f"system.optimizer.lr.geometry (1: the surface's rate; 0: frozen features).")
+        if c.feature_init not in FEATURE_INITS:
+            raise ConfigError(f"geometry (dmtet) feature_init={c.feature_init!r} is not one of {', '.join(FEATURE_INITS)}: "
+                              "how the features start when the mesh is started from a density field.")
+        if not c.init_depth > 0:
+            raise ConfigError(f"geometry (dmtet) init_depth={c.init_depth} must be positive (world units either side "
+                              "of a feature point along which feature_init='rendered' composites the field).")
         if not c.sdf_scale > 0 or c.feature_init_std < 0:
             raise ConfigError(f"geometry (dmtet) sdf_scale={c.sdf_scale} must be positive and feature_init_std="
                               f"{c.feature_init_std} non-negative.")
@@ -142,15 +188,21 @@ class DMTetGeometry(Geometry):
         """Cells per axis of the grid ``mesh()`` extracts on (the export coarsens from it)."""
         return self.cfg.resolution
 
-    def mesh(self, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mesh(self, resolution: int | None = None, closing: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The surface: vertices [M, 3] (differentiable in ``sdf`` and ``deform``), faces [K, 3].
 
         ``resolution``: extract on a grid of that many cells per axis instead of the geometry's
         own, its signed distance and vertex offsets interpolated trilinearly from the own grid's
         (the export's face cap: a coarser grid gives about (resolution / own)^2 as many faces, and
-        is as closed as the own one, which a decimation of the finished mesh would not promise)."""
+        is as closed as the own one, which a decimation of the finished mesh would not promise).
+        ``closing``: close the inside region by that many grid edges first
+        (``scorelift.maths.tetrahedra.close_inside``; the export's ``export.closing``): cracks
+        and pockets the renders never show no longer split the surface. Training uses neither."""
         if resolution is None or resolution == self.cfg.resolution:
-            return marching_tets(self.deformed_vertices(), self.tets, closed(self.sdf, self.on_boundary))
+            sdf = closed(self.sdf, self.on_boundary)
+            if closing:
+                sdf = closed(close_inside(sdf, self.tets, closing), self.on_boundary)
+            return marching_tets(self.deformed_vertices(), self.tets, sdf)
         if resolution < 2:
             raise ConfigError(f"dmtet mesh(resolution={resolution}): use at least 2 cells per axis.")
         r = float(self.cfg.bbox_radius)
@@ -163,7 +215,11 @@ class DMTetGeometry(Geometry):
         volume = torch.cat([self.sdf[:, None], offsets], dim=1).t().reshape(1, 4, n, n, n)
         sampled = F.grid_sample(volume, (vertices / r).view(1, -1, 1, 1, 3), mode="bilinear",
                                 align_corners=True).view(4, -1).t()  # [V', 4]
-        return marching_tets(vertices + sampled[:, 1:], tets, closed(sampled[:, 0], on_grid_faces(vertices, r)))
+        on_faces = on_grid_faces(vertices, r)
+        sdf = closed(sampled[:, 0], on_faces)
+        if closing:
+            sdf = closed(close_inside(sdf, tets, closing), on_faces)
+        return marching_tets(vertices + sampled[:, 1:], tets, sdf)
 
     def optimizer_groups(self):
         """None (one group, the geometry's rate) unless ``lr_features`` sets the feature grid apart:
@@ -202,7 +258,8 @@ class DMTetGeometry(Geometry):
     @torch.no_grad()
     def init_from(self, field: Geometry, level: float) -> None:
         """Start from a finished density-field geometry: the signed distance ``sdf_scale *
-        (level - density)`` at the grid vertices, the features sampled at the feature grid."""
+        (level - density)`` at the grid vertices; the features at the feature grid's points as
+        ``feature_init`` says (what the field renders there, or its own features)."""
         if field.n_features != self.n_features:
             raise ConfigError(
                 f"init_from: the density field renders {field.n_features} channels but geometry.n_features="
@@ -217,6 +274,11 @@ class DMTetGeometry(Geometry):
         axis = torch.linspace(-self.cfg.bbox_radius, self.cfg.bbox_radius, R, device=device)
         z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
         points = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
-        features = torch.cat([field(chunk).features for chunk in points.split(65536)])  # [R^3, C]
+        if self.cfg.feature_init == "rendered":
+            h = 2.0 * self.cfg.bbox_radius / (R - 1)  # the feature grid's spacing
+            features = torch.cat([rendered_features(field, chunk, self.cfg.init_depth, h)
+                                  for chunk in points.split(8192)])  # [R^3, C]
+        else:
+            features = torch.cat([field(chunk).features for chunk in points.split(65536)])  # [R^3, C]
         raw = self.inverse_activation(features.to(self.feature_grid.dtype))
         self.feature_grid.copy_(raw.t().reshape(1, self.n_features, R, R, R))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from scorelift.data.cameras import make_cameras
 from scorelift.maths.rasterize import antialias, barycentrics, project, rasterize
 from scorelift.maths.tetrahedra import marching_tets, tet_grid
 from scorelift.builders import build_named
+from scorelift.interfaces.geometry import Geometry, GeometryOutput
 
 
 def tet_volumes(vertices: torch.Tensor, tets: torch.Tensor) -> torch.Tensor:
@@ -258,6 +260,116 @@ def test_a_coarser_dmtet_extraction_keeps_the_sphere_and_fits_the_face_cap():
     assert mesh.bounds[1] - mesh.bounds[0] == pytest.approx([0.94, 0.94, 0.94], rel=0.02)
 
 
+def two_blocks_with_a_crack(resolution: int = 16):
+    """A DMTet over [-1, 1]^3 (cells of 0.125) holding two boxes, x in [-0.6, -0.02] and
+    [0.02, 0.6] (y, z in [-0.47, 0.47]; no grid vertex on a face): the crack between them holds the
+    plane of grid vertices x = 0, which lie outside (signed distance 0.02), so their surfaces are
+    two closed pieces."""
+    geometry = build_named("geometry", "dmtet", {"resolution": resolution, "bbox_radius": 1.0, "feature_resolution": 4})
+    p = geometry.grid_vertices
+
+    def box(lo, hi):  # the exact signed distance of an axis-aligned box, [V]
+        centre, half = (lo + hi) / 2, (hi - lo) / 2
+        q = (p - centre).abs() - half
+        return q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0)
+
+    a = box(torch.tensor([-0.6, -0.47, -0.47]), torch.tensor([-0.02, 0.47, 0.47]))
+    b = box(torch.tensor([0.02, -0.47, -0.47]), torch.tensor([0.6, 0.47, 0.47]))
+    with torch.no_grad():
+        geometry.sdf.copy_(torch.minimum(a, b))
+    return geometry
+
+
+def test_closing_joins_pieces_across_a_one_cell_crack_and_leaves_a_convex_surface_alone():
+    """The closing grows the inside by one grid edge and the outside back by one: the crack's vertex
+    plane turns inside where both boxes face it (x = 0, the 7 x 7 vertices at y, z in [-0.375,
+    0.375]) and the two boxes become one closed piece with their joint bounds; nothing else
+    changes: the sphere's surface is the same with and without it."""
+    import trimesh
+
+    from scorelift.maths.tetrahedra import close_inside
+
+    geometry = two_blocks_with_a_crack()
+    with torch.no_grad():
+        sdf = geometry.sdf.clone()
+        closed_sdf = close_inside(sdf, geometry.tets, 1)
+        changed = closed_sdf != sdf
+        crack_plane = (geometry.grid_vertices[:, 0].abs() < 1e-6) & (geometry.grid_vertices[:, 1:].abs() < 0.47).all(-1)
+        assert torch.equal(changed, crack_plane) and int(changed.sum()) == 49
+        assert (closed_sdf[changed] == -1e-3).all()
+        assert torch.equal(close_inside(sdf, geometry.tets, 0), sdf)
+
+        pieces = trimesh.Trimesh(*(t.numpy() for t in geometry.mesh())).split(only_watertight=False)
+        joined = trimesh.Trimesh(*(t.numpy() for t in geometry.mesh(closing=1)))
+    assert len(pieces) == 2
+    assert len(joined.split(only_watertight=False)) == 1 and joined.is_watertight
+    np.testing.assert_allclose(joined.bounds, [[-0.6, -0.47, -0.47], [0.6, 0.47, 0.47]], atol=1e-5)
+
+    sphere = build_named("geometry", "dmtet", {"resolution": 32, "init_radius": 0.47, "feature_resolution": 8})
+    with torch.no_grad():
+        plain, closed_by_one = sphere.mesh(), sphere.mesh(closing=1)
+    assert all(torch.equal(x, y) for x, y in zip(plain, closed_by_one))
+
+
+def test_the_export_closes_the_crack_and_keeps_both_blocks_unless_told_not_to():
+    """export.closing=1 (the default): one piece spanning both boxes; closing=0 with keep_largest
+    keeps one box only; a coarser extraction for the face cap is closed the same way."""
+    from types import SimpleNamespace
+
+    from scorelift.outputs.mesh import MeshExportConfig, surface_mesh
+
+    system = SimpleNamespace(geometry=two_blocks_with_a_crack(), prior=None)
+
+    def export(**over):
+        cfg = MeshExportConfig(**{**dict(resolution=64, threshold="auto", keep_largest=True, formats=["glb"]), **over})
+        return surface_mesh(system, cfg)[0]
+
+    joined, as_trained = export(closing=1), export(closing=0)
+    np.testing.assert_allclose(joined.bounds, [[-0.6, -0.47, -0.47], [0.6, 0.47, 0.47]], atol=1e-5)
+    assert joined.is_watertight and len(joined.split(only_watertight=False)) == 1
+    assert as_trained.bounds[1][0] - as_trained.bounds[0][0] == pytest.approx(0.58, abs=1e-5)  # one box
+    capped = export(closing=1, max_faces=len(joined.faces) - 1)
+    assert len(capped.faces) < len(joined.faces) and len(capped.split(only_watertight=False)) == 1
+    assert capped.bounds[1][0] - capped.bounds[0][0] > 1.0  # still both boxes, on the coarser grid
+
+
+class SkinnedHalfSpace(Geometry):
+    """Density 20 below z = 0 and none above; RGB features: a skin of colour A for z in (-0.05, 0],
+    colour B deeper, grey above."""
+
+    A, B = torch.tensor([0.9, 0.2, 0.1]), torch.tensor([0.1, 0.3, 0.8])
+
+    def __init__(self):
+        super().__init__()
+        self.n_features, self.feature_kind = 3, "rgb"
+        self.register_buffer("bbox", torch.tensor([[-1.0] * 3, [1.0] * 3]))
+
+    def forward(self, points):
+        z = points[:, 2:]
+        density = torch.where(z[:, 0] < 0, 20.0, 0.0).to(points)
+        features = torch.where(z > -0.05, self.A, self.B).to(points)
+        features = torch.where(z > 0, torch.full_like(features, 0.5), features)
+        return GeometryOutput(density=density, features=features)
+
+
+def test_rendered_features_composite_the_field_along_the_outward_normal():
+    """At a point on the surface z = 0 the normal is +z; the segment from z = 0.2 down to -0.2 in 32
+    steps of 0.0125 has 16 samples inside, the first 4 (z > -0.05) in the skin: with alpha =
+    1 - exp(-20 * 0.0125) each, the skin weighs 1 - (1 - alpha)^4, the rest (1 - alpha)^4 -
+    (1 - alpha)^16, divided by the opacity 1 - (1 - alpha)^16. Far from the surface (flat field, no
+    normal) the point keeps its own features."""
+    from scorelift.plugins.geometry.dmtet import rendered_features
+
+    field = SkinnedHalfSpace()
+    points = torch.tensor([[0.1, -0.2, 0.0], [0.0, 0.0, 0.6]])
+    got = rendered_features(field, points, depth=0.2, h=0.01)
+    q = math.exp(-20 * 0.0125)  # 1 - alpha
+    skin, deep = 1 - q**4, q**4 - q**16
+    expected = (skin * SkinnedHalfSpace.A + deep * SkinnedHalfSpace.B) / (1 - q**16)
+    assert torch.allclose(got[0], expected, atol=1e-5)
+    assert torch.equal(got[1], torch.full((3,), 0.5))
+
+
 def test_the_feature_grid_gets_its_own_rate_only_when_asked():
     """lr_features=1 (the default) keeps one optimizer group (the checkpoints of earlier runs still
     resume); another value puts the feature grid in its own group at that factor."""
@@ -274,6 +386,18 @@ def test_the_feature_grid_gets_its_own_rate_only_when_asked():
         ("geometry.surface", 0.01, 2), ("geometry.features", pytest.approx(0.002), 1)]
     with pytest.raises(ConfigError, match="lr_features=-1"):
         build_named("geometry", "dmtet", {"lr_features": -1.0})
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"feature_init": "mean"}, ["feature_init='mean'", "field, rendered"]),
+    ({"init_depth": 0.0}, ["init_depth=0.0", "positive"]),
+])
+def test_bad_feature_start_options_are_refused(over, words):
+    from scorelift.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_named("geometry", "dmtet", over)
+    assert all(w in str(err.value) for w in words)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -85,6 +85,9 @@ def test_latent_vertex_colours_go_through_the_vae(tiny_prior, tmp_path):
     (dict(max_faces=-1), ["export.max_faces=-1", "0 (no cap)", "at least 500"]),
     (dict(max_faces=100), ["export.max_faces=100", "at least 500"]),
     (dict(max_faces=1.5), ["export.max_faces=1.5", "whole number"]),
+    (dict(closing=-1), ["export.closing=-1", "from 0 to 3", "as trained"]),
+    (dict(closing=4), ["export.closing=4", "from 0 to 3"]),
+    (dict(closing=True), ["export.closing=True", "whole number"]),
 ])
 def test_bad_export_settings_fail_clearly(over, words, tmp_path):
     system = SimpleNamespace(geometry=cube_grid(3, "sigmoid", torch.zeros(3)), prior=None)

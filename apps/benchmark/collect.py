@@ -145,7 +145,8 @@ def time_to_iou(curves: list[dict], target: float = TARGET_IOU) -> dict:
 def add_time_to_iou(summary: list[dict], curves: list[dict], target: float = TARGET_IOU) -> None:
     """Adds to each method's summary the median over its cells with a curve of the training time
     to IoU ``target`` (cells that never reach it count as infinitely slow, so the median is nan
-    when fewer than half reach it) and how many cells reached it."""
+    unless more than half reach it: with exactly half, the middle pair holds an infinity) and how
+    many cells reached it."""
     times = time_to_iou(curves, target)
     for s in summary:
         mine = [t for (m, _, _), t in times.items() if m == s["method"]]

@@ -95,6 +95,18 @@ def test_the_mesh_stage_starts_from_the_coarse_stages_density_at_the_export_leve
     assert torch.allclose(mesh.sdf, expected)
     vertices, faces = mesh.mesh()
     assert faces.shape[0] > 0  # a surface to refine
+    # the preset's features start as what the field renders along each feature point's normal
+    assert fine_cfg["geometry"]["feature_init"] == "rendered"
+    from scorelift.plugins.geometry.dmtet import rendered_features
+
+    R, r = mesh.cfg.feature_resolution, mesh.cfg.bbox_radius
+    axis = torch.linspace(-r, r, R)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    points = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    with torch.no_grad():
+        shown = rendered_features(field, points, mesh.cfg.init_depth, 2.0 * r / (R - 1))
+        got = mesh(points).features
+    assert torch.allclose(got, mesh.activate(mesh.inverse_activation(shown)), atol=1e-5)
 
 
 def test_a_stop_in_the_mesh_stage_resumes_there_to_the_uninterrupted_weights(straight, tiny_pipeline_dir, tmp_path):

@@ -123,9 +123,10 @@ def close_inside(sdf: torch.Tensor, tets: torch.Tensor, steps: int, fill: float 
     Why: a surface optimised through renders can hold cracks a cell wide between two inside
     pieces, or pockets a cell deep, where no ray ever looks (the rasteriser shows them edge-on,
     below a pixel). They split what renders as one surface into pieces, and keeping the largest
-    piece then drops a visible part. The closing joins pieces less than ``steps`` + 1 edges apart
-    and fills concavities of that size; a convex surface is left as it is (the outside grows back
-    over every vertex it gained)."""
+    piece then drops a visible part. The closing joins inside pieces whose vertices are at most
+    2 x ``steps`` edges apart (for 1: one layer of outside vertices between them) and fills
+    concavities that narrow; a convex surface is left as it is (the outside grows back over every
+    vertex it gained)."""
     if steps <= 0:
         return sdf
     edges = tet_grid_edges(tets, sdf.shape[0])

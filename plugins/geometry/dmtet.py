@@ -199,10 +199,18 @@ class DMTetGeometry(Geometry):
         (``scorelift.maths.tetrahedra.close_inside``; the export's ``export.closing``): cracks
         and pockets the renders never show no longer split the surface. Training uses neither."""
         if resolution is None or resolution == self.cfg.resolution:
-            sdf = closed(self.sdf, self.on_boundary)
-            if closing:
-                sdf = closed(close_inside(sdf, self.tets, closing), self.on_boundary)
-            return marching_tets(self.deformed_vertices(), self.tets, sdf)
+            vertices, tets, sdf, on_faces = self.deformed_vertices(), self.tets, self.sdf, self.on_boundary
+        else:
+            vertices, tets, sdf, on_faces = self.resampled_grid(resolution)
+        sdf = closed(sdf, on_faces)
+        if closing:
+            sdf = closed(close_inside(sdf, tets, closing), on_faces)
+        return marching_tets(vertices, tets, sdf)
+
+    def resampled_grid(self, resolution: int):
+        """A tet grid of ``resolution`` cells per axis over the same box, its signed distance and
+        vertex offsets interpolated trilinearly from the own grid's: (deformed vertices [V', 3],
+        tets [T', 4], signed distance [V'], which vertices lie on the grid's faces [V'])."""
         if resolution < 2:
             raise ConfigError(f"dmtet mesh(resolution={resolution}): use at least 2 cells per axis.")
         r = float(self.cfg.bbox_radius)
@@ -215,11 +223,7 @@ class DMTetGeometry(Geometry):
         volume = torch.cat([self.sdf[:, None], offsets], dim=1).t().reshape(1, 4, n, n, n)
         sampled = F.grid_sample(volume, (vertices / r).view(1, -1, 1, 1, 3), mode="bilinear",
                                 align_corners=True).view(4, -1).t()  # [V', 4]
-        on_faces = on_grid_faces(vertices, r)
-        sdf = closed(sampled[:, 0], on_faces)
-        if closing:
-            sdf = closed(close_inside(sdf, tets, closing), on_faces)
-        return marching_tets(vertices + sampled[:, 1:], tets, sdf)
+        return vertices + sampled[:, 1:], tets, sampled[:, 0], on_grid_faces(vertices, r)
 
     def optimizer_groups(self):
         """None (one group, the geometry's rate) unless ``lr_features`` sets the feature grid apart:
